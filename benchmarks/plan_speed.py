@@ -1,0 +1,194 @@
+"""Plan build time and memory: maskir's planner vs torch's ``create_block_mask`` on CPU, causal SWA 1024.
+
+Side by side on the same pattern and size (kv <= q and q - kv < 1024, 128 x 128 blocks): at 16K and 64K
+tokens, as a ratio to create_block_mask eager and ``torch.compile``d (its first, compiling call reported
+apart); maskir alone at 1M and 4M tokens, with 128 x 128 blocks and with its own block choice
+("maskir-auto", the acceptance row: ``maskir.plan(Window(1023, 0), 1 << 20)``). Per row, ``plan_ms`` is
+``maskir.plan(...)`` itself (its tables stay as runs; the kernels' CSR arrays are built on first use) and
+``tables_ms`` adds building the CSR arrays of both directions (forward and dK/dV), what the first kernel
+launch pays; create_block_mask's time includes both directions too. Times are medians of ``--repeats``
+runs; maskir's memory is the peak traced by ``tracemalloc`` (numpy allocations) of one run with tables,
+create_block_mask's the peak RSS growth of a fresh process (torch allocates outside tracemalloc's view).
+Each row records the 1-minute load average, since other work on the machine slows the timings. Appends
+one JSON object per row to ``benchmarks/results/plan_speed_cpu.jsonl`` and prints a table.
+
+    python benchmarks/plan_speed.py                    # all rows; create_block_mask at 64K takes minutes
+    python benchmarks/plan_speed.py --skip-flex-64k    # the quick version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskir.ir import Window  # noqa: E402
+from maskir.planner import plan  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "plan_speed_cpu.jsonl"
+PATTERN = "swa_causal_w1024"
+WINDOW = 1024
+
+FLEX_SCRIPT = """
+import resource, statistics, sys, time, torch
+from torch.nn.attention.flex_attention import create_block_mask
+n, repeats, window, compiled = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "compiled"
+def swa(b, h, q, kv):
+    return (kv <= q) & (q - kv < window)
+create = torch.compile(create_block_mask) if compiled else create_block_mask
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+times = []
+for _ in range(repeats + compiled):  # the compiled version's first call compiles: timed apart
+    start = time.perf_counter()
+    mask = create(swa, None, None, n, n, device="cpu")
+    times.append(time.perf_counter() - start)
+    del mask
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+steady = times[compiled:]
+print(statistics.median(steady) * 1e3, (peak - before) / 1024, times[0] * 1e3)
+"""
+
+
+def _environment() -> dict:
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "commit": commit,
+    }
+
+
+def time_maskir(n: int, repeats: int, block: int | None) -> dict:
+    """Median times of ``plan`` alone and with the CSR tables of both directions built, and the peak traced
+    memory of one run with tables."""
+
+    def planned():
+        return plan(Window(WINDOW - 1, 0), n, block_q=block, block_kv=block)
+
+    def with_tables():
+        result = planned()
+        for table in result.parts[0].tables:
+            table.kv_index, table.q_index  # noqa: B018 (materialise the forward and dK/dV tables)
+        return result
+
+    def median_ms(run) -> float:
+        run()  # warm-up (imports, caches)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    plan_ms, tables_ms = median_ms(planned), median_ms(with_tables)
+    tracemalloc.start()
+    result = with_tables()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    table = result.parts[0].tables[0]
+    return {
+        "plan_ms": plan_ms,
+        "tables_ms": tables_ms,
+        "peak_mib": peak / 2**20,
+        "blocks": f"{result.block_q}x{result.block_kv}",
+        "layout": result.layout.name,
+        "tiles": table.nnz,
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def time_create_block_mask(n: int, repeats: int, compiled: bool) -> dict:
+    """Median create_block_mask time on CPU (eager, or ``torch.compile``d after a first compiling call)
+    and peak RSS growth, in a fresh process.
+
+    Eager create_block_mask evaluates the mask on all N x N pairs at once: past the machine's memory it
+    fails, and the row records the error instead of a time.
+    """
+    mode = "compiled" if compiled else "eager"
+    done = subprocess.run(
+        [sys.executable, "-c", FLEX_SCRIPT, str(n), str(repeats), str(WINDOW), mode], capture_output=True, text=True
+    )
+    row = {"blocks": "128x128", "layout": "identity", "load_average_1m": os.getloadavg()[0]}
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {**row, "error": last[:200]}
+    ms, mib, first = map(float, done.stdout.split())
+    return {**row, "plan_ms": ms, "peak_mib": mib, **({"first_call_ms": first} if compiled else {})}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=21, help="maskir runs per size (median)")
+    parser.add_argument("--flex-repeats", type=int, default=3, help="create_block_mask runs per size (median)")
+    parser.add_argument("--skip-flex-64k", action="store_true", help="skip create_block_mask at 64K (minutes, or OOM)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON lines file to append to")
+    args = parser.parse_args(argv)
+
+    env = _environment()
+    rows = []
+    for n in (16384, 65536):
+        maskir_row = {"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)}
+        rows.append(maskir_row)
+        for compiled in (False, True):
+            if n == 65536 and args.skip_flex_64k:
+                continue
+            impl = "create_block_mask" + ("_compiled" if compiled else "")
+            flex_row = {
+                "pattern": PATTERN,
+                "impl": impl,
+                "N": n,
+                **time_create_block_mask(n, args.flex_repeats, compiled),
+            }
+            if "plan_ms" in flex_row:
+                maskir_row[f"speedup_vs_{impl}"] = flex_row["plan_ms"] / maskir_row["tables_ms"]
+            rows.append(flex_row)
+    for n in (1 << 20, 1 << 22):
+        rows.append({"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)})
+        rows.append({"pattern": PATTERN, "impl": "maskir-auto", "N": n, **time_maskir(n, args.repeats, None)})
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("a") as out:
+        for row in rows:
+            out.write(json.dumps({**row, **env}) + "\n")
+    print(
+        f"{'impl':<27} {'N':>9} {'blocks':>8} {'plan ms':>9} {'+tables':>9} {'peak MiB':>9}  {'vs eager':>9} "
+        f"{'vs compiled':>11} {'load':>5}  layout"
+    )
+    for row in rows:
+        if "error" in row:
+            print(f"{row['impl']:<27} {row['N']:>9} {row['blocks']:>8}  failed: {row['error']}")
+            continue
+        eager, compiled = (row.get(f"speedup_vs_create_block_mask{s}") for s in ("", "_compiled"))
+        tables = f"{row['tables_ms']:.3f}" if "tables_ms" in row else ""
+        print(
+            f"{row['impl']:<27} {row['N']:>9} {row['blocks']:>8} {row['plan_ms']:>9.3f} {tables:>9} "
+            f"{row['peak_mib']:>9.2f}  {f'{eager:.0f}x' if eager else '':>9} {f'{compiled:.0f}x' if compiled else '':>11}"
+            f" {row['load_average_1m']:>5.2f}  {row['layout']}"
+        )
+    print(f"appended {len(rows)} rows to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

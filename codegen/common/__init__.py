@@ -1,0 +1,12 @@
+"""Backend-neutral lowering: predicates and score_mods to expression DAGs (no triton, no tvm here).
+
+Pipeline, read top-down::
+
+    expr = lower_predicate(pattern, canvas, kv_canvas)   # lower.py: IR -> bool Expr over b, h, q, kv
+    mod = trace_score_mod(score_mod)                     # score_mod.py (via trace.py): callable -> float Expr
+    expr = lower_division(expr)                          # division.py: Python // % -> C semantics
+    text = backend.render(expr)                          # codegen/triton/render.py, codegen/tvm
+
+``expr.py`` defines the DAG and its builders, ``printer.py`` the operator text both ``str(expr)`` and the
+renderers use, ``evaluate.py`` the numpy meaning of every op (tests, planner fallback).
+"""

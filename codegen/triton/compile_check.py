@@ -1,0 +1,208 @@
+"""Compile generated kernels for a GPU target with no GPU: shared memory, registers and spills per kernel.
+
+The kernels are specialised exactly as a launch would specialise them: ``TritonAttention`` runs forward and
+backward on "meta" tensors with a launcher that records each call instead of running it, and Triton's own
+binder turns the recorded arguments into the signature, constexprs and alignment attributes. Each call is
+compiled with ``triton.compile`` for ``GPUTarget("cuda", major * 10 + minor, 32)``; ``ptxas -v`` (bundled
+with the wheel, run by that compile) reports registers and spills. Triton raises no out-of-resources error
+without a device, so ``KernelReport.ok`` checks the limits itself.
+
+``triton.jit`` returns interpreter functions when ``TRITON_INTERPRET=1`` is set at import, so compile in a
+process without it (tests/test_sm90_compile.py runs itself as a subprocess).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from maskir.codegen.triton.configs import SHARED_MEMORY_BYTES
+from maskir.codegen.triton.emit import GeneratedSource, generate_source
+from maskir.codegen.triton.launch import TritonAttention
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """Resources of one compiled kernel of one configuration."""
+
+    config: str
+    kernel: str  # the kernel's name, plus " part <i>" for the specialisation of plan part i > 0
+    shared: int
+    registers: int
+    spills: int
+    num_warps: int
+    num_stages: int
+    seconds: float
+    shared_limit: int
+
+    @property
+    def ok(self) -> bool:
+        return self.shared <= self.shared_limit and self.spills == 0
+
+
+class _RecordingAttention(TritonAttention):
+    """Records (kernel name, grid, arguments) instead of launching: used on meta tensors."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def launch(self, name: str, grid: tuple[int, int], args: dict[str, Any]) -> None:
+        self.calls.append((name, args))
+
+
+def kernel_calls(
+    module: ModuleType, plan, generated: GeneratedSource, *, dtype: torch.dtype, tensors: Sequence[torch.Tensor] = ()
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, kernel name, arguments) of each distinct launch a forward plus backward makes (meta tensors).
+
+    Each plan part is its own specialisation (PART, gather flags), labelled ``"_fwd part 1"`` and so on.
+    ``tensors``: the run-time data tensors; by default the score_mod's captured tensors.
+    """
+    recorder = _RecordingAttention(module, plan, generated)
+    meta = torch.device("meta")
+    batch, heads, kv_heads, dim = 1, recorder.heads, recorder.kv_heads, recorder.head_dim
+    q = torch.empty(batch, heads, plan.canvas.size, dim, dtype=dtype, device=meta)
+    k = torch.empty(batch, kv_heads, plan.kv_canvas.size, dim, dtype=dtype, device=meta)
+    tensors = [t.to(meta) for t in tensors] or [t.to(meta) for t in generated.static_tensors.values()]
+    out, lse = recorder.forward(q, k, k, scale=dim**-0.5, tensors=tensors)
+    recorder.backward(q, k, k, out, lse, out, scale=dim**-0.5, tensors=tensors)
+    calls: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, args in recorder.calls:
+        part = args.get("PART", 0)
+        calls.setdefault(name + (f" part {part}" if part else ""), (name, args))
+    return [(label, name, args) for label, (name, args) in calls.items()]
+
+
+_USAGE = re.compile(r"Used (\d+) registers")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas_log(log: str) -> tuple[int, int]:
+    """(registers, spilled bytes stored + loaded) from a ``ptxas -v`` log; registers is -1 if absent."""
+    registers = max(map(int, _USAGE.findall(log)), default=-1)
+    spills = sum(int(stores) + int(loads) for stores, loads in _SPILLS.findall(log))
+    return registers, spills
+
+
+def compile_kernel(fn, args: dict[str, Any], options: dict[str, int], capability: tuple[int, int]):
+    """triton.compile of one jit function for ``capability``, specialised on ``args`` like a launch.
+
+    Returns (compiled kernel, ptxas log).
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    if not hasattr(fn, "params"):
+        raise RuntimeError("compile_check needs real @triton.jit functions: run it without TRITON_INTERPRET=1.")
+    target = GPUTarget("cuda", capability[0] * 10 + capability[1], 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**args, **options}
+    bound, specialization, _ = binder(**kwargs)
+    parsed, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, None)
+    source = ASTSource(fn, signature, constexprs, attrs)
+    log = io.StringIO()
+    knobs = (triton.knobs.nvidia, "dump_ptxas_log"), (triton.knobs.compilation, "always_compile")
+    previous = [getattr(group, name) for group, name in knobs]
+    for group, name in knobs:  # run ptxas (no cache hit) and print its log
+        setattr(group, name, True)
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(source, target=target, options=parsed.__dict__)
+    finally:
+        for (group, name), value in zip(knobs, previous):
+            setattr(group, name, value)
+    return compiled, log.getvalue()
+
+
+def check_module(
+    config: str,
+    module: ModuleType,
+    plan,
+    generated: GeneratedSource,
+    *,
+    dtype: torch.dtype,
+    capability: tuple[int, int] = (9, 0),
+    tensors: Sequence[torch.Tensor] = (),
+) -> list[KernelReport]:
+    """Compile the four kernels of a generated module and report their resources."""
+    reports = []
+    for label, name, args in kernel_calls(module, plan, generated, dtype=dtype, tensors=tensors):
+        options = module.LAUNCH_OPTIONS[name]
+        started = time.perf_counter()
+        compiled, log = compile_kernel(getattr(module, name), args, options, capability)
+        registers, spills = parse_ptxas_log(log)
+        reports.append(
+            KernelReport(
+                config,
+                label,
+                int(compiled.metadata.shared),
+                registers,
+                spills,
+                options["num_warps"],
+                options["num_stages"],
+                round(time.perf_counter() - started, 3),
+                SHARED_MEMORY_BYTES[capability],
+            )
+        )
+    return reports
+
+
+def import_source(source: str, path: Path) -> ModuleType:
+    """Write ``source`` to ``path`` and import it (``@triton.jit`` reads the source from a real file)."""
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"maskir_compile_check_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_plan(
+    config: str,
+    plan,
+    *,
+    head_dim: int,
+    dtype: torch.dtype,
+    kv_heads: int | None = None,
+    capability: tuple[int, int] = (9, 0),
+    tensors: Callable[[tuple[str, ...]], Sequence[torch.Tensor]] | None = None,
+) -> list[KernelReport]:
+    """Generate the module for ``plan`` (GPU flavour), import it from a temp file and compile its kernels.
+
+    ``tensors(names)`` gives example (e.g. meta) tensors for the run-time data the kernels read, if any.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("compile_check must run without TRITON_INTERPRET=1: use a subprocess.")
+    generated = generate_source(
+        plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, interpret=False, capability=capability
+    )
+    with tempfile.TemporaryDirectory(prefix="maskir-compile-") as tmp:
+        module = import_source(generated.source, Path(tmp) / f"{config}.py")
+        examples = tensors(generated.tensor_names) if tensors is not None else ()
+        return check_module(config, module, plan, generated, dtype=dtype, capability=capability, tensors=examples)
+
+
+def format_table(reports: list[KernelReport]) -> str:
+    """A fixed-width table: config, kernel, shared bytes, registers, spills, warps/stages, ok."""
+    lines = [f"{'config':<24}{'kernel':<24}{'shared':>8}{'regs':>6}{'spills':>8}{'warps':>7}{'stages':>7}  ok"]
+    for r in reports:
+        lines.append(
+            f"{r.config:<24}{r.kernel:<24}{r.shared:>8}{r.registers:>6}{r.spills:>8}{r.num_warps:>7}"
+            f"{r.num_stages:>7}  {'yes' if r.ok else 'NO'}"
+        )
+    return "\n".join(lines)

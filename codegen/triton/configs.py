@@ -1,0 +1,106 @@
+"""Launch configurations: inner step widths and warps/stages per kernel, by head dim, dtype and target.
+
+Tile sizes (BLOCK_M x BLOCK_N) belong to the plan; a kernel may walk a tile in narrower steps (a chunk of
+kv positions in the forward and dQ passes, of q positions in the dK/dV pass) to bound registers. Chunks
+divide their tile. The interpreter (CPU) runs whole tiles in one step: its cost is per operation, not per
+register. GPU rules were checked by compiling the benchmark suite for sm_90 (``compile_check``):
+no spills and shared memory within the per-block limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+SHARED_MEMORY_BYTES = {(9, 0): 232448, (8, 0): 166912, (8, 9): 101376, (8, 6): 101376, (10, 0): 232448}
+"""Per-block shared memory limits (opt-in maximum) by compute capability."""
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """``num_warps`` and ``num_stages`` of one kernel launch."""
+
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Step widths and rows per program (emitted as constexprs) and launch options of the four kernels.
+
+    ``*_chunk_*``: positions of the other side per inner step; ``*_rows``: rows of its own tile one program
+    owns (a tile of BLOCK rows is shared by BLOCK // rows programs that walk the same list).
+    """
+
+    fwd_chunk_n: int
+    dq_chunk_n: int
+    dkdv_chunk_m: int
+    preprocess_rows: int
+    fwd_rows: int
+    dq_rows: int
+    dkdv_rows: int
+    fwd: LaunchOptions
+    preprocess: LaunchOptions
+    dq: LaunchOptions
+    dkdv: LaunchOptions
+
+    def launch_options(self) -> dict[str, dict[str, int]]:
+        """Kernel name -> ``{"num_warps": ..., "num_stages": ...}``, as written into the generated module."""
+        options = {"_fwd": self.fwd, "_bwd_preprocess": self.preprocess, "_bwd_dq": self.dq, "_bwd_dkdv": self.dkdv}
+        return {name: {"num_warps": o.num_warps, "num_stages": o.num_stages} for name, o in options.items()}
+
+
+def _chunk(block: int, width: int) -> int:
+    """A step width or row count within a tile: ``width`` when it divides ``block``, else the whole block."""
+    return width if block % width == 0 and width < block else block
+
+
+def choose_config(
+    block_q: int,
+    block_kv: int,
+    head_dim_pad: int,
+    dtype: torch.dtype,
+    *,
+    interpret: bool,
+    capability: tuple[int, int] = (9, 0),
+    pair_loads: int = 0,
+) -> KernelConfig:
+    """The configuration for plan tiles ``block_q`` x ``block_kv`` and a (power of two) padded head dim.
+
+    ``pair_loads``: loads in the predicate/score_mod indexed by both q and kv (a routing map, a bias table).
+    Each holds a [rows, chunk] tensor of 64-bit pointers, so such kernels step in narrower chunks.
+    """
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}.")
+    if interpret:
+        single = LaunchOptions(num_warps=4, num_stages=1)
+        return KernelConfig(
+            block_kv, block_kv, block_q, block_q, block_q, block_q, block_kv, single, single, single, single
+        )
+    fp32 = dtype == torch.float32
+    row_bytes = head_dim_pad * (4 if fp32 else 2)
+    heavy = row_bytes >= 512  # 16-bit head dim 256, fp32 head dim >= 128: split tiles, narrow steps
+    narrow = heavy or pair_loads > 0
+    stages = 2 if heavy or capability[0] < 9 else 3
+    fwd_rows = dq_rows = _chunk(block_q, 32 if heavy and fp32 else 128)
+    dkdv_rows = _chunk(block_kv, 32 if heavy else 128)
+
+    def warps(rows: int) -> int:
+        return 8 if rows >= 128 or heavy or fp32 else 4
+
+    return KernelConfig(
+        fwd_chunk_n=_chunk(block_kv, 32 if narrow else 64 if row_bytes > 128 or fp32 else 128),
+        dq_chunk_n=_chunk(block_kv, 16 if heavy else 32),
+        dkdv_chunk_m=_chunk(block_q, 16 if narrow else 32),
+        preprocess_rows=32 if heavy else 64,
+        fwd_rows=fwd_rows,
+        dq_rows=dq_rows,
+        dkdv_rows=dkdv_rows,
+        fwd=LaunchOptions(num_warps=warps(fwd_rows), num_stages=stages),
+        preprocess=LaunchOptions(num_warps=4, num_stages=1),
+        dq=LaunchOptions(num_warps=warps(dq_rows), num_stages=stages),
+        dkdv=LaunchOptions(num_warps=warps(dkdv_rows), num_stages=stages),
+    )

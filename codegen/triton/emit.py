@@ -1,0 +1,351 @@
+"""Emit one readable Triton module for a plan: header, constexprs, predicate/score_mod functions, kernels.
+
+Pipeline (top-down): lower each part's pattern to an ``Expr`` (``lower_predicate``) and trace the
+score_mod (``trace_score_mod``); render them with ``render_triton_function``; choose a ``KernelConfig``;
+fill the kernel templates (``template_common``, ``template_fwd``, ``template_bwd``). The module holds:
+
+- the plan's constants as named constexprs (``BLOCK_M``, ``BLOCK_N``, ``HEAD_DIM``, ...),
+- ``_allowed`` (one per part, ``_allowed_<i>`` when the plan has several) and ``_part_allowed``, which picks
+  the part's predicate by the ``PART`` constexpr; ``_score_mod`` and ``_score_mod_grad`` when given,
+- the kernels ``_fwd``, ``_bwd_preprocess``, ``_bwd_dq``, ``_bwd_dkdv`` and their shared step helpers,
+- ``LAUNCH_OPTIONS`` (plain Python: num_warps/num_stages per kernel) for ``launch.TritonAttention``.
+
+Runtime tensors (segment ids, the routing map, tensors captured by a score_mod) reach the kernels as
+``T_ptr, T_stride0, ...`` arguments, in the order ``GeneratedSource.tensor_names``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from string import Template
+
+import numpy as np
+import torch
+
+import maskir
+from maskir.codegen.common.expr import Expr, TensorRef, topo
+from maskir.codegen.common.lower import lower_predicate
+from maskir.codegen.common.score_mod import trace_score_mod
+from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
+from maskir.codegen.triton.render import render_triton_function
+from maskir.codegen.triton.score_grad import score_derivative
+from maskir.codegen.triton.template_bwd import BACKWARD, SCORE_GRAD
+from maskir.codegen.triton.template_common import HELPERS, PRELUDE, SCORE_MODDED, SCORE_PLAIN
+from maskir.codegen.triton.template_fwd import FORWARD
+from maskir.ir import is_dynamic
+from maskir.planner.plan import Plan, TileKind
+
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
+
+@dataclass(frozen=True)
+class GeneratedSource:
+    """The module text and what a launcher needs to call it.
+
+    ``tensor_names``: runtime tensors the kernels read, in argument order, with ``tensor_dims`` index dims
+    each. ``static_tensors``: those captured by the score_mod (name -> tensor), passed on every call.
+    ``score_mod_text``: the traced score_mod as text (a cache key field), None without one.
+    """
+
+    source: str
+    tensor_names: tuple[str, ...]
+    tensor_dims: tuple[int, ...]
+    config: KernelConfig
+    score_mod_text: str | None = None
+    static_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderedFunctions:
+    """Rendered ``@triton.jit`` texts: one predicate per part, and the score_mod with its derivative."""
+
+    allowed: tuple[str, ...]
+    score_mod: str | None
+    score_mod_grad: str | None
+    score_mod_text: str | None
+    tensor_names: tuple[str, ...]
+    tensor_dims: tuple[int, ...]
+    static_tensors: dict[str, torch.Tensor]
+    pair_loads: int
+
+
+def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int) -> None:
+    if not isinstance(plan, Plan):
+        raise TypeError(f"generate_source needs a maskir Plan, got {type(plan).__name__}.")
+    if not isinstance(head_dim, int) or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be an int in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got head_dim={head_dim!r}.")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got dtype={dtype}.")
+    if not isinstance(kv_heads, int) or kv_heads < 1 or plan.heads % kv_heads:
+        raise ValueError(
+            f"Key/value heads must evenly divide query heads, got heads_q={plan.heads}, heads_kv={kv_heads!r}."
+        )
+    for name, block in (("block_q", plan.block_q), ("block_kv", plan.block_kv)):
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"The Triton kernels need power-of-two tiles >= 16, got plan.{name}={block}.")
+
+
+def _check_config(plan: Plan, config: KernelConfig) -> None:
+    for name, chunk, block in (
+        ("fwd_chunk_n", config.fwd_chunk_n, plan.block_kv),
+        ("dq_chunk_n", config.dq_chunk_n, plan.block_kv),
+        ("dkdv_chunk_m", config.dkdv_chunk_m, plan.block_q),
+        ("fwd_rows", config.fwd_rows, plan.block_q),
+        ("dq_rows", config.dq_rows, plan.block_q),
+        ("dkdv_rows", config.dkdv_rows, plan.block_kv),
+    ):
+        if chunk < 16 or block % chunk:
+            raise ValueError(f"config.{name}={chunk} must be >= 16 and divide the plan's tile of {block}.")
+
+
+def _pointer_args(ref: TensorRef) -> tuple[str, ...]:
+    return (f"{ref.name}_ptr", *(f"{ref.name}_stride{d}" for d in range(ref.ndim)))
+
+
+def _pair_loads(expr: Expr) -> int:
+    """Loads whose indices read both q and kv (a [rows, cols] gather in the kernel)."""
+    reads: dict[Expr, frozenset[str]] = {}
+    count = 0
+    for node in topo(expr):
+        own = frozenset([node.value]) if node.op == "var" else frozenset()
+        reads[node] = own.union(*(reads[a] for a in node.args))
+        count += node.op == "load" and {"q", "kv"} <= reads[node]
+    return count
+
+
+def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunctions:
+    """Lower every part's predicate and the score_mod, and render them over one shared argument list.
+
+    Every rendered function takes every runtime tensor (the union over parts and score_mod, by name), so
+    the kernels thread one argument list through all of them.
+    """
+    predicates = [lower_predicate(part.pattern, plan.canvas, plan.kv_canvas) for part in plan.parts]
+    score = trace_score_mod(score_mod) if score_mod is not None else None
+    scored = [score, score_derivative(score)] if score is not None else []
+    refs: dict[str, TensorRef] = {}
+    for expr in [*predicates, *scored]:
+        for ref in expr.tensors():
+            if refs.setdefault(ref.name, ref) != ref:
+                raise ValueError(f"Two different tensors are both named {ref.name!r}: {refs[ref.name]} and {ref}.")
+    names = tuple(sorted(refs))
+    pointers = tuple(arg for name in names for arg in _pointer_args(refs[name]))
+    allowed_names = ["_allowed"] if len(predicates) == 1 else [f"_allowed_{i}" for i in range(len(predicates))]
+    allowed = tuple(
+        render_triton_function(name, expr, ("b", "h", "q", "kv", *pointers))
+        for name, expr in zip(allowed_names, predicates)
+    )
+    score_args = ("score", "b", "h", "q", "kv", *pointers)
+    return RenderedFunctions(
+        allowed=allowed,
+        score_mod=render_triton_function("_score_mod", scored[0], score_args) if scored else None,
+        score_mod_grad=render_triton_function("_score_mod_grad", scored[1], score_args) if scored else None,
+        score_mod_text=str(score) if score is not None else None,
+        tensor_names=names,
+        tensor_dims=tuple(refs[name].ndim for name in names),
+        static_tensors={name: refs[name].data for name in names if refs[name].data is not None},
+        pair_loads=sum(_pair_loads(expr) for expr in [*predicates, *scored]),
+    )
+
+
+def generate_source(
+    plan: Plan,
+    *,
+    head_dim: int,
+    dtype: torch.dtype,
+    kv_heads: int | None = None,
+    score_mod: Callable | None = None,
+    interpret: bool = False,
+    capability: tuple[int, int] = (9, 0),
+    config: KernelConfig | None = None,
+) -> GeneratedSource:
+    """The Triton module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` (GQA) kv heads.
+
+    ``interpret``: the source runs under ``TRITON_INTERPRET=1`` (casts 16-bit tiles to fp32 before ``tl.dot``,
+    whole-tile steps). ``capability`` picks GPU launch options (ignored when interpreting); ``config``
+    overrides ``choose_config``'s choice (its chunks must divide the plan's tiles).
+    """
+    kv_heads = plan.heads if kv_heads is None else kv_heads
+    _check_arguments(plan, head_dim, dtype, kv_heads)
+    functions = render_functions(plan, score_mod)
+    head_dim_pad = max(MIN_HEAD_DIM, 1 << (head_dim - 1).bit_length())
+    config = config or choose_config(
+        plan.block_q,
+        plan.block_kv,
+        head_dim_pad,
+        dtype,
+        interpret=interpret,
+        capability=capability,
+        pair_loads=functions.pair_loads,
+    )
+    _check_config(plan, config)
+    source = assemble_source(
+        plan, functions, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, interpret=interpret, config=config
+    )
+    return GeneratedSource(
+        source,
+        functions.tensor_names,
+        functions.tensor_dims,
+        config,
+        functions.score_mod_text,
+        functions.static_tensors,
+    )
+
+
+# -- assembly --------------------------------------------------------------------------------------
+
+
+def _tile_counts(plan: Plan, part_index: int) -> tuple[int, int, int]:
+    """(full, partial, empty) tile pairs of one part, summed over heads (per head when one table)."""
+    part = plan.parts[part_index]
+    heads = np.bincount(part.head_table, minlength=len(part.tables)) if len(part.tables) > 1 else [1]
+    full = sum(int(count) * table.runs.tiles(TileKind.FULL) for table, count in zip(part.tables, heads))
+    partial = sum(int(count) * table.runs.tiles(TileKind.PARTIAL) for table, count in zip(part.tables, heads))
+    total = int(sum(heads)) * part.n_q_tiles * part.n_kv_tiles
+    return full, partial, total - full - partial
+
+
+def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, config: KernelConfig, interpret) -> str:
+    heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
+    kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
+    lines = [
+        f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
+        f"{DTYPE_NAMES[dtype]}, head_dim {head_dim}, {heads}",
+    ]
+    for i, part in enumerate(plan.parts):
+        full, partial, empty = _tile_counts(plan, i)
+        per = "per head" if len(part.tables) == 1 else f"over {plan.heads} heads ({len(part.tables)} head groups)"
+        name = "plan" if len(plan.parts) == 1 else f"plan part {i} ({part.pattern})"
+        lines.append(
+            f"# {name}: {plan.block_q}x{plan.block_kv} tiles, {part.layout.name} layout, {part.n_q_tiles} q tiles "
+            f"x {part.n_kv_tiles} kv tiles; kv tiles {per}: {full} full, {partial} partial, {empty} empty"
+        )
+    if not is_dynamic(plan.pattern):
+        lines.append(f"# tile efficiency {plan.stats.efficiency:.2f} (allowed pairs / computed pairs).")
+    if len(plan.parts) > 1:
+        lines.append("# The parts are disjoint; their outputs merge by log-sum-exp (launch.TritonAttention).")
+    lines += [
+        f"# target: {'Triton interpreter (CPU)' if interpret else 'GPU'}; rows x steps per program: "
+        f"fwd {config.fwd_rows} q x {config.fwd_chunk_n} kv, dQ {config.dq_rows} q x {config.dq_chunk_n} kv, "
+        f"dK/dV {config.dkdv_rows} kv x {config.dkdv_chunk_m} q.",
+        "#",
+        "# Sub notation for this kernel:",
+        "#   Q, K, V: [B, H, N, D] inputs (K, V with N_KV_HEADS heads); O: output; LSE: [B, H, N_q] log-sum-exp",
+        "#     (natural log; -inf for a row with no allowed key, whose output row is 0).",
+        "#   b, h: batch and head; q, kv: ORIGINAL token indices (row-major over the canvas); a position is a",
+        "#     slot in the layout: Q_TOKENS[pos] / KV_TOKENS[pos] is its token, -1 for a padding slot.",
+        "#   KV_START/KV_FULL/KV_INDEX: CSR list of kv tiles per q tile (FULL tiles first, then PARTIAL);",
+        "#   Q_START/Q_FULL/Q_INDEX: the transposed lists (q tiles per kv tile) for dK/dV. One list per head",
+        "#     group, stacked; HEAD_TABLE[h] is the group of head h.",
+        "#   s: scores in log2 units, s = q.k * scale * log2(e) (+ score_mod), so exp2 replaces exp.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _constexprs(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, interpret, config) -> str:
+    head_dim_pad = max(MIN_HEAD_DIM, 1 << (head_dim - 1).bit_length())
+    values = [
+        ("BLOCK_M", plan.block_q, "q positions per tile"),
+        ("BLOCK_N", plan.block_kv, "kv positions per tile"),
+        ("HEAD_DIM", head_dim, ""),
+        ("HEAD_DIM_PAD", head_dim_pad, "power of two >= HEAD_DIM; loads mask the rest"),
+        ("N_HEADS", plan.heads, ""),
+        ("N_KV_HEADS", kv_heads, ""),
+        ("GQA_GROUP", plan.heads // kv_heads, "query heads per kv head: head h reads kv head h // GQA_GROUP"),
+        ("FWD_CHUNK_N", config.fwd_chunk_n, "kv positions per forward step (divides BLOCK_N)"),
+        ("FWD_CHUNKS", plan.block_kv // config.fwd_chunk_n, "forward steps per kv tile"),
+        ("DQ_CHUNK_N", config.dq_chunk_n, "kv positions per dQ step"),
+        ("DQ_CHUNKS", plan.block_kv // config.dq_chunk_n, "dQ steps per kv tile"),
+        ("DKDV_CHUNK_M", config.dkdv_chunk_m, "q positions per dK/dV step (divides BLOCK_M)"),
+        ("DKDV_CHUNKS", plan.block_q // config.dkdv_chunk_m, "dK/dV steps per q tile"),
+        ("FWD_ROWS", config.fwd_rows, "q rows per forward program"),
+        ("FWD_SPLIT", plan.block_q // config.fwd_rows, "forward programs per q tile"),
+        ("DQ_ROWS", config.dq_rows, "q rows per dQ program"),
+        ("DQ_SPLIT", plan.block_q // config.dq_rows, "dQ programs per q tile"),
+        ("DKDV_ROWS", config.dkdv_rows, "kv rows per dK/dV program"),
+        ("DKDV_SPLIT", plan.block_kv // config.dkdv_rows, "dK/dV programs per kv tile"),
+        ("PREPROCESS_ROWS", config.preprocess_rows, "rows per program of _bwd_preprocess"),
+        ("UPCAST", interpret and dtype != torch.float32, "cast tiles to fp32 before tl.dot (interpreter only)"),
+        (
+            "DOT_PRECISION",
+            "tf32x3" if dtype == torch.float32 else "tf32",
+            "fp32 inputs: 3xTF32, about fp32 accuracy on tensor cores; 16-bit inputs ignore it",
+        ),
+        ("LOG2E", math.log2(math.e), ""),
+        ("LN2", math.log(2.0), ""),
+    ]
+    lines = [f"{name} = tl.constexpr({value!r})" + (f"  # {note}" if note else "") for name, value, note in values]
+    return "\n".join(lines) + "\n"
+
+
+def _launch_options(config: KernelConfig) -> str:
+    """``LAUNCH_OPTIONS``: plain Python, read by ``launch.TritonAttention`` (not by the kernels)."""
+    rows = [f"    {name!r}: {options!r}," for name, options in config.launch_options().items()]
+    return "LAUNCH_OPTIONS = {  # num_warps / num_stages per kernel\n" + "\n".join(rows) + "\n}\n"
+
+
+def _dispatch(n_parts: int, tensor_args: str) -> str:
+    """``_part_allowed``: the predicate of part PART (a constexpr, so only one branch is compiled)."""
+    lines = [
+        "@triton.jit",
+        f"def _part_allowed(b, h, q, kv{tensor_args}, PART: tl.constexpr):",
+        '    """The allowed(b, h, q, kv) predicate of plan part PART."""',
+    ]
+    if n_parts == 1:
+        lines.append(f"    return _allowed(b, h, q, kv{tensor_args})")
+    else:
+        for i in range(n_parts - 1):
+            lines.append(f"    {'if' if i == 0 else 'elif'} PART == {i}:")
+            lines.append(f"        return _allowed_{i}(b, h, q, kv{tensor_args})")
+        lines.append("    else:")
+        lines.append(f"        return _allowed_{n_parts - 1}(b, h, q, kv{tensor_args})")
+    return "\n".join(lines) + "\n"
+
+
+def _tensor_args(names: tuple[str, ...], dims: tuple[int, ...]) -> str:
+    """``, T_ptr, T_stride0, ...`` for every runtime tensor (the argument list the templates thread through)."""
+    return "".join(f", {name}_ptr" + "".join(f", {name}_stride{i}" for i in range(d)) for name, d in zip(names, dims))
+
+
+def _fill(template: str, **values: str) -> str:
+    """Substitute placeholders; a placeholder alone on a line whose value is empty drops the line."""
+    lines = [line for line in template.splitlines() if values.get(line.strip().removeprefix("$"), "-") != ""]
+    text = "\n".join(lines) + "\n"
+    while "$" in text:
+        text = Template(text).substitute(values)
+    return text
+
+
+def assemble_source(
+    plan: Plan,
+    functions: RenderedFunctions,
+    *,
+    head_dim: int,
+    dtype: torch.dtype,
+    kv_heads: int,
+    interpret: bool,
+    config: KernelConfig,
+) -> str:
+    """The module text from rendered functions and the kernel templates."""
+    tensor_args = _tensor_args(functions.tensor_names, functions.tensor_dims)
+    values = {
+        "tensor_args": tensor_args,
+        "score_line": SCORE_MODDED if functions.score_mod else SCORE_PLAIN,
+        "score_grad": SCORE_GRAD if functions.score_mod else "",
+    }
+    section = "# -- {} " + "-" * 80
+    blocks = [
+        _header(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, config=config, interpret=interpret),
+        PRELUDE,
+        _constexprs(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, interpret=interpret, config=config),
+        _launch_options(config),
+        section.format("predicate (lowered from the pattern) and score_mod")[:104] + "\n",
+        *functions.allowed,
+        _dispatch(len(functions.allowed), tensor_args),
+        *([functions.score_mod, functions.score_mod_grad] if functions.score_mod else []),
+        _fill(HELPERS, **values),
+        _fill(FORWARD, **values),
+        _fill(BACKWARD, **values),
+    ]
+    return "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"

@@ -1,0 +1,175 @@
+"""Backward kernel text: preprocess, dQ over each q tile's kv list, dK/dV over each kv tile's q list.
+
+With P = exp2(S - LSE * log2(e)) recomputed per tile (S in log2 units from the shared ``_scores``):
+delta = rowsum(dO * O), dP = dO V^T, dS = P * (dP - delta) (times d score_mod / d score when there is
+one), dQ = scale * dS K, dK = scale * dS^T Q, dV = P^T dO. No atomics: a dQ program owns its q rows; a
+dK/dV program owns its kv rows and loops over the GQA_GROUP query heads that share its kv head, so the
+GQA sum happens in registers. Rows with LSE = -inf (nothing allowed) and padding rows read LSE as +inf,
+so P is 0 there, never NaN. Placeholders: ``$tensor_args``, ``$score_grad`` (see ``template_common``).
+"""
+
+BACKWARD = '''\
+# -- backward ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, n_q):
+    """DELTA[b, h, t] = sum_d dO[t, d] * O[t, d], in original token order."""
+    bh = tl.program_id(1)
+    b = bh // N_HEADS
+    h = bh % N_HEADS
+    tok = tl.program_id(0) * PREPROCESS_ROWS + tl.arange(0, PREPROCESS_ROWS)
+    valid = tok < n_q
+    o = _load_rows(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh, tok, valid, stride_on)
+    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh, tok, valid, stride_don)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * n_q + tok, delta, mask=valid)
+
+
+@triton.jit
+def _load_lse2(LSE_head, tok, valid):
+    """LSE in log2 units; +inf for padding rows and rows with nothing allowed, so that P = 0 there."""
+    lse2 = tl.load(LSE_head + tok, mask=valid, other=float("-inf")) * LOG2E
+    return tl.where(lse2 == float("-inf"), float("inf"), lse2)
+
+
+@triton.jit
+def _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
+             KV_TOKENS, sm_scale$tensor_args, PART: tl.constexpr, KV_GATHER: tl.constexpr,
+             KV_PADDED: tl.constexpr, IS_FULL_TILE: tl.constexpr):
+    """dQ (without the scale) += dS K over DQ_CHUNK_N kv positions starting at ``first_kv``."""
+    kv_tok, kv_valid = _tile_tokens(first_kv, n_kv, KV_TOKENS, DQ_CHUNK_N, KV_GATHER)
+    k = _load_rows(K_head, kv_tok, kv_valid, stride_kn)
+    v = _load_rows(V_head, kv_tok, kv_valid, stride_vn)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    q_idx, kv_idx = q_tok[:, None], kv_tok[None, :]
+    s = _scores(qk, b, h, q_idx, kv_idx, kv_valid[None, :], sm_scale$tensor_args, PART, IS_FULL_TILE, KV_PADDED)
+    p = tl.math.exp2(s - lse2[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+$score_grad
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+            stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh,
+            stride_dqn, n_q, n_kv, sm_scale, KV_START, KV_FULL, KV_INDEX, HEAD_TABLE, Q_TOKENS, KV_TOKENS,
+            n_q_tiles$tensor_args, PART: tl.constexpr, Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr,
+            KV_PADDED: tl.constexpr):
+    """dQ of DQ_ROWS rows of one q tile of one (batch, head), over the same kv list as the forward."""
+    q_tile = tl.program_id(0) // DQ_SPLIT
+    first_q = q_tile * BLOCK_M + (tl.program_id(0) - q_tile * DQ_SPLIT) * DQ_ROWS
+    bh = tl.program_id(1)
+    b = bh // N_HEADS
+    h = bh % N_HEADS
+    group = tl.load(HEAD_TABLE + h)
+    row = group * (n_q_tiles + 1) + q_tile
+    start = tl.load(KV_START + row)
+    end = tl.load(KV_START + row + 1)
+    full_end = start + tl.load(KV_FULL + group * n_q_tiles + q_tile)
+
+    q_tok, q_valid = _tile_tokens(first_q, n_q, Q_TOKENS, DQ_ROWS, Q_GATHER)
+    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, q_tok, q_valid, stride_qn)
+    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh, q_tok, q_valid, stride_don)
+    lse2 = _load_lse2(LSE + bh.to(tl.int64) * n_q, q_tok, q_valid)
+    delta = tl.load(DELTA + bh.to(tl.int64) * n_q + q_tok, mask=q_valid, other=0.0)
+    kv_head = (h // GQA_GROUP).to(tl.int64)
+    K_head = K + b.to(tl.int64) * stride_kb + kv_head * stride_kh
+    V_head = V + b.to(tl.int64) * stride_vb + kv_head * stride_vh
+
+    dq = tl.zeros([DQ_ROWS, HEAD_DIM_PAD], tl.float32)
+    # -- FULL tiles: no predicate --
+    for step in range(start * DQ_CHUNKS, full_end * DQ_CHUNKS):
+        tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
+        first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
+        dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
+                      KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=True)
+    # -- PARTIAL tiles: predicate inlined below --
+    for step in range(full_end * DQ_CHUNKS, end * DQ_CHUNKS):
+        tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
+        first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
+        dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
+                      KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
+    # -- epilogue --
+    DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+    _store_rows(DQ_head, q_tok, q_valid, stride_dqn, dq * sm_scale)
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn, stride_don,
+               LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART: tl.constexpr, Q_GATHER: tl.constexpr,
+               IS_FULL_TILE: tl.constexpr):
+    """dK (without the scale) += dS^T Q and dV += P^T dO over DKDV_CHUNK_M q positions from ``first_q``.
+
+    Works on transposed [kv, q] tiles. Padding kv slots need no mask here: their rows are never stored.
+    """
+    q_tok, q_valid = _tile_tokens(first_q, n_q, Q_TOKENS, DKDV_CHUNK_M, Q_GATHER)
+    q = _load_rows(Q_head, q_tok, q_valid, stride_qn)
+    do = _load_rows(DO_head, q_tok, q_valid, stride_don)
+    lse2 = _load_lse2(LSE_head, q_tok, q_valid)
+    delta = tl.load(DELTA_head + q_tok, mask=q_valid, other=0.0)
+    qk = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+    q_idx, kv_idx = q_tok[None, :], kv_tok[:, None]
+    s = _scores(qk, b, h, q_idx, kv_idx, kv_valid[:, None], sm_scale$tensor_args, PART, IS_FULL_TILE, False)
+    p = tl.math.exp2(s - lse2[None, :])
+    dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
+    dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[None, :])
+$score_grad
+    dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh,
+              stride_dkn, stride_dvb, stride_dvh, stride_dvn, n_q, n_kv, sm_scale, Q_START, Q_FULL, Q_INDEX,
+              HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_kv_tiles$tensor_args, PART: tl.constexpr,
+              Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr):
+    """dK and dV of DKDV_ROWS rows of one kv tile of one (batch, kv head): for each query head of its GQA
+    group, the transposed list (q tiles of this kv tile, FULL first)."""
+    kv_tile = tl.program_id(0) // DKDV_SPLIT
+    first_kv = kv_tile * BLOCK_N + (tl.program_id(0) - kv_tile * DKDV_SPLIT) * DKDV_ROWS
+    bh = tl.program_id(1)
+    b = bh // N_KV_HEADS
+    kv_head = bh % N_KV_HEADS
+    kv_tok, kv_valid = _tile_tokens(first_kv, n_kv, KV_TOKENS, DKDV_ROWS, KV_GATHER)
+    k = _load_rows(K + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh, kv_tok, kv_valid, stride_kn)
+    v = _load_rows(V + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh, kv_tok, kv_valid, stride_vn)
+
+    dk = tl.zeros([DKDV_ROWS, HEAD_DIM_PAD], tl.float32)
+    dv = tl.zeros([DKDV_ROWS, HEAD_DIM_PAD], tl.float32)
+    for member in range(GQA_GROUP):
+        h = kv_head * GQA_GROUP + member
+        group = tl.load(HEAD_TABLE + h)
+        row = group * (n_kv_tiles + 1) + kv_tile
+        start = tl.load(Q_START + row)
+        end = tl.load(Q_START + row + 1)
+        full_end = start + tl.load(Q_FULL + group * n_kv_tiles + kv_tile)
+        Q_head = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        LSE_head = LSE + (b * N_HEADS + h).to(tl.int64) * n_q
+        DELTA_head = DELTA + (b * N_HEADS + h).to(tl.int64) * n_q
+        # -- FULL tiles: no predicate --
+        for step in range(start * DKDV_CHUNKS, full_end * DKDV_CHUNKS):
+            tile = step // DKDV_CHUNKS  # list entry, then the chunk within its tile
+            first_q = tl.load(Q_INDEX + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
+            dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
+                                stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
+                                IS_FULL_TILE=True)
+        # -- PARTIAL tiles: predicate inlined below --
+        for step in range(full_end * DKDV_CHUNKS, end * DKDV_CHUNKS):
+            tile = step // DKDV_CHUNKS  # list entry, then the chunk within its tile
+            first_q = tl.load(Q_INDEX + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
+            dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
+                                stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
+                                IS_FULL_TILE=False)
+    # -- epilogue --
+    DK_head = DK + b.to(tl.int64) * stride_dkb + kv_head.to(tl.int64) * stride_dkh
+    DV_head = DV + b.to(tl.int64) * stride_dvb + kv_head.to(tl.int64) * stride_dvh
+    _store_rows(DK_head, kv_tok, kv_valid, stride_dkn, dk * sm_scale)
+    _store_rows(DV_head, kv_tok, kv_valid, stride_dvn, dv)
+'''
+
+SCORE_GRAD = "    ds = ds * _score_mod_grad(qk * sm_scale, b, h, q_idx, kv_idx$tensor_args)"

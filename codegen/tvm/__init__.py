@@ -1,0 +1,1 @@
+"""The TVM backend: the same plan lowered to a TensorIR prim_func, built for llvm (CPU) or cuda."""

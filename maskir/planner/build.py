@@ -1,0 +1,143 @@
+"""``plan()``: a pattern on its canvases to a block-sparse ``Plan``, as a list of steps.
+
+1. check the arguments and the pattern on the canvases (``maskir.ir.check_canvas``);
+2. resolve ``PerHead`` into head groups (heads with the same pattern share tables);
+3. for every block size pair and layout candidate: tile sides, tile classes per head group
+   (``analysis.tile_runs``), a single-part plan; keep the cheapest by ``cost`` (default ``plan_cost``);
+4. with ``layout="auto"``, try splitting a union into disjoint parts with their own layouts
+   (``union.split_union``) and keep the split if it is cheaper;
+5. stamp the planning time. Tables stay as runs; CSR arrays and stats are computed on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+from maskir.canvas import Canvas
+from maskir.ir import Pattern, check_canvas
+from maskir.planner.analysis import tile_runs
+from maskir.planner.cost import plan_cost
+from maskir.planner.heads import head_groups
+from maskir.planner.layouts import LAYOUTS, LayoutChoice, layout_choices
+from maskir.planner.plan import Layout, Plan, PlanPart, TileTable
+from maskir.planner.tiles import ExplicitSide, make_side
+
+BLOCK_Q_CHOICES = (64, 128)
+BLOCK_KV_CHOICES = (32, 64, 128)
+"""Block sizes the planner chooses from when block_q / block_kv are None."""
+
+Cost = Callable[[Plan], float]
+
+
+def plan(
+    pattern: Pattern,
+    canvas: Canvas | int | tuple[int, ...],
+    kv_canvas: Canvas | int | tuple[int, ...] | None = None,
+    *,
+    heads: int = 1,
+    block_q: int | None = None,
+    block_kv: int | None = None,
+    layout: str = "auto",
+    cost: Cost | None = None,
+) -> Plan:
+    """Plan ``pattern`` into block-sparse tiles without materializing the N x N mask.
+
+    ``block_q``/``block_kv``: powers of two >= 16, or None to let the cost choose (q from 64/128, kv from
+    32/64/128). ``layout``: "auto" (cheapest candidate, unions may be split) or one of ``LAYOUTS``.
+    ``cost``: a callable Plan -> float to minimise (default ``plan_cost``).
+    """
+    started = time.perf_counter()
+    canvas = _as_canvas(canvas, "canvas")
+    kv_canvas = canvas if kv_canvas is None else _as_canvas(kv_canvas, "kv_canvas")
+    _check_arguments(pattern, heads, block_q, block_kv, layout, cost)
+    check_canvas(pattern, canvas, kv_canvas)
+    price = cost or plan_cost
+    best_cost, best = cheapest(candidate_plans(pattern, canvas, kv_canvas, heads, block_q, block_kv, layout), price)
+    if layout == "auto":
+        from maskir.planner.union import split_union  # union builds on this module's candidate_plans
+
+        split_cost, split = cheapest(split_union(best, price), price)
+        best = split if split_cost < best_cost else best
+    return dataclasses.replace(best, plan_seconds=time.perf_counter() - started)
+
+
+def cheapest(plans: Iterable[Plan], price: Cost) -> tuple[float, Plan | None]:
+    """(price, plan) of the first cheapest plan, each priced once; (inf, None) when there is none."""
+    return min(((price(p), p) for p in plans), key=lambda priced: priced[0], default=(float("inf"), None))
+
+
+def candidate_plans(
+    pattern: Pattern,
+    canvas: Canvas,
+    kv_canvas: Canvas,
+    heads: int,
+    block_q: int | None,
+    block_kv: int | None,
+    family: str,
+) -> Iterator[Plan]:
+    """One single-part plan per block size pair and layout candidate of ``family``."""
+    for bq in (block_q,) if block_q else BLOCK_Q_CHOICES:
+        for bkv in (block_kv,) if block_kv else BLOCK_KV_CHOICES:
+            for choice in layout_choices(pattern, canvas, kv_canvas, bq, bkv, family):
+                yield single_part_plan(pattern, canvas, kv_canvas, heads, bq, bkv, choice)
+
+
+def plan_part(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas, heads: int, bq: int, bkv: int, choice: LayoutChoice):
+    """The part of ``pattern`` in one layout: tile classes per head group, equal tables shared."""
+    q, kv = make_side(canvas, bq, choice.q), make_side(kv_canvas, bkv, choice.kv)
+    groups, head_table = head_groups(pattern, heads)
+    tables: list[TileTable] = []
+    index_of_group = []
+    for resolved, head in groups:
+        runs = tile_runs(resolved, q, kv, head=head)
+        same = next((i for i, t in enumerate(tables) if t.runs.equals(runs)), None)
+        if same is None:
+            tables.append(TileTable(runs))
+            same = len(tables) - 1
+        index_of_group.append(same)
+    layout = Layout(
+        choice.name,
+        q.order if isinstance(q, ExplicitSide) else None,
+        kv.order if isinstance(kv, ExplicitSide) else None,
+    )
+    return PlanPart(pattern, layout, tuple(tables), np.asarray(index_of_group)[head_table], q.n_tiles, kv.n_tiles)
+
+
+def single_part_plan(pattern, canvas, kv_canvas, heads, bq, bkv, choice: LayoutChoice) -> Plan:
+    part = plan_part(pattern, canvas, kv_canvas, heads, bq, bkv, choice)
+    return Plan(pattern, canvas, kv_canvas, heads, bq, bkv, (part,))
+
+
+def _as_canvas(value, name: str) -> Canvas:
+    if isinstance(value, Canvas):
+        return value
+    try:
+        return Canvas(value)
+    except ValueError as error:
+        raise ValueError(f"plan argument {name}: {error}") from None
+
+
+def _check_block(name: str, value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 16 or value & (value - 1):
+        raise ValueError(
+            f"plan argument {name} must be a power of two >= 16 (or None to choose), got {name}={value!r}."
+        )
+
+
+def _check_arguments(pattern, heads, block_q, block_kv, layout, cost) -> None:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"plan needs a maskir Pattern, got {type(pattern).__name__}.")
+    if not isinstance(heads, (int, np.integer)) or isinstance(heads, bool) or heads < 1:
+        raise ValueError(f"plan argument heads must be a positive int, got heads={heads!r}.")
+    _check_block("block_q", block_q)
+    _check_block("block_kv", block_kv)
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ValueError(f"plan argument layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {layout!r}.")
+    if cost is not None and not callable(cost):
+        raise TypeError(f"plan argument cost must be a callable Plan -> float, got {cost!r}.")

@@ -1,0 +1,64 @@
+"""Union decomposition: split an ``Or`` whose terms want different layouts into disjoint parts.
+
+The pattern is read as a union of terms (``disjuncts``: Or flattened, And distributed over Or, e.g.
+``(Window(255, 0) | Columns(128, 1)) & Causal()`` -> ``Window & Causal``, ``Columns & Causal``). Each term
+is priced alone over the layout candidates; if the terms prefer different layouts, each group of terms A
+(with the rest B) gives a two-part plan: part 1 = A in its cheapest layout, part 2 = B & ~A in its own
+(e.g. the summary columns gathered into a few contiguous kv tiles). The parts are disjoint by
+construction and cover the pattern, so the kernels merge them by log-sum-exp. The caller keeps a split
+only when the cost says it wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import reduce
+
+from maskir.ir import And, Not, Or, Pattern, PerHead
+from maskir.planner.build import candidate_plans
+from maskir.planner.plan import Plan
+
+MAX_TERMS = 8
+"""Unions with more terms are planned as one part."""
+
+
+def disjuncts(pattern: Pattern) -> list[Pattern]:
+    """The pattern as a list of terms whose union it is (Or flattened, And distributed over Or)."""
+    if isinstance(pattern, Or):
+        return disjuncts(pattern.left) + disjuncts(pattern.right)
+    if isinstance(pattern, And):
+        left, right = disjuncts(pattern.left), disjuncts(pattern.right)
+        if len(left) * len(right) > 1:
+            return [a & b for a in left for b in right]
+    return [pattern]
+
+
+def _union(terms: list[Pattern]) -> Pattern:
+    return reduce(Or, terms)
+
+
+def split_union(best: Plan, price: Callable[[Plan], float]) -> list[Plan]:
+    """Two-part plans of ``best.pattern`` at ``best``'s block sizes, one per group of terms that share a
+    preferred layout; empty when the pattern is not a union of terms with different preferences."""
+    pattern = best.pattern
+    if any(isinstance(node, PerHead) for node in pattern.walk()):
+        return []
+    terms = disjuncts(pattern)
+    if not 2 <= len(terms) <= MAX_TERMS:
+        return []
+
+    def cheapest(part: Pattern) -> Plan:
+        candidates = candidate_plans(part, best.canvas, best.kv_canvas, best.heads, best.block_q, best.block_kv, "auto")
+        return min(candidates, key=price)
+
+    preferred = [cheapest(term).layout.name for term in terms]
+    groups = list(dict.fromkeys(preferred))
+    if len(groups) < 2:
+        return []
+    plans = []
+    for group in groups:
+        first = _union([t for t, name in zip(terms, preferred) if name == group])
+        rest = _union([t for t, name in zip(terms, preferred) if name != group])
+        parts = (cheapest(first).parts[0], cheapest(And(rest, Not(first))).parts[0])
+        plans.append(Plan(pattern, best.canvas, best.kv_canvas, best.heads, best.block_q, best.block_kv, parts))
+    return plans

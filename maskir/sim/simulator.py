@@ -1,0 +1,108 @@
+"""``simulate``: plan a pattern for a kernel, price the plan, and compare it with flex and dense."""
+
+from __future__ import annotations
+
+from maskir.canvas import Canvas
+from maskir.ir import Pattern, is_dynamic
+from maskir.planner import plan as make_plan
+from maskir.sim.cost import dense_workload, simulate_plan, time_workload
+from maskir.sim.hardware import get_hardware, get_kernel
+from maskir.sim.report import PairCounts, SimReport
+
+FLEX_BLOCK = 128
+"""FlexAttention's block mask granularity (``create_block_mask``'s default BLOCK_SIZE)."""
+
+
+def kernel_plan(kernel: str, pattern: Pattern, canvas: Canvas, kv_canvas: Canvas | None = None, *, heads: int = 1):
+    """The plan ``kernel`` runs: flex's is the identity layout with 128 x 128 tiles, maskir's the planner's."""
+    if get_kernel(kernel).name == "flex":
+        return make_plan(
+            pattern, canvas, kv_canvas, heads=heads, block_q=FLEX_BLOCK, block_kv=FLEX_BLOCK, layout="identity"
+        )
+    return make_plan(pattern, canvas, kv_canvas, heads=heads)
+
+
+def pair_counts(plan) -> PairCounts:
+    """Dense, computed (``plan.tile_counts``: no evaluation) and allowed token pairs of a plan, over heads.
+
+    Allowed pairs come from ``plan.stats``, which evaluates each PARTIAL tile once per head group; a
+    data-dependent pattern has none (None).
+    """
+    dense = plan.heads * plan.canvas.size * plan.kv_canvas.size
+    allowed = None if is_dynamic(plan.pattern) else plan.stats.allowed_pairs
+    return PairCounts(dense, plan.tile_counts.computed_pairs, allowed)
+
+
+def _canvas(value, name: str) -> Canvas:
+    if isinstance(value, Canvas):
+        return value
+    try:
+        return Canvas(value)
+    except ValueError as err:
+        raise ValueError(f"simulate argument {name}: {err}") from None
+
+
+def simulate(
+    pattern: Pattern,
+    canvas: Canvas | int | tuple[int, ...],
+    *,
+    hardware: str = "h100",
+    kernel: str = "maskir",
+    batch: int = 1,
+    heads: int = 16,
+    head_dim: int = 128,
+    dtype: str = "bf16",
+    backward: bool = False,
+    plan=None,
+    kv_canvas: Canvas | int | tuple[int, ...] | None = None,
+) -> SimReport:
+    """Predict ``pattern`` on ``canvas`` with ``kernel`` ("maskir" or "flex") on ``hardware``.
+
+    ``plan`` replaces the planner's plan for the kernel (it must be of this pattern, canvases and heads).
+    The report also prices flex's plan and the dense problem, for the predicted speedups.
+    """
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"simulate needs a Pattern (maskir.parse turns text into one), got {type(pattern).__name__}.")
+    canvas = _canvas(canvas, "canvas")
+    kv_canvas = canvas if kv_canvas is None else _canvas(kv_canvas, "kv_canvas")
+    hw, model = get_hardware(hardware), get_kernel(kernel)
+    if plan is None:
+        plan = kernel_plan(model.name, pattern, canvas, kv_canvas, heads=heads)
+    elif (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (pattern, canvas, kv_canvas, heads):
+        raise ValueError(
+            f"simulate argument plan is of {plan.pattern} on {plan.canvas} x {plan.kv_canvas}, {plan.heads} heads; "
+            f"expected {pattern} on {canvas} x {kv_canvas}, {heads} heads."
+        )
+    shape = {"batch": batch, "head_dim": head_dim, "dtype": dtype}
+    timing = simulate_plan(plan, hw, kernel=model, backward=backward, **shape)
+    flex = (
+        timing
+        if model.name == "flex"
+        else simulate_plan(
+            kernel_plan("flex", pattern, canvas, kv_canvas, heads=heads), hw, kernel="flex", backward=backward, **shape
+        )
+    )
+    dense = time_workload(
+        dense_workload(canvas.size, kv_canvas.size, FLEX_BLOCK, FLEX_BLOCK, heads), hw, kernel=model, **shape
+    )
+    return SimReport(
+        pattern=str(pattern),
+        canvas=str(canvas) if kv_canvas == canvas else f"{canvas} x kv {kv_canvas}",
+        hardware=hw.name,
+        kernel=model.name,
+        batch=batch,
+        heads=heads,
+        head_dim=head_dim,
+        dtype=dtype,
+        layouts=tuple(part.layout.name for part in plan.parts),
+        block_q=plan.block_q,
+        block_kv=plan.block_kv,
+        fwd_ms=timing.fwd_ms,
+        bwd_ms=timing.bwd_ms,
+        dense_fwd_ms=dense.fwd_ms,
+        flex_fwd_ms=flex.fwd_ms,
+        flex_bwd_ms=flex.bwd_ms,
+        computed_tflop=timing.computed_flops / 1e12,
+        pairs=pair_counts(plan),
+        launches=timing.launches,
+    )

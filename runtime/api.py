@@ -1,0 +1,119 @@
+"""The public entry points: ``maskir.attention`` (drop-in, like SDPA/flex) and ``maskir.compile``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from maskir.canvas import Canvas
+from maskir.ir import Pattern
+from maskir.runtime.checks import check_qkv, resolve_canvas
+from maskir.runtime.compiled import CompiledAttention
+
+_COMPILED: dict[tuple, CompiledAttention] = {}
+
+
+def compile(  # noqa: A001 (the public name, like torch.compile)
+    pattern: Pattern,
+    canvas: Canvas | int | tuple[int, ...],
+    *,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cuda",
+    kv_canvas: Canvas | int | tuple[int, ...] | None = None,
+    kv_heads: int | None = None,
+    score_mod: Callable | None = None,
+    block_q: int | None = None,
+    block_kv: int | None = None,
+    layout: str = "auto",
+    backend: str = "auto",
+    quiet: bool = False,
+) -> CompiledAttention:
+    """Plan ``pattern`` and build its kernels once; call the result in a training loop.
+
+    ``kv_heads`` (default ``heads``) below ``heads`` is GQA/MQA. ``backend`` is "auto" (Triton: compiled
+    on CUDA, interpreted on CPU), "triton" or "reference" (float64 dense, for checking).
+    """
+    canvas = canvas if isinstance(canvas, Canvas) else Canvas(canvas)
+    kv_canvas = canvas if kv_canvas is None else kv_canvas if isinstance(kv_canvas, Canvas) else Canvas(kv_canvas)
+    kv_heads = heads if kv_heads is None else kv_heads
+    for name, value in (("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
+    if heads % kv_heads:
+        raise ValueError(f"Key/value heads must evenly divide query heads, got heads_q={heads}, heads_kv={kv_heads}.")
+    return CompiledAttention(
+        pattern,
+        canvas,
+        kv_canvas,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        dtype=dtype,
+        device=torch.device(device),
+        score_mod=score_mod,
+        block_q=block_q,
+        block_kv=block_kv,
+        layout=layout,
+        backend=backend,
+        quiet=quiet,
+    )
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    canvas: Canvas | int | tuple[int, ...] | None = None,
+    *,
+    kv_canvas: Canvas | int | tuple[int, ...] | None = None,
+    score_mod: Callable | None = None,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    segments=None,
+    routing=None,
+    backend: str = "auto",
+    return_lse: bool = False,
+):
+    """Sparse attention of q [B, H, Nq, D] over k, v [B, H_kv, Nkv, D] restricted to ``pattern``.
+
+    ``canvas`` is the token grid of q (default: 1-D of Nq tokens); ``kv_canvas`` that of k/v (default: the
+    same canvas when Nkv == Nq, else 1-D). Compiled objects are memoised per configuration; use
+    ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf).
+    """
+    shapes = check_qkv(q, k, v, enable_gqa=enable_gqa)
+    canvas = resolve_canvas(canvas, shapes.n_q, "canvas")
+    if kv_canvas is None and shapes.n_kv == shapes.n_q:
+        kv_canvas = canvas
+    kv_canvas = resolve_canvas(kv_canvas, shapes.n_kv, "kv_canvas")
+    key = (
+        pattern,
+        canvas,
+        kv_canvas,
+        shapes.heads,
+        shapes.kv_heads,
+        shapes.head_dim,
+        shapes.dtype,
+        shapes.device.type,
+        score_mod,
+        backend,
+    )
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = compile(
+            pattern,
+            canvas,
+            heads=shapes.heads,
+            head_dim=shapes.head_dim,
+            dtype=shapes.dtype,
+            device=shapes.device,
+            kv_canvas=kv_canvas,
+            kv_heads=shapes.kv_heads,
+            score_mod=score_mod,
+            backend=backend,
+        )
+        _COMPILED[key] = compiled
+    return compiled(q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse)

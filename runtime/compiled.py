@@ -1,0 +1,223 @@
+"""``CompiledAttention``: a plan plus the kernels of one backend, callable like SDPA and reusable."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from maskir.canvas import Canvas
+from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
+from maskir.planner import Plan, plan
+from maskir.runtime import ops
+from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key
+from maskir.runtime.checks import DTYPES, check_qkv, check_segments
+from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
+from maskir.runtime.reference_backend import ReferenceKernels
+from maskir.runtime.routing import routing_map, routing_node
+
+BACKENDS = ("auto", "triton", "reference")
+PROGRESS_SECONDS = 1.0
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto" is Triton: compiled on CUDA, the Triton interpreter on CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    return "triton" if backend == "auto" else backend
+
+
+def _use_interpreter() -> None:
+    """Make Triton run kernels in its interpreter in this process (CPU tensors, no GPU).
+
+    Triton reads TRITON_INTERPRET when ``triton`` is first imported, so it is set here before the Triton
+    backend imports it; a process that imported triton without it cannot interpret maskir's kernels.
+    """
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+        return
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "maskir runs Triton kernels on CPU in Triton's interpreter, but triton was imported before "
+            "TRITON_INTERPRET=1 was set. Set TRITON_INTERPRET=1 in the environment before importing triton "
+            "(or torch.compile), or pass backend='reference'."
+        )
+
+
+def _progress(message: str, started: float, quiet: bool) -> None:
+    if not quiet and time.perf_counter() - started > PROGRESS_SECONDS:
+        print(f"maskir: {message} ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+
+
+class CompiledAttention:
+    """Attention with a fixed pattern, canvas, head layout, head dim, dtype and device.
+
+    ``compiled(q, k, v)`` returns the output (and lse with ``return_lse=True``); gradients flow to q, k, v.
+    ``.plan`` is the block-sparse plan, ``.source()`` the generated kernel text, ``.describe()`` a summary.
+    """
+
+    def __init__(
+        self,
+        pattern: Pattern,
+        canvas: Canvas,
+        kv_canvas: Canvas,
+        *,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        score_mod: Callable | None = None,
+        block_q: int | None = None,
+        block_kv: int | None = None,
+        layout: str = "auto",
+        backend: str = "auto",
+        cache: KernelCache = DEFAULT_CACHE,
+        quiet: bool = False,
+    ):
+        if not isinstance(pattern, Pattern):
+            raise TypeError(f"pattern must be a maskir Pattern, got {type(pattern).__name__}.")
+        if dtype not in DTYPES:
+            raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}.")
+        check_canvas(pattern, canvas, kv_canvas)
+        started = time.perf_counter()
+        self.pattern, self.canvas, self.kv_canvas = pattern, canvas, kv_canvas
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.dtype, self.device = dtype, torch.device(device)
+        self.score_mod = score_mod
+        self.backend = resolve_backend(backend, self.device)
+        self.plan: Plan = plan(
+            pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout
+        )
+        self._routing = routing_node(pattern)
+        fields = {
+            "pattern": str(pattern),
+            "canvas": canvas.shape,
+            "kv_canvas": kv_canvas.shape,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "head_dim": head_dim,
+            "dtype": DTYPES[dtype],
+            "blocks": (self.plan.block_q, self.plan.block_kv),
+            "layouts": [part.layout.name for part in self.plan.parts],
+            "backend": self.backend,
+            "device": _device_capability(self.device),
+            "score_mod": getattr(score_mod, "__qualname__", None),
+        }
+        self.handle = cache_key({**fields, "object": id(self)})
+        if self.backend == "reference":
+            self._source = None
+            uses_segments = any(isinstance(node, Segments) for node in pattern.walk())
+            self.tensor_names = tuple(
+                name
+                for name in REFERENCE_TENSORS
+                if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
+            )
+            self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names)
+        else:
+            self._build_triton(fields, cache)
+        ops.register(self.handle, self.kernels)
+        _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
+
+    def _build_triton(self, fields: dict, cache: KernelCache) -> None:
+        interpret = self.device.type != "cuda"
+        if interpret:
+            _use_interpreter()
+        from maskir.codegen.triton.emit import generate_source
+        from maskir.codegen.triton.launch import TritonAttention
+
+        kernel_args = {
+            "head_dim": self.head_dim,
+            "dtype": self.dtype,
+            "kv_heads": self.kv_heads,
+            "score_mod": self.score_mod,
+            "interpret": interpret,
+        }
+        generated = generate_source(self.plan, **kernel_args)
+        if self.score_mod is not None:
+            fields = {**fields, "score_mod": generated.score_mod_text}
+        entry = cache.get_or_build(
+            {**fields, "interpret": interpret}, lambda: (generated.source, {"plan": self.plan.describe()})
+        )
+        module = cache.load_module(entry)
+        self._source = entry.source
+        self.kernels = TritonAttention(module, self.plan, generated)
+        self.tensor_names = tuple(generated.tensor_names)
+
+    def _run_tensors(self, q, k, segments, routing) -> list[torch.Tensor]:
+        batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
+        named: dict[str, torch.Tensor] = {}
+        if any(isinstance(node, Segments) for node in self.pattern.walk()):
+            if segments is None:
+                raise ValueError(f"{self.pattern} contains Segments(): pass segments=<int ids [B, N]>.")
+            named["segments_q"], named["segments_kv"] = check_segments(segments, batch, n_q, n_kv, q.device)
+        elif segments is not None:
+            raise ValueError("segments were given but the pattern has no Segments() node.")
+        if self._routing is not None:
+            from maskir.reference import routing_indices
+
+            indices = routing if routing is not None else routing_indices(q.detach(), k.detach(), self._routing)
+            named["routing_map"] = routing_map(q, k, self._routing, indices)
+            named["routing_indices"] = indices.to(q.device)
+        elif routing is not None:
+            raise ValueError("routing was given but the pattern has no Routing node.")
+        if self.backend == "triton":
+            named.update(self.kernels.static_tensors(q.device))
+        missing = [name for name in self.tensor_names if name not in named]
+        if missing:
+            raise ValueError(f"{self.pattern} needs run-time data {missing} that was not given.")
+        return [named[name] for name in self.tensor_names]
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        scale: float | None = None,
+        segments=None,
+        routing=None,
+        return_lse: bool = False,
+    ):
+        shapes = check_qkv(q, k, v, enable_gqa=self.kv_heads != self.heads)
+        expected = (self.heads, self.kv_heads, self.canvas.size, self.kv_canvas.size, self.head_dim, self.dtype)
+        got = (shapes.heads, shapes.kv_heads, shapes.n_q, shapes.n_kv, shapes.head_dim, shapes.dtype)
+        if got != expected or shapes.device.type != self.device.type:
+            raise ValueError(
+                f"This CompiledAttention was built for (heads, kv_heads, N_q, N_kv, D, dtype) = {expected} on "
+                f"{self.device.type}, got {got} on {shapes.device.type}: compile another one."
+            )
+        scale = self.head_dim**-0.5 if scale is None else float(scale)
+        tensors = self._run_tensors(q, k, segments, routing)
+        out, lse = ops.AttentionFunction.apply(
+            q.contiguous(), k.contiguous(), v.contiguous(), self.handle, scale, *tensors
+        )
+        return (out, lse) if return_lse else out
+
+    @property
+    def dynamic(self) -> bool:
+        """True when the allowed set depends on per-call data (segments, routing)."""
+        return is_dynamic(self.pattern)
+
+    def source(self) -> str:
+        """The generated kernel source (as stored in the cache)."""
+        if self._source is None:
+            return f"# backend 'reference': no generated kernel; maskir.reference.reference_attention runs {self.pattern}\n"
+        return self._source
+
+    def describe(self) -> str:
+        """The plan summary plus backend, dtype and head layout."""
+        heads = f"{self.heads} heads" + (f" ({self.kv_heads} kv heads)" if self.kv_heads != self.heads else "")
+        return (
+            f"{self.plan.describe()}\n  backend {self.backend}, {DTYPES[self.dtype]}, head_dim {self.head_dim}, {heads}"
+        )
+
+
+def _device_capability(device: torch.device) -> str:
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda:sm_{major}{minor}"
+    return device.type

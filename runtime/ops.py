@@ -1,0 +1,91 @@
+"""``torch.library`` ops and the autograd Function around a compiled attention.
+
+``maskir::attention_fwd`` returns (out, lse) and ``maskir::attention_bwd`` returns (dq, dk, dv); both have
+fake implementations, so ``torch.compile(fullgraph=True)`` traces through them without graph breaks. The
+kernels are found by ``handle`` (a string key registered by ``register``): ops take only tensors, strings
+and floats. ``AttentionFunction`` (a ``torch.autograd.Function``) calls the two ops.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Kernels(Protocol):
+    """What a backend provides: forward with log-sum-exp, and the matching backward."""
+
+    def forward(self, q, k, v, *, scale: float, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def backward(
+        self, q, k, v, out, lse, dout, *, scale: float, tensors: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+_KERNELS: dict[str, Kernels] = {}
+
+
+def register(handle: str, kernels: Kernels) -> None:
+    """Make ``kernels`` reachable from the ops under ``handle``."""
+    _KERNELS[handle] = kernels
+
+
+def _kernels(handle: str) -> Kernels:
+    try:
+        return _KERNELS[handle]
+    except KeyError:
+        raise ValueError(f"No maskir kernels registered as {handle!r}: build them with maskir.compile(...).") from None
+
+
+@torch.library.custom_op("maskir::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, handle: str, scale: float, tensors: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _kernels(handle).forward(q, k, v, scale=scale, tensors=tensors)
+    return out, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, handle, scale, tensors):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("maskir::attention_bwd", mutates_args=())
+def attention_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    handle: str,
+    scale: float,
+    tensors: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _kernels(handle).backward(q, k, v, out, lse, dout, scale=scale, tensors=tensors)
+
+
+@attention_bwd.register_fake
+def _(q, k, v, out, lse, dout, handle, scale, tensors):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class AttentionFunction(torch.autograd.Function):
+    """out, lse = attention(q, k, v); gradients flow to q, k, v (lse is returned without gradient)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, handle: str, scale: float, *tensors):
+        out, lse = torch.ops.maskir.attention_fwd(q, k, v, handle, scale, list(tensors))
+        ctx.save_for_backward(q, k, v, out, lse, *tensors)
+        ctx.handle, ctx.scale = handle, scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        dq, dk, dv = torch.ops.maskir.attention_bwd(
+            q, k, v, out, lse, dout.contiguous(), ctx.handle, ctx.scale, list(tensors)
+        )
+        return dq, dk, dv, None, None, *([None] * len(tensors))

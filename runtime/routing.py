@@ -1,0 +1,39 @@
+"""Run-time data of dynamic patterns: the routing block map and the named tensors kernels read."""
+
+from __future__ import annotations
+
+import torch
+
+from maskir.ir import Pattern, Routing
+from maskir.reference import routing_indices
+
+
+def routing_node(pattern: Pattern) -> Routing | None:
+    """The pattern's Routing node (at most one is supported), or None."""
+    nodes = [node for node in pattern.walk() if isinstance(node, Routing)]
+    if len({(n.block, n.topk, n.scorer) for n in nodes}) > 1:
+        raise ValueError(f"{pattern} has several different Routing nodes; maskir supports one per pattern.")
+    return nodes[0] if nodes else None
+
+
+def routing_map(q: torch.Tensor, k: torch.Tensor, node: Routing, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """int8 block map [B, H, q_blocks, kv_blocks]: 1 where the kv block is among the q block's top-k.
+
+    ``indices`` [B, H, q_blocks, topk] overrides the scorer (e.g. a learned router's choice).
+    """
+    batch, heads, n_q = q.shape[:3]
+    q_blocks, kv_blocks = -(-n_q // node.block), -(-k.shape[2] // node.block)
+    if indices is None:
+        with torch.no_grad():
+            indices = routing_indices(q.detach(), k.detach(), node)
+    if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point:
+        raise TypeError(f"routing must be an integer tensor [B, H, {q_blocks}, topk], got {type(indices).__name__}.")
+    if indices.dim() != 4 or tuple(indices.shape[:3]) != (batch, heads, q_blocks):
+        raise ValueError(
+            f"routing must have shape [B={batch}, H={heads}, {q_blocks}, topk], got {tuple(indices.shape)}."
+        )
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= kv_blocks):
+        raise ValueError(f"routing indices must lie in [0, {kv_blocks}) for {node}.")
+    block_map = torch.zeros(batch, heads, q_blocks, kv_blocks, dtype=torch.int8, device=q.device)
+    block_map.scatter_(-1, indices.to(device=q.device, dtype=torch.int64), 1)
+    return block_map

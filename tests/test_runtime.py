@@ -1,0 +1,169 @@
+"""The public runtime: maskir.attention / maskir.compile, autograd, the torch.library ops, input checks.
+
+These run the "reference" backend (float64 dense) so they check the runtime's plumbing on CPU quickly;
+tests/test_triton_kernels.py checks the generated kernels and tests/gpu/ repeats both on a GPU.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import maskir
+from maskir import Canvas, Causal, Neighborhood, Routing, Segments, Window
+from maskir.reference import reference_attention
+
+
+def qkv(batch=1, heads=2, n=64, dim=16, kv_heads=None, dtype=torch.float32, requires_grad=False):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(batch, heads, n, dim), *[(batch, kv_heads or heads, n, dim)] * 2]
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_(requires_grad) for s in shapes]
+
+
+def test_attention_equals_the_reference_forward_and_gradients():
+    q, k, v = qkv(requires_grad=True)
+    out = maskir.attention(q, k, v, Window(7, 0), backend="reference")
+    expected = reference_attention(q, k, v, Window(7, 0))
+    torch.testing.assert_close(out, expected.float())
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want.float())
+
+
+def test_compiled_attention_is_reusable_and_describes_itself():
+    compiled = maskir.compile(
+        Neighborhood(3), (8, 8), heads=2, head_dim=16, dtype=torch.float32, device="cpu", backend="reference"
+    )
+    q, k, v = qkv()
+    first, second = compiled(q, k, v), compiled(q, k, v)
+    torch.testing.assert_close(first, second)
+    assert "Neighborhood(3)" in compiled.describe() and "backend reference" in compiled.describe()
+    assert compiled.plan.canvas == Canvas((8, 8))
+
+
+def test_return_lse_gives_minus_inf_on_empty_rows_and_zero_output():
+    q, k, v = qkv()
+    out, lse = maskir.attention(q, k, v, Causal(-1), backend="reference", return_lse=True)
+    assert torch.all(out[:, :, 0] == 0) and torch.all(torch.isinf(lse[:, :, 0]))
+    assert not torch.isnan(out).any()
+
+
+def test_gqa_needs_enable_gqa_and_then_matches_the_reference():
+    q, k, v = qkv(heads=4, kv_heads=2)
+    with pytest.raises(ValueError, match="enable_gqa=True"):
+        maskir.attention(q, k, v, Causal(), backend="reference")
+    out = maskir.attention(q, k, v, Causal(), backend="reference", enable_gqa=True)
+    torch.testing.assert_close(out, reference_attention(q, k, v, Causal()).float())
+
+
+def test_segments_are_required_by_segments_patterns():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="segments="):
+        maskir.attention(q, k, v, Segments() & Causal(), backend="reference")
+    ids = torch.repeat_interleave(torch.arange(4), 16)[None]
+    out = maskir.attention(q, k, v, Segments() & Causal(), backend="reference", segments=ids)
+    torch.testing.assert_close(out, reference_attention(q, k, v, Segments() & Causal(), segments=ids).float())
+
+
+def test_routing_is_scored_from_q_and_k_when_not_given():
+    q, k, v = qkv()
+    out = maskir.attention(q, k, v, Routing(16, 2), backend="reference")
+    torch.testing.assert_close(out, reference_attention(q, k, v, Routing(16, 2)).float())
+
+
+def test_non_contiguous_inputs_are_made_contiguous():
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in qkv())
+    assert not q.is_contiguous()
+    out = maskir.attention(q, k, v, Window(3, 3), backend="reference")
+    torch.testing.assert_close(out, maskir.attention(q.contiguous(), k, v, Window(3, 3), backend="reference"))
+
+
+def test_torch_compile_fullgraph_traces_the_custom_ops_forward_and_backward():
+    q, k, v = qkv(requires_grad=True)
+
+    def layer(q, k, v):
+        return maskir.attention(q * 2, k, v, Window(7, 0), backend="reference").sum()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    expected_loss = layer(q, k, v)
+    expected_grads = torch.autograd.grad(expected_loss, (q, k, v))
+    torch.testing.assert_close(loss, expected_loss)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    "make_inputs, kwargs, error, needle",
+    [
+        (lambda: (torch.randn(2, 64, 16),) * 3, {}, ValueError, "4-D"),
+        (lambda: (*qkv()[:2], qkv(dtype=torch.float64)[2]), {}, TypeError, "dtype"),
+        (lambda: (qkv()[0], *qkv(dtype=torch.float16)[1:]), {}, TypeError, "share a dtype"),
+        (lambda: (*qkv()[:2], qkv(n=32)[2]), {}, ValueError, "same shape"),
+        (lambda: qkv(heads=3, kv_heads=2), {"enable_gqa": True}, ValueError, "evenly divide"),
+        (lambda: qkv(dim=8), {}, ValueError, "head dim"),
+        (lambda: qkv(), {"canvas": (4, 4)}, ValueError, "holds 16 tokens"),
+        (lambda: qkv(), {"backend": "cuda-magic"}, ValueError, "backend must be one of"),
+        (lambda: ("q", "k", "v"), {}, TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_argument(make_inputs, kwargs, error, needle):
+    with pytest.raises(error, match=needle):
+        maskir.attention(*make_inputs(), Window(3, 0), **{"backend": "reference", **kwargs})
+
+
+def test_a_compiled_attention_rejects_other_shapes():
+    compiled = maskir.compile(
+        Window(3, 0), 64, heads=2, head_dim=16, dtype=torch.float32, device="cpu", backend="reference"
+    )
+    with pytest.raises(ValueError, match="compile another one"):
+        compiled(*qkv(n=32))
+
+
+TRITON_CASES = [
+    pytest.param(Window(15, 0), {}, id="window"),
+    pytest.param(Neighborhood(3), {"canvas": (8, 8)}, id="neighborhood-2d"),
+    pytest.param(
+        Segments() & Causal(), {"segments": torch.repeat_interleave(torch.arange(4), 16)[None]}, id="segments"
+    ),
+    pytest.param(Routing(16, 2) & Causal(), {}, id="routing"),
+    pytest.param(Causal(), {"score_mod": lambda s, b, h, q, kv: s - (q - kv).abs() * 0.1}, id="score-mod"),
+]
+
+
+@pytest.mark.parametrize("pattern, kwargs", TRITON_CASES)
+def test_default_backend_runs_generated_kernels_that_match_the_reference(pattern, kwargs):
+    q, k, v = qkv(requires_grad=True)
+    out = maskir.attention(q, k, v, pattern, **kwargs)
+    expected = reference_attention(q, k, v, pattern, **kwargs)
+    torch.testing.assert_close(out, expected.float(), atol=2e-3, rtol=0)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want.float(), atol=1e-2, rtol=0)
+
+
+def test_default_backend_with_gqa_and_the_kernel_source_is_readable():
+    q, k, v = qkv(heads=4, kv_heads=2)
+    compiled = maskir.compile(Window(7, 0), 64, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+    torch.testing.assert_close(compiled(q, k, v), reference_attention(q, k, v, Window(7, 0)).float(), atol=2e-3, rtol=0)
+    assert compiled.source().startswith("# maskir") and "def _fwd(" in compiled.source()
+
+
+def test_a_fresh_cpu_process_runs_the_triton_backend_without_setting_the_environment(tmp_path):
+    script = (
+        "import torch, maskir\n"
+        "q = k = v = torch.randn(1, 2, 64, 16)\n"
+        "out = maskir.attention(q, k, v, maskir.Causal())\n"
+        "ref = maskir.reference_attention(q, k, v, maskir.Causal())\n"
+        "assert (out - ref).abs().max() < 2e-3\n"
+        "print('ok')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["MASKIR_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]

@@ -1,0 +1,111 @@
+"""The generated kernels of the benchmark suite compile for sm_90 within H100 limits, without a GPU.
+
+For every configuration of the benchmark suite (bf16, head dim 128, 16 heads, the planner's plan; the
+data-dependent entries with meta tensors for their segment ids / routing map) the forward and backward
+kernels are compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``; each must fit the
+per-block shared memory (232448 B) and spill no registers (``ptxas -v``). ``triton.jit`` gives interpreter
+functions when ``TRITON_INTERPRET=1`` (set by conftest on CPU), so this file runs itself as a subprocess
+without it: ``python tests/test_sm90_compile.py [config ...]`` prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.catalogue import DTYPE, HEAD_DIM, HEADS, case, cases
+from maskir.codegen.triton.compile_check import KernelReport, check_plan, format_table, parse_ptxas_log
+from maskir.ir import Routing
+from maskir.planner import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = {"_fwd", "_bwd_preprocess", "_bwd_dq", "_bwd_dkdv"}
+CONFIGS = [case.name for case in cases("full")]
+"""The benchmark suite (benchmarks/catalogue.py, full size: N = 16384, 16 heads, head dim 128, bf16)."""
+
+
+def example_tensors(names: tuple[str, ...], heads: int, n: int, block: int) -> list[torch.Tensor]:
+    """Meta tensors standing in for run-time data: segment ids [1, N] int32, routing map int8."""
+    shapes = {
+        "segments_q": ((1, n), torch.int32),
+        "segments_kv": ((1, n), torch.int32),
+        "routing_map": ((1, heads, -(-n // block), -(-n // block)), torch.int8),
+    }
+    return [torch.empty(shapes[name][0], dtype=shapes[name][1], device="meta") for name in names]
+
+
+def compile_config(name: str) -> list[KernelReport]:
+    """Plan, generate and compile one configuration (call without TRITON_INTERPRET)."""
+    entry = case(name, "full")
+    planned = plan(entry.pattern, entry.canvas, heads=HEADS)
+    routing = next((node.block for node in entry.pattern.walk() if isinstance(node, Routing)), 1)
+    return check_plan(
+        name,
+        planned,
+        head_dim=HEAD_DIM,
+        dtype=DTYPE,
+        tensors=lambda names: example_tensors(names, HEADS, entry.tokens, routing),
+    )
+
+
+def compile_suite(names: list[str], workers: int = 2) -> list[KernelReport]:
+    """``compile_config`` for each name, on ``workers`` processes (ptxas and LLVM are single-threaded)."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return [report for reports in pool.map(compile_config, names) for report in reports]
+
+
+@pytest.fixture(scope="module")
+def reports() -> list[KernelReport]:
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, __file__, "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = [KernelReport(**row) for row in json.loads(done.stdout)]
+    print("\n" + format_table(found))
+    return found
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_suite_kernels_fit_sm90_without_spills(reports, config):
+    rows = [r for r in reports if r.config == config]
+    assert {r.kernel.split()[0] for r in rows} == KERNELS
+    assert all(r.registers > 0 for r in rows), "ptxas -v printed no register count"
+    assert [r for r in rows if not r.ok] == [], format_table([r for r in rows if not r.ok])
+
+
+PTXAS_LOG = (  # ptxas 13.4 (bundled with triton 3.9) on a preprocess kernel forced to spill
+    "ptxas-blackwell info    : 0 bytes gmem\n"
+    "ptxas-blackwell info    : Compiling entry function '_bwd_preprocess' for 'sm_90a'\n"
+    "ptxas-blackwell info    : Function properties for _bwd_preprocess\n"
+    "    80 bytes stack frame, 80 bytes spill stores, 80 bytes spill loads\n"
+    "ptxas-blackwell info    : Used 255 registers, used 0 barriers, 80 bytes cumulative stack size\n"
+)
+
+
+def test_ptxas_log_gives_registers_and_spills():
+    assert parse_ptxas_log(PTXAS_LOG) == (255, 160)
+
+
+def test_report_fails_on_spills_or_shared_memory_over_the_limit():
+    fits = KernelReport("c", "_fwd", 131072, 186, 0, 8, 3, 1.0, 232448)
+    assert fits.ok
+    assert not KernelReport(**{**asdict(fits), "spills": 8}).ok
+    assert not KernelReport(**{**asdict(fits), "shared": 232449}).ok
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    args = sys.argv[1:]
+    selected = [a for a in args if a != "--json"] or CONFIGS
+    found = compile_suite(selected)
+    print(json.dumps([asdict(r) for r in found]) if "--json" in args else format_table(found))
