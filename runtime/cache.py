@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -88,6 +89,7 @@ class KernelCache:
         self._memory: dict[str, CacheEntry] = {}
         self._modules: dict[str, ModuleType] = {}
         self._lock = threading.Lock()
+        self._fallback: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -113,13 +115,37 @@ class KernelCache:
         return CacheEntry(key, source_path, source, meta) if valid else None
 
     def write(self, key: str, source: str, meta: dict[str, Any]) -> CacheEntry:
-        """Store an entry atomically (source, then metadata) and return it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        source_path, meta_path = self._paths(key)
+        """Store an entry atomically (source, then metadata) and return it.
+
+        When the cache folder cannot be written (a read-only home, a full disk), the entry goes to a
+        private temporary folder of this process instead, with one warning: kernels still load, they are
+        just rebuilt by the next process.
+        """
         full_meta = {**meta, "key": key, "versions": versions(), "sha256": _digest(source)}
+        text = json.dumps(full_meta, indent=1, sort_keys=True, default=str)
+        try:
+            return self._store(self.root, key, source, text, full_meta)
+        except OSError as error:
+            return self._store(self._fallback_root(error), key, source, text, full_meta)
+
+    def _store(self, root: Path, key: str, source: str, meta_text: str, meta: dict[str, Any]) -> CacheEntry:
+        root.mkdir(parents=True, exist_ok=True)
+        source_path, meta_path = root / f"{key}.py", root / f"{key}.json"
         _write_atomic(source_path, source)
-        _write_atomic(meta_path, json.dumps(full_meta, indent=1, sort_keys=True, default=str))
-        return CacheEntry(key, source_path, source, full_meta)
+        _write_atomic(meta_path, meta_text)
+        return CacheEntry(key, source_path, source, meta)
+
+    def _fallback_root(self, error: OSError) -> Path:
+        """A folder only this process writes (mode 0700), made on the first failed write."""
+        if self._fallback is None:
+            self._fallback = Path(tempfile.mkdtemp(prefix="maskir-cache-"))
+            warnings.warn(
+                f"maskir: cannot write the kernel cache at {self.root} ({error}); using {self._fallback} for "
+                "this process. Set MASKIR_CACHE_DIR to a writable folder to keep compiled kernels.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return self._fallback
 
     def get_or_build(self, fields: dict[str, Any], build: Callable[[], tuple[str, dict[str, Any]]]) -> CacheEntry:
         """The entry for ``fields``; ``build() -> (source, meta)`` runs only on a miss or a bad entry."""

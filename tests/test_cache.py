@@ -108,3 +108,14 @@ def test_two_processes_building_the_same_key_leave_one_valid_entry(tmp_path):
     assert [p.returncode for p in procs] == [0, 0] and all("ok" in out for out in outputs)
     assert len(KernelCache(tmp_path).entries()) == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_unwritable_cache_folder_falls_back_to_a_private_temp_folder(tmp_path):
+    """A read-only home must not stop attention: the entry goes to a 0700 temp folder, with a warning."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = KernelCache(blocker / "cache")  # mkdir under a regular file fails, even for root
+    with pytest.warns(RuntimeWarning, match="cannot write the kernel cache"):
+        entry = cache.get_or_build(FIELDS, build_counter()[0])
+    assert entry.path.parent != blocker / "cache" and (entry.path.parent.stat().st_mode & 0o777) == 0o700
+    assert cache.load_module(entry).VALUE == 42

@@ -10,17 +10,20 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.canvas                            | nothing                                               |
 | maskir.reference, maskir.patterns        | maskir (package), maskir.canvas, maskir.ir            |
 | maskir.spec                              | those, and maskir.patterns                            |
-| maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec |
-| maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
+| maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost |
+| maskir.sim.{hardware,schedule}           | nothing (numpy only)                                  |
+| maskir.sim.cost                          | maskir.sim.hardware, maskir.sim.schedule              |
+| maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the three above |
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
 | maskir.cli, maskir.__main__              | everything                                            |
 
-The planner does not import the simulator: it ranks layouts with its own ``maskir.planner.cost``, and
-``sim`` reads plans, so the pair stays acyclic. If the planner ever needs the simulator's cost model,
-the caller passes it in as a function rather than the planner importing ``maskir.sim``.
+The planner ranks layouts and blocks with the simulator's cost model (``maskir.planner.cost`` calls
+``maskir.sim.cost``), and the rest of ``sim`` reads plans. The pair stays acyclic because the cost model
+(``sim.cost`` with ``sim.hardware`` and ``sim.schedule``) is a leaf: it prices tile counts and never
+imports a plan, the planner, or the simulator front end.
 
 Third-party rules from STYLE.md: no ``triton`` or ``tvm`` in codegen/common; the Triton and flex
 backends do not import tvm and the TVM backend does not import triton.
@@ -54,8 +57,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.reference": _IR,
     "maskir.patterns": _IR,
     "maskir.spec": (*_IR, "maskir.patterns"),
-    "maskir.planner": _FIRST,
-    "maskir.sim": (*_IR, "maskir.planner"),
+    "maskir.planner": (*_FIRST, "maskir.sim.cost"),
+    "maskir.sim.hardware": (),
+    "maskir.sim.schedule": (),
+    "maskir.sim.cost": ("maskir.sim.hardware", "maskir.sim.schedule"),
+    "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule"),
     "maskir.codegen": _CODEGEN,
     "maskir.codegen.common": _CODEGEN,
     "maskir.codegen.triton": _CODEGEN,

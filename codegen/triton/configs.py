@@ -17,6 +17,8 @@ DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 SHARED_MEMORY_BYTES = {(9, 0): 232448, (8, 0): 166912, (8, 9): 101376, (8, 6): 101376, (10, 0): 232448}
 """Per-block shared memory limits (opt-in maximum) by compute capability."""
+HEAVY_PAIR_OPS = 16
+"""Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,14 @@ def choose_config(
     interpret: bool,
     capability: tuple[int, int] = (9, 0),
     pair_loads: int = 0,
+    pair_ops: int = 0,
 ) -> KernelConfig:
     """The configuration for plan tiles ``block_q`` x ``block_kv`` and a (power of two) padded head dim.
 
     ``pair_loads``: loads in the predicate/score_mod indexed by both q and kv (a routing map, a bias table).
     Each holds a [rows, chunk] tensor of 64-bit pointers, so such kernels step in narrower chunks.
+    ``pair_ops``: operations of the largest predicate/score_mod on [rows, chunk] tensors; above
+    ``HEAVY_PAIR_OPS`` the live temporaries need narrower chunks too (radial: 31 ops spilled at 32 wide).
     """
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}.")
@@ -83,7 +88,7 @@ def choose_config(
     fp32 = dtype == torch.float32
     row_bytes = head_dim_pad * (4 if fp32 else 2)
     heavy = row_bytes >= 512  # 16-bit head dim 256, fp32 head dim >= 128: split tiles, narrow steps
-    narrow = heavy or pair_loads > 0
+    narrow = heavy or pair_loads > 0 or pair_ops > HEAVY_PAIR_OPS
     stages = 2 if heavy or capability[0] < 9 else 3
     fwd_rows = dq_rows = _chunk(block_q, 32 if heavy and fp32 else 128)
     dkdv_rows = _chunk(block_kv, 32 if heavy else 128)

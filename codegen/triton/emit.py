@@ -69,6 +69,7 @@ class RenderedFunctions:
     tensor_dims: tuple[int, ...]
     static_tensors: dict[str, torch.Tensor]
     pair_loads: int
+    pair_ops: int
 
 
 def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int) -> None:
@@ -104,15 +105,17 @@ def _pointer_args(ref: TensorRef) -> tuple[str, ...]:
     return (f"{ref.name}_ptr", *(f"{ref.name}_stride{d}" for d in range(ref.ndim)))
 
 
-def _pair_loads(expr: Expr) -> int:
-    """Loads whose indices read both q and kv (a [rows, cols] gather in the kernel)."""
+def _pair_work(expr: Expr) -> tuple[int, int]:
+    """(loads, operations) whose inputs read both q and kv: each is a [rows, cols] tensor in the kernel."""
     reads: dict[Expr, frozenset[str]] = {}
-    count = 0
+    loads = operations = 0
     for node in topo(expr):
         own = frozenset([node.value]) if node.op == "var" else frozenset()
         reads[node] = own.union(*(reads[a] for a in node.args))
-        count += node.op == "load" and {"q", "kv"} <= reads[node]
-    return count
+        if node.args and {"q", "kv"} <= reads[node]:
+            operations += 1
+            loads += node.op == "load"
+    return loads, operations
 
 
 def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunctions:
@@ -145,7 +148,8 @@ def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunction
         tensor_names=names,
         tensor_dims=tuple(refs[name].ndim for name in names),
         static_tensors={name: refs[name].data for name in names if refs[name].data is not None},
-        pair_loads=sum(_pair_loads(expr) for expr in [*predicates, *scored]),
+        pair_loads=sum(_pair_work(expr)[0] for expr in [*predicates, *scored]),
+        pair_ops=max(_pair_work(expr)[1] for expr in [*predicates, *scored]),
     )
 
 
@@ -178,6 +182,7 @@ def generate_source(
         interpret=interpret,
         capability=capability,
         pair_loads=functions.pair_loads,
+        pair_ops=functions.pair_ops,
     )
     _check_config(plan, config)
     source = assemble_source(
