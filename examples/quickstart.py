@@ -32,13 +32,7 @@ def run_attention(pattern: maskir.Pattern, canvas: Canvas) -> None:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, canvas.size, HEAD_DIM, generator=generator) for _ in range(3))
     expected = reference_attention(q, k, v, pattern, canvas)
-    try:
-        attention = maskir.attention
-    except (ImportError, AttributeError) as err:
-        print(f"note: maskir.attention is not available yet ({err}); showing the float64 reference only")
-        print(f"reference output {tuple(expected.shape)}, mean |out| = {expected.abs().mean():.4f}")
-        return
-    out = attention(q, k, v, pattern, canvas)
+    out = maskir.attention(q, k, v, pattern, canvas)
     error = (out.double() - expected).abs().max().item()
     print(f"maskir.attention output {tuple(out.shape)}, max |maskir - reference| = {error:.1e}")
     if error > TOLERANCE:

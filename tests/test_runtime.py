@@ -4,6 +4,8 @@ These run the "reference" backend (float64 dense) so they check the runtime's pl
 tests/test_triton_kernels.py checks the generated kernels and tests/gpu/ repeats both on a GPU.
 """
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +169,28 @@ def test_a_fresh_cpu_process_runs_the_triton_backend_without_setting_the_environ
     env["MASKIR_CACHE_DIR"] = str(tmp_path)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_an_entry_edited_on_disk_is_replaced_by_the_generated_source(tmp_path):
+    """A cache entry whose source was changed (its metadata digest updated to match) is never imported."""
+    from maskir.runtime.cache import KernelCache
+    from maskir.runtime.compiled import CompiledAttention
+
+    def compile_into(cache):
+        canvas = Canvas(64)
+        options = {"heads": 2, "kv_heads": 2, "head_dim": 16, "dtype": torch.float32, "device": "cpu"}
+        return CompiledAttention(Causal(), canvas, canvas, **options, cache=cache)
+
+    first = compile_into(KernelCache(tmp_path))
+    (source_path,) = tmp_path.glob("*.py")
+    meta_path = source_path.with_suffix(".json")
+    edited = first.source() + "\nEDITED = True\n"
+    source_path.write_text(edited)
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"] = hashlib.sha256(edited.encode()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+
+    second = compile_into(KernelCache(tmp_path))
+    assert second.source() == first.source() and source_path.read_text() == first.source()
+    q, k, v = qkv()
+    torch.testing.assert_close(second(q, k, v), reference_attention(q, k, v, Causal()).float(), atol=2e-3, rtol=0)
