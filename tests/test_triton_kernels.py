@@ -20,11 +20,11 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.codegen.common.evaluate import evaluate
+from maskir.codegen.common.score_grad import score_derivative
 from maskir.codegen.common.score_mod import trace_score_mod
 from maskir.codegen.triton.configs import KernelConfig, LaunchOptions
 from maskir.codegen.triton.emit import generate_source
 from maskir.codegen.triton.launch import TritonAttention
-from maskir.codegen.triton.score_grad import score_derivative
 from maskir.ir import (
     Blocks,
     Causal,

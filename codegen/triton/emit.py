@@ -27,10 +27,10 @@ import torch
 import maskir
 from maskir.codegen.common.expr import Expr, TensorRef, topo
 from maskir.codegen.common.lower import lower_predicate
+from maskir.codegen.common.score_grad import score_derivative
 from maskir.codegen.common.score_mod import trace_score_mod
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
-from maskir.codegen.triton.score_grad import score_derivative
 from maskir.codegen.triton.template_bwd import BACKWARD, SCORE_GRAD
 from maskir.codegen.triton.template_common import HELPERS, PRELUDE, SCORE_MODDED, SCORE_PLAIN
 from maskir.codegen.triton.template_fwd import FORWARD
