@@ -103,6 +103,15 @@ def test_a_dynamic_pattern_is_a_static_superset_marked_dynamic():
     assert np.all(kv_tile <= q_tile)
 
 
+def test_a_dynamic_plan_counts_pairs_only_with_its_data():
+    planned = plan(Segments() & Causal(), 256, block_q=64, block_kv=64)
+    with pytest.raises(ValueError, match="run-time data.*plan.measure"):
+        _ = planned.stats
+    ids = np.repeat(np.arange(4), 64)[None]
+    assert planned.measure(segments=ids).allowed_pairs == 4 * (64 * 65 // 2)
+    assert planned.tile_counts.partial_tiles == 10
+
+
 def test_tables_list_full_tiles_first_then_partial_each_ascending():
     table = plan(Window(100, 0), 1024, block_q=64, block_kv=32).parts[0].tables[0]
     for i in range(table.kv_start.size - 1):

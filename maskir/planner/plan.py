@@ -350,6 +350,11 @@ class Plan:
 
         Computed on first use, never while planning. A dynamic plan needs its data: use ``measure``.
         """
+        if self.dynamic:
+            raise ValueError(
+                f"{self.pattern} depends on run-time data (Segments/Routing): its allowed pairs need that data. "
+                "Call plan.measure(segments=..., routing=...), or use plan.tile_counts for the static tiles."
+            )
         return self.measure()
 
     def describe(self) -> str:
