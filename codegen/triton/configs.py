@@ -18,6 +18,8 @@ TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 SHARED_MEMORY_BYTES = {(9, 0): 232448, (8, 0): 166912, (8, 9): 101376, (8, 6): 101376, (10, 0): 232448}
 """Per-block shared memory limits (opt-in maximum) by compute capability."""
 HEAVY_PAIR_OPS = 16
+DKDV_ELEMENTS_FOR_8_WARPS = 64 * 128
+"""dK/dV programs whose rows x head dim reach this use 8 warps (each accumulator then ~64 registers)."""
 """Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 
 
@@ -96,9 +98,13 @@ def choose_config(
     def warps(rows: int) -> int:
         return 8 if rows >= 128 or heavy or fp32 else 4
 
+    # dK/dV keeps two fp32 accumulators and the K and V rows per program: 64 x 128 of each is ~190
+    # registers a thread at 4 warps before any score tile (NA2D spilled with triton 3.6's ptxas).
+    dkdv_warps = 8 if dkdv_rows * head_dim_pad >= DKDV_ELEMENTS_FOR_8_WARPS else warps(dkdv_rows)
+
     return KernelConfig(
         fwd_chunk_n=_chunk(block_kv, 32 if narrow else 64 if row_bytes > 128 or fp32 else 128),
-        dq_chunk_n=_chunk(block_kv, 16 if heavy else 32),
+        dq_chunk_n=_chunk(block_kv, 16 if narrow else 32),
         dkdv_chunk_m=_chunk(block_q, 16 if narrow else 32),
         preprocess_rows=32 if heavy else 64,
         fwd_rows=fwd_rows,
@@ -107,5 +113,5 @@ def choose_config(
         fwd=LaunchOptions(num_warps=warps(fwd_rows), num_stages=stages),
         preprocess=LaunchOptions(num_warps=4, num_stages=1),
         dq=LaunchOptions(num_warps=warps(dq_rows), num_stages=stages),
-        dkdv=LaunchOptions(num_warps=warps(dkdv_rows), num_stages=stages),
+        dkdv=LaunchOptions(num_warps=dkdv_warps, num_stages=stages),
     )
