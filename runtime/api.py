@@ -103,6 +103,12 @@ def attention(
     )
     compiled = _COMPILED.get(key)
     if compiled is None:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"maskir.attention({pattern}) is being traced by torch.compile before its kernels were built. "
+                "Build them outside the compiled region: call maskir.attention once eagerly with the same shapes, "
+                "or hold compiled = maskir.compile(...) (e.g. in the module's __init__) and call compiled(q, k, v)."
+            )
         compiled = compile(
             pattern,
             canvas,

@@ -95,8 +95,9 @@ class KernelCache:
     def root(self) -> Path:
         return self._root if self._root is not None else cache_dir()
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.py", self.root / f"{key}.json"
+    def _paths(self, key: str, root: Path | None = None) -> tuple[Path, Path]:
+        root = self.root if root is None else root
+        return root / f"{key}.py", root / f"{key}.json"
 
     def read(self, key: str) -> CacheEntry | None:
         """The disk entry for ``key`` if it is whole and valid, else None."""
@@ -130,7 +131,7 @@ class KernelCache:
 
     def _store(self, root: Path, key: str, source: str, meta_text: str, meta: dict[str, Any]) -> CacheEntry:
         root.mkdir(parents=True, exist_ok=True)
-        source_path, meta_path = root / f"{key}.py", root / f"{key}.json"
+        source_path, meta_path = self._paths(key, root)
         _write_atomic(source_path, source)
         _write_atomic(meta_path, meta_text)
         return CacheEntry(key, source_path, source, meta)
@@ -147,12 +148,22 @@ class KernelCache:
             )
         return self._fallback
 
-    def get_or_build(self, fields: dict[str, Any], build: Callable[[], tuple[str, dict[str, Any]]]) -> CacheEntry:
-        """The entry for ``fields``; ``build() -> (source, meta)`` runs only on a miss or a bad entry."""
+    def get_or_build(
+        self,
+        fields: dict[str, Any],
+        build: Callable[[], tuple[str, dict[str, Any]]],
+        *,
+        expected_source: str | None = None,
+    ) -> CacheEntry:
+        """The entry for ``fields``; ``build() -> (source, meta)`` runs only on a miss or a bad entry.
+
+        ``expected_source``: the text the caller generated; an entry holding any other text (edited on
+        disk with its metadata to match, or written by another maskir build) counts as bad and is rebuilt.
+        """
         key = cache_key(fields)
         with self._lock:
             entry = self._memory.get(key) or self.read(key)
-            if entry is None:
+            if entry is None or (expected_source is not None and entry.source != expected_source):
                 source, meta = build()
                 entry = self.write(key, source, {**meta, "fields": fields})
             self._memory[key] = entry

@@ -140,17 +140,16 @@ class CompiledAttention:
         generated = generate_source(self.plan, **kernel_args)
         if self.score_mod is not None:
             fields = {**fields, "score_mod": generated.score_mod_text}
-        # The source's own digest is part of the key: an entry written by another maskir build for the same
-        # pattern and shapes (a different generator, same version string) is never loaded in its place.
+        # The source's digest is part of the key: another maskir build's kernels for the same pattern and
+        # shapes (same version string, other generator) get their own entry instead of replacing these.
         fields = {
             **fields,
             "interpret": interpret,
             "source_sha256": hashlib.sha256(generated.source.encode()).hexdigest(),
         }
-        meta = {"plan": self.plan.describe(), "fields": fields}
-        entry = cache.get_or_build(fields, lambda: (generated.source, meta))
-        if entry.source != generated.source:  # an entry edited on disk, with its metadata to match: replace it
-            entry = cache.write(entry.key, generated.source, meta)
+        entry = cache.get_or_build(
+            fields, lambda: (generated.source, {"plan": self.plan.describe()}), expected_source=generated.source
+        )
         module = cache.load_module(entry)
         self._source = entry.source
         self.kernels = TritonAttention(module, self.plan, generated)

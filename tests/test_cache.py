@@ -119,3 +119,13 @@ def test_an_unwritable_cache_folder_falls_back_to_a_private_temp_folder(tmp_path
         entry = cache.get_or_build(FIELDS, build_counter()[0])
     assert entry.path.parent != blocker / "cache" and (entry.path.parent.stat().st_mode & 0o777) == 0o700
     assert cache.load_module(entry).VALUE == 42
+
+
+def test_an_entry_that_is_not_the_expected_source_is_rebuilt(tmp_path):
+    """The caller's generated text wins over a valid-looking entry holding other text."""
+    KernelCache(tmp_path).get_or_build(FIELDS, build_counter()[0])
+    build, calls = build_counter()
+    entry = KernelCache(tmp_path).get_or_build(FIELDS, build, expected_source=SOURCE)
+    assert calls == [] and entry.source == SOURCE  # same text: a hit, no build
+    rebuilt = KernelCache(tmp_path).get_or_build(FIELDS, lambda: ("VALUE = 7\n", {}), expected_source="VALUE = 7\n")
+    assert rebuilt.source == "VALUE = 7\n" and rebuilt.path.read_text() == "VALUE = 7\n"

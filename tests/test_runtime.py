@@ -83,20 +83,39 @@ def test_non_contiguous_inputs_are_made_contiguous():
     torch.testing.assert_close(out, maskir.attention(q.contiguous(), k, v, Window(3, 3), backend="reference"))
 
 
-def test_torch_compile_fullgraph_traces_the_custom_ops_forward_and_backward():
-    q, k, v = qkv(requires_grad=True)
-
-    def layer(q, k, v):
-        return maskir.attention(q * 2, k, v, Window(7, 0), backend="reference").sum()
-
+def _check_compiled_layer(layer, q, k, v):
+    """torch.compile(fullgraph=True) of ``layer`` gives the eager loss and gradients."""
+    expected_loss = layer(q, k, v)  # eager first: builds the kernels outside the compiled region
+    expected_grads = torch.autograd.grad(expected_loss, (q, k, v))
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     loss = compiled(q, k, v)
     grads = torch.autograd.grad(loss, (q, k, v))
-    expected_loss = layer(q, k, v)
-    expected_grads = torch.autograd.grad(expected_loss, (q, k, v))
     torch.testing.assert_close(loss, expected_loss)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_torch_compile_fullgraph_traces_the_custom_ops_forward_and_backward():
+    def layer(q, k, v):
+        return maskir.attention(q * 2, k, v, Window(7, 0), backend="reference").sum()
+
+    _check_compiled_layer(layer, *qkv(requires_grad=True))
+
+
+def test_torch_compile_fullgraph_over_a_held_compiled_attention():
+    attend = maskir.compile(Window(3, 3), 64, heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+
+    def layer(q, k, v):
+        return attend(q * 2, k, v).sum()
+
+    _check_compiled_layer(layer, *qkv(requires_grad=True))
+
+
+def test_torch_compile_before_the_kernels_exist_says_how_to_build_them():
+    q, k, v = qkv(n=48)
+    layer = torch.compile(lambda q, k, v: maskir.attention(q, k, v, Window(5, 0)), fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match="before its kernels were built"):
+        layer(q, k, v)
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,9 @@ TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 SHARED_MEMORY_BYTES = {(9, 0): 232448, (8, 0): 166912, (8, 9): 101376, (8, 6): 101376, (10, 0): 232448}
 """Per-block shared memory limits (opt-in maximum) by compute capability."""
 HEAVY_PAIR_OPS = 16
+"""Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 DKDV_ELEMENTS_FOR_8_WARPS = 64 * 128
 """dK/dV programs whose rows x head dim reach this use 8 warps (each accumulator then ~64 registers)."""
-"""Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunction
         for name, expr in zip(allowed_names, predicates)
     )
     score_args = ("score", "b", "h", "q", "kv", *pointers)
+    pair_work = [_pair_work(expr) for expr in [*predicates, *scored]]
     return RenderedFunctions(
         allowed=allowed,
         score_mod=render_triton_function("_score_mod", scored[0], score_args) if scored else None,
@@ -148,8 +149,8 @@ def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunction
         tensor_names=names,
         tensor_dims=tuple(refs[name].ndim for name in names),
         static_tensors={name: refs[name].data for name in names if refs[name].data is not None},
-        pair_loads=sum(_pair_work(expr)[0] for expr in [*predicates, *scored]),
-        pair_ops=max(_pair_work(expr)[1] for expr in [*predicates, *scored]),
+        pair_loads=sum(loads for loads, _ in pair_work),
+        pair_ops=max(operations for _, operations in pair_work),
     )
 
 
