@@ -52,6 +52,12 @@ _LAZY = {
     "attention": "maskir.runtime",
     "compile": "maskir.runtime",
     "CompiledAttention": "maskir.runtime",
+    "reference": "maskir.reference",
+    "spec": "maskir.spec",
+    "planner": "maskir.planner",
+    "sim": "maskir.sim",
+    "runtime": "maskir.runtime",
+    "codegen": "maskir.codegen",
 }
 
 __all__ = [
@@ -88,6 +94,6 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'maskir' has no attribute {name!r}")
     module = import_module(_LAZY[name])
-    value = module if name == "patterns" else getattr(module, name)
+    value = module if _LAZY[name] == f"maskir.{name}" else getattr(module, name)
     globals()[name] = value
     return value

@@ -414,7 +414,8 @@ class PerHead(Pattern):
     def __post_init__(self):
         value = self.patterns
         if not isinstance(value, (list, tuple)) or not value:
-            raise TypeError(f"PerHead takes a non-empty list of patterns, got {value!r}.")
+            shown = value if isinstance(value, Pattern) else repr(value)  # canonical text for a lone pattern
+            raise TypeError(f"PerHead takes a non-empty list of patterns, got {shown}: write PerHead([...]).")
         for item in value:
             if not isinstance(item, Pattern):
                 raise TypeError(f"PerHead takes patterns, got {item!r}.")

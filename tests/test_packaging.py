@@ -141,3 +141,14 @@ def test_readme_lists_every_pattern_helper():
         if inspect.isfunction(value) and value.__module__ == patterns.__name__ and not name.startswith("_")
     }
     assert _readme_table_names("`maskir.patterns` builds") == helpers
+
+
+def test_subpackages_are_attributes_after_a_plain_import():
+    """``import maskir`` then ``maskir.reference.reference_mask(...)`` works, loading on first use."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import maskir; print(maskir.reference.reference_mask(maskir.Causal(), 3).sum())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "6"
