@@ -288,7 +288,7 @@ def test_union_of_parts_merges_by_log_sum_exp(tmp_path):
     """Local + columns split into a band part and a part that gathers the kv columns (forced here by
     ranking on computed pairs: at 384 tokens the simulator's launch overhead prefers one part)."""
     case = Case((Window(63, 0) | Columns(32, 1)) & Causal(), (384,))
-    planned = plan(case.pattern, Canvas(case.shape), heads=2, cost=lambda p: p.stats.computed_pairs)
+    planned = plan(case.pattern, Canvas(case.shape), heads=2, cost=lambda p: p.tile_counts.computed_pairs)
     assert len(planned.parts) == 2 and planned.parts[1].layout.kv_tokens is not None
     check(run(case, planned, tmp_path), torch.float32)
 
