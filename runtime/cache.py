@@ -54,7 +54,8 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _digest(text: str) -> str:
+def source_digest(text: str) -> str:
+    """sha256 hex digest of a kernel source (recorded in its metadata, and part of the runtime's key)."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -111,7 +112,7 @@ class KernelCache:
             isinstance(meta, dict)
             and meta.get("key") == key
             and meta.get("versions") == versions()
-            and meta.get("sha256") == _digest(source)
+            and meta.get("sha256") == source_digest(source)
         )
         return CacheEntry(key, source_path, source, meta) if valid else None
 
@@ -122,18 +123,17 @@ class KernelCache:
         private temporary folder of this process instead, with one warning: kernels still load, they are
         just rebuilt by the next process.
         """
-        full_meta = {**meta, "key": key, "versions": versions(), "sha256": _digest(source)}
-        text = json.dumps(full_meta, indent=1, sort_keys=True, default=str)
+        full_meta = {**meta, "key": key, "versions": versions(), "sha256": source_digest(source)}
         try:
-            return self._store(self.root, key, source, text, full_meta)
+            return self._store(self.root, key, source, full_meta)
         except OSError as error:
-            return self._store(self._fallback_root(error), key, source, text, full_meta)
+            return self._store(self._fallback_root(error), key, source, full_meta)
 
-    def _store(self, root: Path, key: str, source: str, meta_text: str, meta: dict[str, Any]) -> CacheEntry:
+    def _store(self, root: Path, key: str, source: str, meta: dict[str, Any]) -> CacheEntry:
         root.mkdir(parents=True, exist_ok=True)
         source_path, meta_path = self._paths(key, root)
         _write_atomic(source_path, source)
-        _write_atomic(meta_path, meta_text)
+        _write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
         return CacheEntry(key, source_path, source, meta)
 
     def _fallback_root(self, error: OSError) -> Path:

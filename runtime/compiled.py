@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -14,7 +13,7 @@ from maskir.canvas import Canvas
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
 from maskir.planner import Plan, plan
 from maskir.runtime import ops
-from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key
+from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key, source_digest
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
@@ -145,7 +144,7 @@ class CompiledAttention:
         fields = {
             **fields,
             "interpret": interpret,
-            "source_sha256": hashlib.sha256(generated.source.encode()).hexdigest(),
+            "source_sha256": source_digest(generated.source),
         }
         entry = cache.get_or_build(
             fields, lambda: (generated.source, {"plan": self.plan.describe()}), expected_source=generated.source
