@@ -1,22 +1,35 @@
 """Triton kernels (the interpreter on CPU) against the float64 reference: output, LSE and gradients.
 
-Every IR node is in ``CATALOGUE`` and runs through the planner, ``generate_source`` and
-``TritonAttention``; explicit layouts are forced with ``plan(..., layout=...)`` and the union test checks
-that the planner still splits it, so the gather and merge paths stay covered. Tolerances against
-float64: fp32 2e-3 (output) and 1e-2 (gradients), bf16 3e-2 for both. Shapes are small and tiles large
-(64 q x 32 kv) to keep the interpreter fast.
+Every IR node is in ``CATALOGUE`` (tests/kernel_cases.py, shared with the TVM backend's tests) and runs
+through the planner, ``generate_source`` and ``TritonAttention``; explicit layouts are forced with
+``plan(..., layout=...)`` and the union test checks that the planner still splits it, so the gather and
+merge paths stay covered. Tolerances against float64 (``check``): fp32 2e-3 (output) and 1e-2
+(gradients), 16-bit 3e-2 for both. Shapes are small and tiles large (64 q x 32 kv) to keep the
+interpreter fast.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
-from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
 import pytest
 import torch
+from kernel_cases import (
+    CATALOGUE,
+    FWD_TOL,
+    GRAD_TOL,
+    Case,
+    Result,
+    alibi,
+    check,
+    compare,
+    lse_error,
+    max_error,
+    softcap,
+)
 
 from maskir.canvas import Canvas
 from maskir.codegen.common.evaluate import evaluate
@@ -30,107 +43,14 @@ from maskir.ir import (
     Causal,
     Columns,
     Dilated,
-    Distance,
-    Full,
-    Global,
-    Grid,
     Neighborhood,
-    Pattern,
     PerHead,
-    Predicate,
-    Prefix,
-    Routing,
-    Segments,
     Sink,
-    Strided,
-    Stripes,
     Window,
 )
 from maskir.planner import plan
-from maskir.reference import reference_attention
-from maskir.runtime.routing import routing_map
 
-FWD_TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 3e-2}
-GRAD_TOL = {torch.float32: 1e-2, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 _modules = itertools.count()
-
-
-def _no_multiple_of_three(b, h, q_idx, kv_idx):
-    return ((q_idx + kv_idx) % 3 != 0) & (kv_idx <= q_idx)
-
-
-@dataclass(frozen=True)
-class Case:
-    """A pattern on a canvas, with the head count and the run-time data it needs."""
-
-    pattern: Pattern
-    shape: tuple[int, ...]
-    heads: int = 2
-    batch: int = 1
-
-    def __str__(self) -> str:
-        return f"{self.pattern}@{'x'.join(map(str, self.shape))}"
-
-
-CATALOGUE = [
-    Case(Full(), (128,)),
-    Case(Causal(), (128,)),
-    Case(Causal(dim=1), (8, 16)),
-    Case(Window(9, 3), (128,)),
-    Case(Window(1, 2, dim=0), (8, 16)),
-    Case(Dilated(6, 3), (128,)),
-    Case(Neighborhood(5), (8, 16)),
-    Case(Neighborhood(4, stride=2, dilation=(1, 2)), (8, 16)),
-    Case(Neighborhood(3, causal=(True, False, False)), (4, 4, 8)),
-    Case(Blocks(4), (8, 16)),
-    Case(Blocks((4, 8), offset=(2, 4)), (8, 16)),
-    Case(Stripes(1, 4), (8, 16)),
-    Case(Grid(4), (8, 16)),
-    Case(Strided(7, 3), (128,)),
-    Case(Columns(16, 3) & Causal(), (128,)),
-    Case(Sink(5) | Window(8, 0), (128,)),
-    Case(Prefix(40) | Causal(), (128,)),
-    Case(Global((0, 77)), (128,)),
-    Case(Distance(0, 1, 3), (8, 16)),
-    Case(Segments(), (128,), batch=2),
-    Case(Routing(32, 2), (128,), batch=2),
-    Case(PerHead([Causal(), Window(4, 4), Full(), Dilated(4, 2)]), (128,), heads=4),
-    Case(Predicate(_no_multiple_of_three), (128,)),
-    Case((Causal() - Window(3, 0)) | ~Strided(2), (128,)),
-]
-
-
-def run_data(case: Case, q: torch.Tensor, k: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
-    """Named kernel tensors and the matching ``reference_attention`` keywords for a data-dependent case."""
-    generator = torch.Generator().manual_seed(1)
-    named: dict[str, torch.Tensor] = {}
-    reference: dict = {}
-    if any(isinstance(node, Segments) for node in case.pattern.walk()):
-        starts = torch.rand(case.batch, q.shape[2], generator=generator) < 0.05
-        ids = torch.cumsum(starts, dim=1).to(torch.int32)  # a few packed documents per row
-        named["segments_q"] = named["segments_kv"] = ids
-        reference["segments"] = ids
-    node = next((n for n in case.pattern.walk() if isinstance(n, Routing)), None)
-    if node is not None:
-        blocks = -(-q.shape[2] // node.block)
-        scores = torch.rand(case.batch, case.heads, blocks, blocks, generator=generator)
-        indices = scores.argsort(dim=-1)[..., : node.topk]
-        named["routing_map"] = routing_map(q, k, node, indices)
-        reference["routing"] = indices
-    return named, reference
-
-
-@dataclass
-class Result:
-    """Kernel and reference outputs of one run (forward and backward)."""
-
-    out: torch.Tensor
-    lse: torch.Tensor
-    grads: tuple[torch.Tensor, ...]
-    ref_out: torch.Tensor
-    ref_lse: torch.Tensor
-    ref_grads: tuple[torch.Tensor, ...]
-    source: str = field(repr=False)
 
 
 def import_module(source: str, directory) -> object:
@@ -153,46 +73,28 @@ def run(
     score_mod=None,
     config: KernelConfig | None = None,
 ) -> Result:
-    """Forward and backward of the kernels and of the float64 reference on the same random inputs."""
-    kv_heads = kv_heads or case.heads
+    """The interpreted Triton kernels of ``planned`` against the float64 reference (``compare``)."""
     generated = generate_source(
         planned,
         head_dim=head_dim,
         dtype=dtype,
-        kv_heads=kv_heads,
+        kv_heads=kv_heads or case.heads,
         score_mod=score_mod,
         interpret=True,
         config=config,
     )
     attention = TritonAttention(import_module(generated.source, directory), planned, generated)
-    canvas = Canvas(case.shape)
-    generator = torch.Generator().manual_seed(0)
-    q = torch.randn(case.batch, case.heads, canvas.size, head_dim, generator=generator).to(dtype)
-    k, v = (torch.randn(case.batch, kv_heads, canvas.size, head_dim, generator=generator).to(dtype) for _ in "kv")
-    dout = torch.randn(q.shape, generator=generator).to(dtype)
-    named, reference = run_data(case, q, k)
-    named.update(attention.static_tensors(q.device))
-    tensors = [named[name] for name in generated.tensor_names]
-    scale = head_dim**-0.5
-    out, lse = attention.forward(q, k, v, scale=scale, tensors=tensors)
-    grads = attention.backward(q, k, v, out, lse, dout, scale=scale, tensors=tensors)
-    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    ref_out, ref_lse = reference_attention(
-        *leaves, case.pattern, canvas, score_mod=score_mod, scale=scale, return_lse=True, **reference
+    return compare(
+        case,
+        attention,
+        generated.tensor_names,
+        attention.static_tensors(torch.device("cpu")),
+        dtype=dtype,
+        head_dim=head_dim,
+        kv_heads=kv_heads,
+        score_mod=score_mod,
+        source=generated.source,
     )
-    ref_grads = torch.autograd.grad(ref_out, leaves, dout.double())
-    return Result(out, lse, grads, ref_out.detach(), ref_lse.detach(), ref_grads, generated.source)
-
-
-def max_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not torch.isnan(got).any(), "NaN in the kernel's result"
-    return (got.double() - want).abs().max().item()
-
-
-def lse_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert torch.equal(torch.isinf(got), torch.isinf(want)), "rows with no allowed key must have lse -inf"
-    finite = torch.isfinite(want)
-    return (got.double()[finite] - want[finite]).abs().max().item() if finite.any() else 0.0
 
 
 @cache
@@ -219,13 +121,6 @@ def test_gradients_match_reference(index, module_dir):
     result = catalogue_result(index, module_dir)
     for got, want in zip(result.grads, result.ref_grads):
         assert max_error(got, want) <= GRAD_TOL[torch.float32]
-
-
-def check(result: Result, dtype: torch.dtype) -> None:
-    assert max_error(result.out, result.ref_out) <= FWD_TOL[dtype]
-    assert lse_error(result.lse, result.ref_lse) <= FWD_TOL[dtype]
-    for got, want in zip(result.grads, result.ref_grads):
-        assert max_error(got, want) <= GRAD_TOL[dtype]
 
 
 def test_ragged_length_masks_the_last_tiles(tmp_path):
@@ -293,17 +188,9 @@ def test_union_of_parts_merges_by_log_sum_exp(tmp_path):
     check(run(case, planned, tmp_path), torch.float32)
 
 
-def alibi(score, b, h, q_idx, kv_idx):
-    return score - (h + 1) * 0.125 * torch.abs(q_idx - kv_idx)
-
-
 def test_score_mod_alibi(tmp_path):
     case = Case(Causal(), (96,))
     check(run(case, plan(case.pattern, Canvas(case.shape), heads=2), tmp_path, score_mod=alibi), torch.float32)
-
-
-def softcap(score, b, h, q_idx, kv_idx):
-    return 2.0 * torch.tanh(score / 2.0)
 
 
 def test_score_mod_softcap_gradient_uses_its_derivative(tmp_path):

@@ -26,9 +26,7 @@ import torch
 
 import maskir
 from maskir.codegen.common.expr import Expr, TensorRef, topo
-from maskir.codegen.common.lower import lower_predicate
-from maskir.codegen.common.score_grad import score_derivative
-from maskir.codegen.common.score_mod import trace_score_mod
+from maskir.codegen.common.lowered import lower_plan
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
 from maskir.codegen.triton.template_bwd import BACKWARD, SCORE_GRAD
@@ -119,36 +117,31 @@ def _pair_work(expr: Expr) -> tuple[int, int]:
 
 
 def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunctions:
-    """Lower every part's predicate and the score_mod, and render them over one shared argument list.
+    """Lower the plan (``lower_plan``) and render its predicates and score_mod over one argument list.
 
     Every rendered function takes every runtime tensor (the union over parts and score_mod, by name), so
     the kernels thread one argument list through all of them.
     """
-    predicates = [lower_predicate(part.pattern, plan.canvas, plan.kv_canvas) for part in plan.parts]
-    score = trace_score_mod(score_mod) if score_mod is not None else None
-    scored = [score, score_derivative(score)] if score is not None else []
-    refs: dict[str, TensorRef] = {}
-    for expr in [*predicates, *scored]:
-        for ref in expr.tensors():
-            if refs.setdefault(ref.name, ref) != ref:
-                raise ValueError(f"Two different tensors are both named {ref.name!r}: {refs[ref.name]} and {ref}.")
-    names = tuple(sorted(refs))
-    pointers = tuple(arg for name in names for arg in _pointer_args(refs[name]))
+    lowered = lower_plan(plan, score_mod)
+    names = lowered.tensor_names
+    pointers = tuple(arg for name in names for arg in _pointer_args(lowered.refs[name]))
+    predicates = lowered.predicates
     allowed_names = ["_allowed"] if len(predicates) == 1 else [f"_allowed_{i}" for i in range(len(predicates))]
     allowed = tuple(
         render_triton_function(name, expr, ("b", "h", "q", "kv", *pointers))
         for name, expr in zip(allowed_names, predicates)
     )
     score_args = ("score", "b", "h", "q", "kv", *pointers)
-    pair_work = [_pair_work(expr) for expr in [*predicates, *scored]]
+    pair_work = [_pair_work(expr) for expr in lowered.expressions()]
+    scored = lowered.score_mod is not None
     return RenderedFunctions(
         allowed=allowed,
-        score_mod=render_triton_function("_score_mod", scored[0], score_args) if scored else None,
-        score_mod_grad=render_triton_function("_score_mod_grad", scored[1], score_args) if scored else None,
-        score_mod_text=str(score) if score is not None else None,
+        score_mod=render_triton_function("_score_mod", lowered.score_mod, score_args) if scored else None,
+        score_mod_grad=render_triton_function("_score_mod_grad", lowered.score_grad, score_args) if scored else None,
+        score_mod_text=lowered.score_mod_text,
         tensor_names=names,
-        tensor_dims=tuple(refs[name].ndim for name in names),
-        static_tensors={name: refs[name].data for name in names if refs[name].data is not None},
+        tensor_dims=lowered.tensor_dims,
+        static_tensors=lowered.static_tensors,
         pair_loads=sum(loads for loads, _ in pair_work),
         pair_ops=max(operations for _, operations in pair_work),
     )

@@ -1,101 +1,25 @@
-"""Run a generated module: device tile tables, grids, buffers, and the log-sum-exp merge of plan parts.
+"""Run a generated Triton module: grids, buffers and launches per plan part.
 
-Per plan part the tables of all head groups are stacked into flat int32 arrays: group g's CSR row
-pointers are offset by the entries of groups before it, so ``KV_START[g * (n_q_tiles + 1) + i]`` indexes
-the shared ``KV_INDEX`` directly (likewise the transposed ``Q_*`` arrays). Grids: the forward and dQ
+The tile tables and the log-sum-exp merge of parts are shared with the other backends
+(:mod:`maskir.codegen.common.tables`). Grids: the forward and dQ
 kernels run one program per (q tile / FWD_SPLIT or DQ_SPLIT, batch * head); dK/dV one per (kv tile /
 DKDV_SPLIT, batch * kv head); the preprocess one per (PREPROCESS_ROWS rows, batch * head).
 
-Parts: each writes its own output and LSE (fp32), then ``out = sum_p exp(lse_p - lse) * out_p`` with
-``lse = logsumexp_p lse_p`` (a row no part allows stays 0 with lse -inf). The backward runs every part
-with the merged output's LSE and delta and sums the parts' gradients (all deterministic; no atomics).
+Parts: each writes its own output and LSE (fp32) before the merge; the backward runs every part with the
+merged output's LSE and delta and sums the parts' gradients (all deterministic; no atomics).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 
+from maskir.codegen.common.tables import PartTables, check_call, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
-from maskir.planner.plan import Plan, PlanPart
-
-
-@dataclass(frozen=True)
-class PartTables:
-    """One part's tables as int32 tensors on one device, and the flags its kernels are specialised on."""
-
-    kv_start: torch.Tensor
-    kv_full: torch.Tensor
-    kv_index: torch.Tensor
-    q_start: torch.Tensor
-    q_full: torch.Tensor
-    q_index: torch.Tensor
-    head_table: torch.Tensor
-    q_tokens: torch.Tensor
-    kv_tokens: torch.Tensor
-    n_q_tiles: int
-    n_kv_tiles: int
-    q_gather: bool
-    kv_gather: bool
-    kv_padded: bool
-    covers_q: bool
-    covers_kv: bool
-
-
-def _stack(starts: list[np.ndarray], counts: list[np.ndarray], indices: list[np.ndarray]):
-    """Concatenate per-group CSR arrays, shifting each group's row pointers by the entries before it."""
-    offsets = np.cumsum([0] + [idx.size for idx in indices[:-1]])
-    start = np.concatenate([s.astype(np.int64) + off for s, off in zip(starts, offsets)])
-    index = np.concatenate(indices) if sum(i.size for i in indices) else np.zeros(1)
-    return start, np.concatenate(counts), index
-
-
-def _tokens(order: np.ndarray | None, size: int, n_tiles: int, block: int) -> tuple[np.ndarray, bool, bool]:
-    """(token table, covers every token, has padding slots) of one side of a layout."""
-    if order is None:
-        return np.full(1, -1), True, size % block != 0
-    order = np.asarray(order)
-    if order.size != n_tiles * block:
-        raise ValueError(f"A layout must hold n_tiles * block = {n_tiles * block} slots, got {order.size}.")
-    present = order[order >= 0]
-    return order, np.unique(present).size == size, present.size != order.size
-
-
-def part_tables(plan: Plan, part: PlanPart, device: torch.device | str) -> PartTables:
-    """The device arrays and flags of one plan part."""
-    kv_start, kv_full, kv_index = _stack(
-        [t.kv_start for t in part.tables], [t.kv_full for t in part.tables], [t.kv_index for t in part.tables]
-    )
-    q_start, q_full, q_index = _stack(
-        [t.q_start for t in part.tables], [t.q_full for t in part.tables], [t.q_index for t in part.tables]
-    )
-    q_tokens, covers_q, _ = _tokens(part.layout.q_tokens, plan.canvas.size, part.n_q_tiles, plan.block_q)
-    kv_tokens, covers_kv, kv_padded = _tokens(
-        part.layout.kv_tokens, plan.kv_canvas.size, part.n_kv_tiles, plan.block_kv
-    )
-
-    def tensor(array: np.ndarray) -> torch.Tensor:
-        if array.size and (array.max() >= 2**31 or array.min() < -(2**31)):
-            raise ValueError("A tile table entry does not fit in int32; split the problem.")
-        return torch.as_tensor(np.ascontiguousarray(array, dtype=np.int32), device=device)
-
-    return PartTables(
-        *(tensor(a) for a in (kv_start, kv_full, kv_index, q_start, q_full, q_index, part.head_table)),
-        tensor(q_tokens),
-        tensor(kv_tokens),
-        part.n_q_tiles,
-        part.n_kv_tiles,
-        part.layout.q_tokens is not None,
-        part.layout.kv_tokens is not None,
-        kv_padded,
-        covers_q,
-        covers_kv,
-    )
+from maskir.planner.plan import Plan
 
 
 def _strides(prefix: str, x: torch.Tensor) -> dict[str, int]:
@@ -142,25 +66,18 @@ class TritonAttention:
     # -- checks ------------------------------------------------------------------------------------
 
     def _check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
-        expected = (self.heads, self.plan.canvas.size, self.head_dim)
-        if q.dim() != 4 or (q.shape[1], q.shape[2], q.shape[3]) != expected:
-            raise ValueError(
-                f"q must be [B, H={expected[0]}, N_q={expected[1]}, D={expected[2]}], got {tuple(q.shape)}."
-            )
-        kv_shape = (q.shape[0], self.kv_heads, self.plan.kv_canvas.size, self.head_dim)
-        for name, t in (("k", k), ("v", v)):
-            if tuple(t.shape) != kv_shape:
-                raise ValueError(f"{name} must be {list(kv_shape)} for this kernel, got {tuple(t.shape)}.")
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.shape[2] * t.stride(2) >= 2**31:
-                raise ValueError(f"{name} is too long for the kernels' int32 row offsets: N * stride(2) >= 2**31.")
-        if len(tensors) != len(self.generated.tensor_names):
-            raise ValueError(
-                f"tensors must hold {list(self.generated.tensor_names)} in that order, got {len(tensors)} tensors."
-            )
-        for name, dims, t in zip(self.generated.tensor_names, self.generated.tensor_dims, tensors):
-            if not isinstance(t, torch.Tensor) or t.dim() != dims:
-                raise ValueError(f"tensor {name!r} must be a {dims}-D tensor, got {getattr(t, 'shape', type(t))}.")
+        check_call(
+            self.plan,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            q=q,
+            k=k,
+            v=v,
+            tensors=tensors,
+            tensor_names=self.generated.tensor_names,
+            tensor_dims=self.generated.tensor_dims,
+        )
 
     def _tensor_args(self, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -273,18 +190,4 @@ class TritonAttention:
             grads.append((dq, dk, dv))
         if not merged:
             return grads[0]
-        return tuple(torch.stack([g[i] for g in grads]).sum(0).to(like.dtype) for i, like in enumerate((q, k, v)))
-
-
-def merge_parts(
-    outs: list[torch.Tensor], lses: list[torch.Tensor], dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over a union of disjoint key sets: lse = logsumexp_p lse_p, out = sum_p exp(lse_p - lse) out_p.
-
-    A row that no part allows keeps lse -inf and output 0 (its weights are exp(-inf) = 0, never NaN).
-    """
-    lse_parts = torch.stack(lses)
-    lse = torch.logsumexp(lse_parts, dim=0)
-    weights = torch.exp(lse_parts - torch.where(torch.isinf(lse), 0.0, lse))
-    out = (weights[..., None] * torch.stack(outs)).sum(0)
-    return out.to(dtype), lse
+        return sum_part_grads(grads, (q, k, v))

@@ -1,0 +1,192 @@
+"""Emit one TVMScript ``IRModule`` for a plan: per part ``fwd_<i>``, ``dq_<i>`` and ``dkdv_<i>`` prim_funcs.
+
+The plan is lowered once (:func:`maskir.codegen.common.lowered.lower_plan`, the same expressions the
+Triton backend renders); each part's predicate and the score_mod are rendered as TVMScript statements
+(:func:`render_tvm`) into the kernel texts of :mod:`maskir.codegen.tvm.template`. The text is the whole
+source: ``tvm.script.from_source`` parses it (no Python runs), and ``tvm.compile`` builds it for ``llvm``
+(CPU, the runtime's ``backend="tvm"``) or ``cuda`` (``sm_90`` source, see ``launch.cuda_source``).
+
+Runtime tensors reach the kernels as buffers named like the tensors, with one symbolic extent per dim,
+in the dtypes of ``render.BUFFER_DTYPES``; the launcher converts them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from string import Template
+
+import torch
+
+import maskir
+from maskir.codegen.common.expr import Expr
+from maskir.codegen.common.lowered import LoweredPlan, lower_plan
+from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
+from maskir.codegen.tvm.template import COMMON_BUFFERS, COMMON_PARAMS, DKDV, DQ, FORWARD
+from maskir.planner.plan import Plan
+
+MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
+TARGETS = ("llvm", "cuda")
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class TvmSource:
+    """The TVMScript text and what a launcher needs: runtime tensors in argument order, with their dims
+    and the dtype their loads yield (``bool``/``int``/``float``); ``static_tensors`` are passed on every
+    call; ``score_mod_text`` is the traced score_mod (a cache key field)."""
+
+    source: str
+    target: str
+    tensor_names: tuple[str, ...]
+    tensor_dims: tuple[int, ...]
+    tensor_kinds: tuple[str, ...]
+    score_mod_text: str | None = None
+    static_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int, target: str) -> None:
+    if not isinstance(plan, Plan):
+        raise TypeError(f"generate_tvm_source needs a maskir Plan, got {type(plan).__name__}.")
+    if not isinstance(head_dim, int) or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be an int in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got head_dim={head_dim!r}.")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got dtype={dtype}.")
+    if not isinstance(kv_heads, int) or kv_heads < 1 or plan.heads % kv_heads:
+        raise ValueError(
+            f"Key/value heads must evenly divide query heads, got heads_q={plan.heads}, heads_kv={kv_heads!r}."
+        )
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got target={target!r}.")
+
+
+def _loops(target: str, outer: str, tiles: int, rows: int) -> dict[str, str]:
+    """Loop heads over (batch x heads, tiles, rows): parallel/serial on llvm, CUDA blocks and threads."""
+    if target == "cuda":
+        return {
+            "outer": f'T.thread_binding(batch * {outer}, thread="blockIdx.y")',
+            "tile": f'T.thread_binding({tiles}, thread="blockIdx.x")',
+            "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
+        }
+    return {"outer": f"T.parallel(batch * {outer})", "tile": f"T.serial({tiles})", "row": f"T.serial({rows})"}
+
+
+def _tensor_text(lowered: LoweredPlan) -> tuple[str, str]:
+    """(``, name_: T.handle`` parameters, buffer declarations) of the runtime tensors."""
+    params, lines = [], []
+    for name in lowered.tensor_names:
+        ref = lowered.refs[name]
+        extents = [f"{name}_n{d}" for d in range(ref.ndim)]
+        lines += [f"        {extent} = T.int32()" for extent in extents]
+        shape = f"({', '.join(extents)}{',' if ref.ndim == 1 else ''})"
+        lines.append(f'        {name} = T.match_buffer({name}_, {shape}, "{BUFFER_DTYPES[ref.dtype]}")')
+        params.append(f", {name}_: T.handle")
+    return "".join(params), "\n".join(lines)
+
+
+def _statements(expr: Expr | None, prefix: str, result: str, default: str, cast: str | None = None) -> str:
+    """Rendered statements ending in ``result = <expr>`` (``default`` when there is no expression)."""
+    if expr is None:
+        return f"{result} = {default}"
+    lines, value = render_tvm(expr, prefix)
+    value = f'T.Cast("{cast}", {value})' if cast else value
+    return "\n".join([*lines, f"{result} = {value}"])
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Substitute placeholders; a placeholder alone on a line takes its indentation to every line of its value."""
+
+    def block(match: re.Match) -> str:
+        indent, name = match.group(1), match.group(2)
+        return "\n".join(indent + line for line in values[name].splitlines())
+
+    text = template
+    while "$" in text:
+        text = re.sub(r"^( *)\$(\w+)$", block, text, flags=re.MULTILINE)
+        text = Template(text).substitute(values)
+    return text
+
+
+def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, target: str) -> str:
+    heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
+    kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
+    lines = [
+        f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
+        f"{DTYPE_NAMES[dtype]}, head_dim {head_dim}, {heads}; TVM TensorIR for {target}",
+    ]
+    for i, part in enumerate(plan.parts):
+        lines.append(
+            f"# part {i}: {part.pattern}, {plan.block_q}x{plan.block_kv} tiles, {part.layout.name} layout, "
+            f"{part.n_q_tiles} q tiles x {part.n_kv_tiles} kv tiles"
+        )
+    if len(plan.parts) > 1:
+        lines.append("# The parts are disjoint; their outputs merge by log-sum-exp (codegen.common.tables).")
+    lines += [
+        "#",
+        "# Q, K, V: [B, H, N, D] inputs (K, V with the kv heads); O, DQ, DK, DV fp32; LSE [B, H, N_q] natural log",
+        "#   (-inf for a row with no allowed key, whose output is 0); DELTA = rowsum(dO * O).",
+        "# b, h: batch and head; q, kv: ORIGINAL token indices; Q_TOKENS[slot] / KV_TOKENS[slot] is the token",
+        "#   in a layout slot (-1 for padding). KV_START/KV_FULL/KV_INDEX: CSR list of kv tiles per q tile (FULL",
+        "#   first); Q_START/Q_FULL/Q_INDEX: the transposed lists. One list per head group, stacked; HEAD_TABLE[h]",
+        "#   is the group of head h. score = q.k * scale; s = score_mod(score) (or score); P = exp(s - lse).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def generate_tvm_source(
+    plan: Plan,
+    *,
+    head_dim: int,
+    dtype: torch.dtype,
+    kv_heads: int | None = None,
+    score_mod: Callable | None = None,
+    target: str = "llvm",
+) -> TvmSource:
+    """The TVMScript module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` kv heads."""
+    kv_heads = plan.heads if kv_heads is None else kv_heads
+    _check_arguments(plan, head_dim, dtype, kv_heads, target)
+    lowered = lower_plan(plan, score_mod)
+    params, buffers = _tensor_text(lowered)
+    functions = []
+    for i, (part, predicate) in enumerate(zip(plan.parts, lowered.predicates)):
+        q_loops = _loops(target, str(plan.heads), part.n_q_tiles, plan.block_q)
+        kv_loops = _loops(target, str(kv_heads), part.n_kv_tiles, plan.block_kv)
+        values = {
+            "part": str(i),
+            "common_params": COMMON_PARAMS,
+            "common_buffers": COMMON_BUFFERS,
+            "tensor_params": params,
+            "tensor_buffers": buffers,
+            "dtype": DTYPE_NAMES[dtype],
+            "heads": str(plan.heads),
+            "kv_heads": str(kv_heads),
+            "gqa_group": str(plan.heads // kv_heads),
+            "n_q": str(plan.canvas.size),
+            "n_kv": str(plan.kv_canvas.size),
+            "head_dim": str(head_dim),
+            "block_q": str(plan.block_q),
+            "block_kv": str(plan.block_kv),
+            "n_q_tiles": str(part.n_q_tiles),
+            "n_kv_tiles": str(part.n_kv_tiles),
+            "q_slots": str(part.n_q_tiles * plan.block_q),
+            "kv_slots": str(part.n_kv_tiles * plan.block_kv),
+            **{f"q_{key}": text for key, text in q_loops.items() if key != "outer"},
+            "outer": q_loops["outer"],
+            **{f"kv_{key}": text for key, text in kv_loops.items()},
+            "allowed": _statements(predicate, "pa", "keep[0]", "", cast="int32"),
+            "score": _statements(lowered.score_mod, "ps", "s", "score"),
+            "score_grad": _statements(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
+        }
+        functions += [_fill(template, values) for template in (FORWARD, DQ, DKDV)]
+    header = _header(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, target=target)
+    source = header + "\n\n@I.ir_module\nclass Module:\n" + "\n".join(functions)
+    return TvmSource(
+        source=source,
+        target=target,
+        tensor_names=lowered.tensor_names,
+        tensor_dims=lowered.tensor_dims,
+        tensor_kinds=tuple(lowered.refs[name].dtype for name in lowered.tensor_names),
+        score_mod_text=lowered.score_mod_text,
+        static_tensors=lowered.static_tensors,
+    )

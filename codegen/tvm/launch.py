@@ -1,0 +1,177 @@
+"""Build and run a generated TVMScript module on CPU (``llvm``); emit its CUDA source.
+
+``TvmAttention`` has the runtime's ``Kernels`` interface (``forward`` with lse, ``backward``): it parses
+the module text with ``tvm.script.from_source`` (text only, nothing executed), builds it once with
+``tvm.compile(target="llvm")``, and per plan part calls ``fwd_<i>`` / ``dq_<i>`` / ``dkdv_<i>`` on torch
+CPU tensors (passed to TVM by DLPack, no copies). The tile tables and the part merge are the ones the
+Triton backend uses (:mod:`maskir.codegen.common.tables`); outputs are fp32 buffers cast back to the
+inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from maskir.codegen.common.tables import (
+    PartTables,
+    check_call,
+    identity_tokens,
+    merge_parts,
+    part_tables,
+    sum_part_grads,
+)
+from maskir.codegen.tvm.emit import TvmSource
+from maskir.planner.plan import Plan
+
+_TORCH_DTYPES = {"bool": torch.int8, "int": torch.int32, "float": torch.float32}
+
+
+def _import_tvm():
+    try:
+        import tvm
+    except ImportError as error:
+        raise ImportError(
+            "maskir's TVM backend needs apache-tvm: pip install 'maskir[tvm]' (apache-tvm>=0.22)."
+        ) from error
+    return tvm
+
+
+def build(source: str, target: str = "llvm"):
+    """Parse TVMScript ``source`` and build it for ``target`` ("llvm", or "cuda" for sm_90)."""
+    tvm = _import_tvm()
+    module = tvm.script.from_source(source)
+    if target == "cuda":
+        return tvm.compile(module, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    return tvm.compile(module, target=target)
+
+
+def cuda_source(generated: TvmSource) -> str:
+    """The CUDA C++ that TVM generates for ``generated`` (made with ``target="cuda"``), for sm_90.
+
+    Needs no GPU and no nvcc: TVM stops at source. maskir runs its CUDA kernels through Triton; this is
+    for reading and for checking that the plan's TensorIR lowers to GPU code."""
+    if generated.target != "cuda":
+        raise ValueError(f"cuda_source needs a module generated with target='cuda', got {generated.target!r}.")
+    return build(generated.source, "cuda").mod.imports[0].inspect_source()
+
+
+class TvmAttention:
+    """The kernels of one generated TVMScript module for one plan, run on CPU tensors.
+
+    ``forward(q, k, v, *, scale, tensors) -> (out, lse)`` and ``backward(q, k, v, out, lse, dout, *, scale,
+    tensors) -> (dq, dk, dv)`` take q [B, H, N_q, D] and k, v [B, H_kv, N_kv, D]; ``tensors`` are the runtime
+    tensors named by ``generated.tensor_names``, in that order. lse is fp32 [B, H, N_q], natural log.
+    """
+
+    def __init__(self, source: str, plan: Plan, generated: TvmSource, *, heads: int, kv_heads: int, head_dim: int):
+        if generated.target != "llvm":
+            raise ValueError(f"TvmAttention runs llvm modules on CPU, got target={generated.target!r}.")
+        self.plan, self.generated = plan, generated
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.executable = build(source, "llvm")
+        self._tables: list[PartTables] | None = None
+
+    def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
+        """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
+        if self._tables is None:
+            self._tables = []
+            for part in self.plan.parts:
+                tables = part_tables(self.plan, part, "cpu")
+                q_tokens = (
+                    tables.q_tokens
+                    if tables.q_gather
+                    else identity_tokens(tables.n_q_tiles, self.plan.block_q, self.plan.canvas.size, "cpu")
+                )
+                kv_tokens = (
+                    tables.kv_tokens
+                    if tables.kv_gather
+                    else identity_tokens(tables.n_kv_tiles, self.plan.block_kv, self.plan.kv_canvas.size, "cpu")
+                )
+                self._tables.append((tables, q_tokens, kv_tokens))
+        return self._tables
+
+    def _check(self, q, k, v, tensors: Sequence[torch.Tensor]) -> None:
+        check_call(
+            self.plan,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            q=q,
+            k=k,
+            v=v,
+            tensors=tensors,
+            tensor_names=self.generated.tensor_names,
+            tensor_dims=self.generated.tensor_dims,
+        )
+        for name, t in (("q", q), ("k", k), ("v", v), *zip(self.generated.tensor_names, tensors)):
+            if t.device.type != "cpu":
+                raise ValueError(f"The TVM backend runs on CPU tensors; {name} is on {t.device}.")
+
+    def _buffers(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Runtime tensors as contiguous buffers of the kernels' dtypes (bools as int8 0/1)."""
+        converted = []
+        for kind, t in zip(self.generated.tensor_kinds, tensors):
+            t = (t != 0) if kind == "bool" and t.dtype != torch.bool else t
+            converted.append(t.to(_TORCH_DTYPES[kind]).contiguous())
+        return converted
+
+    def _call(self, name: str, *args) -> None:
+        self.executable[name](*args)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, tensors: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """out [B, H, N_q, D] (q's dtype) and lse [B, H, N_q] (fp32, natural log, -inf for empty rows)."""
+        self._check(q, k, v, tensors)
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        buffers = self._buffers(tensors)
+        outs, lses = [], []
+        for index, (tables, q_tokens, kv_tokens) in enumerate(self.tables()):
+            out = torch.zeros(q.shape, dtype=torch.float32)
+            lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
+            self._call(
+                f"fwd_{index}",
+                q, k, v, lse, tables.head_table, q_tokens, kv_tokens,
+                out, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale),
+            )  # fmt: skip
+            outs.append(out)
+            lses.append(lse)
+        if len(outs) == 1:
+            return outs[0].to(q.dtype), lses[0]
+        return merge_parts(outs, lses, q.dtype)
+
+    def backward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        dout: torch.Tensor,
+        *,
+        scale: float,
+        tensors: Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
+        self._check(q, k, v, tensors)
+        q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
+        lse = lse.to(torch.float32).contiguous()
+        delta = (out.to(torch.float32) * dout.to(torch.float32)).sum(-1).contiguous()
+        buffers = self._buffers(tensors)
+        grads = []
+        for index, (tables, q_tokens, kv_tokens) in enumerate(self.tables()):
+            dq = torch.zeros(q.shape, dtype=torch.float32)
+            dk = torch.zeros(k.shape, dtype=torch.float32)
+            dv = torch.zeros(v.shape, dtype=torch.float32)
+            common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
+            self._call(
+                f"dq_{index}", *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale)
+            )
+            self._call(
+                f"dkdv_{index}",
+                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, *buffers, float(scale),
+            )  # fmt: skip
+            grads.append((dq, dk, dv))
+        return sum_part_grads(grads, (q, k, v))

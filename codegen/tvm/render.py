@@ -1,0 +1,127 @@
+"""Render a lowered Expr as TVMScript (TensorIR) statements and one result expression.
+
+Names in the text: ``b``, ``h``, ``q``, ``kv`` (int32 scalars bound by the kernel) and ``score`` (float32),
+and per loaded tensor T (see ``Expr.tensors()``) a buffer ``T`` of int32 (``int``), float32 (``float``) or
+int8 (``bool``: a load is ``T[...] != 0``) whose dims are bound by the kernel.
+
+- Division: TVMScript's ``//`` and ``%`` on ints are floordiv/floormod, Python's semantics, which is what
+  ``floordiv``/``mod`` mean in an Expr; so unlike the Triton renderer no ``lower_division`` pass runs.
+  ``tdiv``/``trem`` (C semantics) are ``T.truncdiv``/``T.truncmod``.
+- Logic is ``T.And``/``T.Or``/``T.Not``; ``where`` is ``T.if_then_else``, which evaluates only the
+  chosen branch. A load outside a bounded extent reads 0: ``T.if_then_else(<in range>, T[...], 0)``.
+- Every load and every subexpression used more than once is bound once to a local (``<prefix>0``,
+  ``<prefix>1``, ...), so the statements read like the Triton functions' bodies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from maskir.codegen.common import printer
+from maskir.codegen.common.expr import Expr, TensorRef, topo
+
+_CALLS = {
+    "min": "T.min",
+    "max": "T.max",
+    "abs": "T.abs",
+    "exp": "T.exp",
+    "exp2": "T.exp2",
+    "log": "T.log",
+    "tanh": "T.tanh",
+    "sqrt": "T.sqrt",
+    "sin": "T.sin",
+    "cos": "T.cos",
+    "tdiv": "T.truncdiv",
+    "trem": "T.truncmod",
+    "and": "T.And",
+    "or": "T.Or",
+    "not": "T.Not",
+    "where": "T.if_then_else",
+}
+BUFFER_DTYPES = {"bool": "int8", "int": "int32", "float": "float32"}
+"""The buffer dtype a runtime tensor is passed in, by the dtype its loads yield."""
+_SCALAR = {"bool": "T.bool", "int": "T.int32", "float": "T.float32"}
+
+
+def _constant(value: bool | int | float, dtype: str) -> printer.Text:
+    """A typed literal: ``T.float32(0.5)``, ``T.float32("-inf")``, ``T.int32(3)``, ``T.bool(True)``."""
+    if dtype == "float":
+        value = float(value)
+        text = f'"{value}"' if value != value or abs(value) == float("inf") else repr(value)
+        return f"T.float32({text})", printer.ATOM
+    return f"{_SCALAR[dtype]}({value!r})", printer.ATOM
+
+
+def _float(arg: printer.Text, dtype: str) -> printer.Text:
+    return arg if dtype == "float" else (f'T.Cast("float32", {arg[0]})', printer.ATOM)
+
+
+def _load(ref: TensorRef, indices: list[printer.Text]) -> printer.Text:
+    index = ", ".join(text for text, _ in indices)
+    value = f"{ref.name}[{index}]"
+    checks = []
+    for (text, precedence), extent in zip(indices, ref.shape):
+        if extent is not None:
+            wrapped = printer.wrap((text, precedence), printer.COMPARE + 1)
+            checks += [f"{wrapped} >= 0", f"{wrapped} < {extent}"]
+    if checks:
+        condition = checks[0] if len(checks) == 1 else f"T.And({', '.join(checks[:2])})"
+        for check in checks[2:]:
+            condition = f"T.And({condition}, {check})"
+        value = f"T.if_then_else({condition}, {value}, {'T.int8(0)' if ref.dtype == 'bool' else _zero(ref.dtype)})"
+    if ref.dtype == "bool":
+        return f"{value} != T.int8(0)", printer.COMPARE
+    return value, printer.ATOM
+
+
+def _zero(dtype: str) -> str:
+    return "T.float32(0)" if dtype == "float" else "T.int32(0)"
+
+
+def _node_text(node: Expr, args: list[printer.Text]) -> printer.Text:
+    """TVMScript text of one node given its arguments' texts."""
+    op = node.op
+    if op == "const":
+        return _constant(node.value, node.dtype)
+    if op == "var":
+        return node.value, printer.ATOM
+    if op == "load":
+        return _load(node.value, args)
+    if op == "truediv":
+        left, right = (_float(a, arg.dtype) for a, arg in zip(args, node.args))
+        return printer.infix("truediv", [left, right])
+    if op == "to_float":
+        return f'T.Cast("float32", {args[0][0]})', printer.ATOM
+    if op == "neg":
+        return printer.prefix(op, args[0])
+    if op in ("floordiv", "mod", "add", "sub", "mul", "lt", "le", "gt", "ge", "eq", "ne"):
+        return printer.infix(op, args)
+    if op in ("exp", "exp2", "log", "tanh", "sqrt", "sin", "cos"):
+        args = [_float(a, arg.dtype) for a, arg in zip(args, node.args)]
+    return printer.call(_CALLS[op], args)
+
+
+def _uses(expr: Expr) -> Counter:
+    uses: Counter = Counter()
+    for node in topo(expr):
+        for arg in node.args:
+            uses[arg] += 1
+    return uses
+
+
+def render_tvm(expr: Expr, prefix: str) -> tuple[list[str], str]:
+    """(statements, result): TVMScript lines binding ``<prefix>0``, ``<prefix>1``, ... and the text of
+    ``expr`` over them. The caller indents the lines and uses the result where ``expr``'s value goes."""
+    if not prefix.isidentifier():
+        raise ValueError(f"render_tvm needs an identifier prefix, got {prefix!r}.")
+    uses = _uses(expr)
+    texts: dict[Expr, printer.Text] = {}
+    lines: list[str] = []
+    for node in topo(expr):
+        text = _node_text(node, [texts[a] for a in node.args])
+        if node is not expr and node.op not in ("const", "var") and (uses[node] > 1 or node.op == "load"):
+            local = f"{prefix}{len(lines)}"
+            lines.append(f"{local} = {text[0]}")
+            text = (local, printer.ATOM)
+        texts[node] = text
+    return lines, texts[expr][0]
