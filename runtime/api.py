@@ -34,7 +34,8 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     """Plan ``pattern`` and build its kernels once; call the result in a training loop.
 
     ``kv_heads`` (default ``heads``) below ``heads`` is GQA/MQA. ``backend`` is "auto" (Triton: compiled
-    on CUDA, interpreted on CPU), "triton" or "reference" (float64 dense, for checking).
+    on CUDA, interpreted on CPU), "triton", "tvm" (TensorIR built for llvm: CPU tensors only) or
+    "reference" (float64 dense, for checking).
     """
     canvas = canvas if isinstance(canvas, Canvas) else Canvas(canvas)
     kv_canvas = canvas if kv_canvas is None else kv_canvas if isinstance(kv_canvas, Canvas) else Canvas(kv_canvas)
@@ -82,7 +83,8 @@ def attention(
 
     ``canvas`` is the token grid of q (default: 1-D of Nq tokens); ``kv_canvas`` that of k/v (default: the
     same canvas when Nkv == Nq, else 1-D). Compiled objects are memoised per configuration; use
-    ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf).
+    ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf). ``backend``: as in
+    ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "reference").
     """
     shapes = check_qkv(q, k, v, enable_gqa=enable_gqa)
     canvas = resolve_canvas(canvas, shapes.n_q, "canvas")

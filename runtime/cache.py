@@ -41,10 +41,11 @@ def versions() -> dict[str, str]:
     import maskir
 
     found = {"maskir": maskir.__version__, "torch": torch.__version__, "format": str(FORMAT_VERSION)}
-    try:  # read from the metadata: importing triton here would fix its interpreter setting too early
-        found["triton"] = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        found["triton"] = "none"
+    for name, package in (("triton", "triton"), ("tvm", "apache-tvm")):
+        try:  # read from the metadata: importing triton here would fix its interpreter setting too early
+            found[name] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[name] = "none"
     return found
 
 

@@ -19,14 +19,19 @@ from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import routing_map, routing_node
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "tvm", "reference")
 PROGRESS_SECONDS = 1.0
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto" is Triton: compiled on CUDA, the Triton interpreter on CPU."""
+    """ "auto" is Triton: compiled on CUDA, the Triton interpreter on CPU. "tvm" runs on CPU only."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "tvm" and device.type != "cpu":
+        raise ValueError(
+            f"backend='tvm' builds its kernels for llvm and runs on CPU tensors, got device {device}; use "
+            "backend='triton' on CUDA (maskir.codegen.tvm.launch.cuda_source shows the TVM CUDA kernels)."
+        )
     return "triton" if backend == "auto" else backend
 
 
@@ -117,6 +122,8 @@ class CompiledAttention:
                 if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
             )
             self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names)
+        elif self.backend == "tvm":
+            self._build_tvm(fields, cache)
         else:
             self._build_triton(fields, cache)
         ops.register(self.handle, self.kernels)
@@ -154,6 +161,29 @@ class CompiledAttention:
         self.kernels = TritonAttention(module, self.plan, generated)
         self.tensor_names = tuple(generated.tensor_names)
 
+    def _build_tvm(self, fields: dict, cache: KernelCache) -> None:
+        from maskir.codegen.tvm.emit import generate_tvm_source
+        from maskir.codegen.tvm.launch import TvmAttention
+
+        generated = generate_tvm_source(
+            self.plan, head_dim=self.head_dim, dtype=self.dtype, kv_heads=self.kv_heads, score_mod=self.score_mod
+        )
+        fields = {
+            **fields,
+            "score_mod": generated.score_mod_text,
+            "target": generated.target,
+            "source_sha256": source_digest(generated.source),
+        }
+        entry = cache.get_or_build(
+            fields, lambda: (generated.source, {"plan": self.plan.describe()}), expected_source=generated.source
+        )
+        self._source = entry.source
+        self.kernels = TvmAttention(
+            entry.source, self.plan, generated, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim
+        )
+        self.tensor_names = tuple(generated.tensor_names)
+        self._static = generated.static_tensors
+
     def _run_tensors(self, q, k, segments, routing) -> list[torch.Tensor]:
         batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
         named: dict[str, torch.Tensor] = {}
@@ -173,6 +203,8 @@ class CompiledAttention:
             raise ValueError("routing was given but the pattern has no Routing node.")
         if self.backend == "triton":
             named.update(self.kernels.static_tensors(q.device))
+        elif self.backend == "tvm":
+            named.update(self._static)
         missing = [name for name in self.tensor_names if name not in named]
         if missing:
             raise ValueError(f"{self.pattern} needs run-time data {missing} that was not given.")

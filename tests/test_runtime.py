@@ -145,7 +145,7 @@ def test_a_compiled_attention_rejects_other_shapes():
         compiled(*qkv(n=32))
 
 
-TRITON_CASES = [
+KERNEL_CASES = [
     pytest.param(Window(15, 0), {}, id="window"),
     pytest.param(Neighborhood(3), {"canvas": (8, 8)}, id="neighborhood-2d"),
     pytest.param(
@@ -156,10 +156,13 @@ TRITON_CASES = [
 ]
 
 
-@pytest.mark.parametrize("pattern, kwargs", TRITON_CASES)
-def test_default_backend_runs_generated_kernels_that_match_the_reference(pattern, kwargs):
+@pytest.mark.parametrize("backend", ["auto", "tvm"])
+@pytest.mark.parametrize("pattern, kwargs", KERNEL_CASES)
+def test_generated_kernels_of_each_backend_match_the_reference(pattern, kwargs, backend):
+    if backend == "tvm":
+        pytest.importorskip("tvm")
     q, k, v = qkv(requires_grad=True)
-    out = maskir.attention(q, k, v, pattern, **kwargs)
+    out = maskir.attention(q, k, v, pattern, backend=backend, **kwargs)
     expected = reference_attention(q, k, v, pattern, **kwargs)
     torch.testing.assert_close(out, expected.float(), atol=2e-3, rtol=0)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
@@ -173,6 +176,24 @@ def test_default_backend_with_gqa_and_the_kernel_source_is_readable():
     compiled = maskir.compile(Window(7, 0), 64, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, device="cpu")
     torch.testing.assert_close(compiled(q, k, v), reference_attention(q, k, v, Window(7, 0)).float(), atol=2e-3, rtol=0)
     assert compiled.source().startswith("# maskir") and "def _fwd(" in compiled.source()
+
+
+def test_tvm_backend_is_cached_readable_and_cpu_only(tmp_path):
+    pytest.importorskip("tvm")
+    from maskir.runtime.cache import KernelCache
+    from maskir.runtime.compiled import CompiledAttention
+
+    canvas = Canvas((8, 8))
+    options = {"heads": 2, "kv_heads": 2, "head_dim": 16, "dtype": torch.float32, "device": "cpu", "backend": "tvm"}
+    compiled = CompiledAttention(Neighborhood(3), canvas, canvas, **options, cache=KernelCache(tmp_path))
+    (entry,) = KernelCache(tmp_path).entries()
+    assert entry["fields"]["backend"] == "tvm" and entry["fields"]["target"] == "llvm"
+    assert compiled.source().startswith("# maskir") and "def fwd_0(" in compiled.source()
+    q, k, v = qkv()
+    expected = reference_attention(q, k, v, Neighborhood(3), canvas).float()
+    torch.testing.assert_close(compiled(q, k, v), expected, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="backend='tvm'.*CPU"):
+        maskir.compile(Causal(), 64, heads=2, head_dim=16, device="cuda", backend="tvm")
 
 
 def test_a_fresh_cpu_process_runs_the_triton_backend_without_setting_the_environment(tmp_path):
