@@ -12,6 +12,7 @@ from functools import cache
 
 import pytest
 import torch
+from hypothesis import given, settings
 from kernel_cases import (
     CATALOGUE,
     FWD_TOL,
@@ -25,12 +26,14 @@ from kernel_cases import (
     max_error,
     softcap,
 )
+from strategies import canvas_and_pattern
 
 from maskir.canvas import Canvas
 from maskir.codegen.tvm.emit import generate_tvm_source
 from maskir.codegen.tvm.launch import TvmAttention, cuda_source
 from maskir.ir import Blocks, Causal, Columns, Dilated, Neighborhood, PerHead, Sink, Window
 from maskir.planner import plan
+from maskir.reference import reference_attention
 
 pytest.importorskip("tvm")
 
@@ -81,6 +84,22 @@ def test_gradients_match_reference(index):
     result = catalogue_result(index)
     for got, want in zip(result.grads, result.ref_grads):
         assert max_error(got, want) <= GRAD_TOL[torch.float32]
+
+
+@settings(max_examples=8, deadline=None)
+@given(canvas_and_pattern(depth=2))
+def test_random_pattern_forward_matches_reference(canvas_pattern):
+    """Random nodes and combinators on random 1-3-D canvases, 16x16 tiles, through a built TVM module."""
+    canvas, pattern = canvas_pattern
+    planned = plan(pattern, canvas, heads=2, block_q=16, block_kv=16)
+    generated = generate_tvm_source(planned, head_dim=8, dtype=torch.float32)
+    attention = TvmAttention(generated.source, planned, generated, heads=2, kv_heads=2, head_dim=8)
+    q, k, v = (torch.randn(1, 2, canvas.size, 8, dtype=torch.float64) for _ in "qkv")
+    tensors = [generated.static_tensors[name] for name in generated.tensor_names]
+    out, lse = attention.forward(q.float(), k.float(), v.float(), scale=0.5, tensors=tensors)
+    ref_out, ref_lse = reference_attention(q, k, v, pattern, canvas, scale=0.5, return_lse=True)
+    assert max_error(out, ref_out) <= FWD_TOL[torch.float32]
+    assert lse_error(lse, ref_lse) <= FWD_TOL[torch.float32]
 
 
 def test_ragged_length_and_small_tiles():
