@@ -243,6 +243,49 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"{row['impl']:<8} {timing or row.get('skipped')}")
 
 
+@command(
+    "source",
+    SPEC,
+    CANVAS,
+    KV_CANVAS,
+    *PLAN_OPTIONS,
+    argument(
+        "--backend",
+        choices=("triton", "tvm", "tvm-cuda"),
+        default="triton",
+        help="triton: the Triton module configured for sm_90 (default); tvm: the TVMScript module for llvm; "
+        "tvm-cuda: the CUDA C++ TVM generates for sm_90 (no GPU needed)",
+    ),
+    argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
+    argument("--kv-heads", type=int, help="key/value heads for GQA (default: --heads)"),
+    argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type (default bf16)"),
+)
+def cmd_source(args: argparse.Namespace) -> None:
+    """Print the kernel source maskir generates for a pattern (Triton, TVMScript, or TVM's CUDA C++)."""
+    import torch
+
+    plan = _plan(args)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    options = {"head_dim": args.head_dim, "dtype": dtype, "kv_heads": args.kv_heads or args.heads}
+    if args.backend == "triton":
+        from maskir.codegen.triton.emit import generate_source
+
+        print(generate_source(plan, **options).source, end="")
+        return
+    from maskir.codegen.tvm.emit import generate_tvm_source
+
+    generated = generate_tvm_source(plan, **options, target="cuda" if args.backend == "tvm-cuda" else "llvm")
+    if args.backend == "tvm":
+        print(generated.source, end="")
+        return
+    from maskir.codegen.tvm.launch import cuda_source
+
+    try:
+        print(cuda_source(generated), end="")
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+
+
 @command("cache", argument("action", choices=("ls", "clear", "info"), help="list, delete or summarise entries"))
 def cmd_cache(args: argparse.Namespace) -> None:
     """List, clear or summarise the kernel cache ($MASKIR_CACHE_DIR, default ~/.cache/maskir)."""

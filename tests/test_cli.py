@@ -216,6 +216,24 @@ def test_bench_without_a_gpu_prints_the_plan_and_prediction(capsys):
     assert code == 0 and "no CUDA GPU" in out and "simulated" in out
 
 
+@pytest.mark.parametrize(
+    "backend, needle",
+    [
+        ("triton", "def _fwd("),
+        ("tvm", "def fwd_0("),
+        ("tvm-cuda", "__global__ void __launch_bounds__(64) fwd_0_kernel("),
+    ],
+)
+def test_source_prints_each_backends_generated_kernels(capsys, backend, needle):
+    if backend.startswith("tvm-"):
+        pytest.importorskip("tvm")
+    argv = ["source", "Neighborhood(3)", "--canvas", "16x16", "--heads", "2", "--head-dim", "64", "--backend", backend]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# maskir") or backend == "tvm-cuda"
+    assert needle in out
+
+
 def test_cache_info_ls_and_clear(capsys, tmp_path, monkeypatch):
     from maskir.runtime.cache import KernelCache
 
