@@ -485,15 +485,18 @@ def markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def write_results(rows: list[dict], directory: Path, slug: str, title: str) -> tuple[Path, Path]:
-    """Append measurements to ``directory/<slug>_suite.jsonl`` and write this run's ``<slug>_suite.md``."""
+def write_results(
+    rows: list[dict], directory: Path, slug: str, title: str, *, table_rows: list[dict] | None = None
+) -> tuple[Path, Path]:
+    """Append measurements to ``directory/<slug>_suite.jsonl`` and write ``<slug>_suite.md`` from
+    ``table_rows`` (default ``rows``): the run so far, so a run cut off after any case keeps its results."""
     directory.mkdir(parents=True, exist_ok=True)
     jsonl, md = directory / f"{slug}_suite.jsonl", directory / f"{slug}_suite.md"
     with jsonl.open("a", encoding="utf-8") as out:
         for row in rows:
             if "skipped" not in row:
                 out.write(json.dumps(row) + "\n")
-    md.write_text(markdown(rows, title), encoding="utf-8")
+    md.write_text(markdown(rows if table_rows is None else table_rows, title), encoding="utf-8")
     return jsonl, md
 
 
@@ -512,6 +515,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
     parser.add_argument("--iters", type=int, default=30, help="timed calls per measurement (default 30)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no new entry after this many seconds (results are written after every entry)",
+    )
     return parser.parse_args(argv)
 
 
@@ -527,17 +535,22 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name()
     hardware = args.hardware or hardware_name(device_name)
     env = environment(device_name)
-    rows = []
-    for case in selected:
+    title = f"maskir suite on {device_name} (torch {env['torch']}, triton {env['triton']}, commit {env['commit'][:12]})"
+    started = time.perf_counter()
+    rows: list[dict] = []
+    for index, case in enumerate(selected):
+        if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            left = " ".join(c.name for c in selected[index:])
+            print(f"budget of {args.budget_s:.0f} s spent; not run: {left}", flush=True)
+            break
         print(f"{case}: {case.pattern} on {case.canvas}", flush=True)
         case_rows = measure_case(case, args, env, hardware)
         for row in case_rows:
             timing = {key: round(row[key], 3) for key in ("fwd_ms", "fwdbwd_ms") if key in row}
             print(f"  {row['impl']:<10} {timing or row.get('skipped')}", flush=True)
         rows += case_rows
-    title = f"maskir suite on {device_name} (torch {env['torch']}, triton {env['triton']}, commit {env['commit'][:12]})"
-    jsonl, md = write_results(rows, args.results, device_slug(device_name), title)
-    print(f"wrote {jsonl} and {md}")
+        jsonl, md = write_results(case_rows, args.results, device_slug(device_name), title, table_rows=rows)
+        print(f"  appended to {jsonl}; table {md}", flush=True)
     return 0
 
 

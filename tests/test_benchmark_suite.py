@@ -72,9 +72,18 @@ def test_write_results_appends_measurements_and_rewrites_the_table(tmp_path):
     assert (jsonl.name, md.name) == ("h100_suite.jsonl", "h100_suite.md")
 
 
-def test_results_option_names_the_output_directory(tmp_path):
+def test_the_table_covers_the_run_so_far_while_the_jsonl_gets_only_new_rows(tmp_path):
+    first, second = _row("maskir", "fwd_ms", 0.1), _row("flex", "fwd_ms", 0.6)
+    suite.write_results([first], tmp_path, "h100", "run", table_rows=[first])
+    jsonl, md = suite.write_results([second], tmp_path, "h100", "run", table_rows=[first, second])
+    assert [json.loads(line)["impl"] for line in Path(jsonl).read_text().splitlines()] == ["maskir", "flex"]
+    assert "| 0.100 | 0.600 | 6.00 |" in Path(md).read_text()
+
+
+def test_results_and_budget_options(tmp_path):
     assert suite.parse_args(["--results", str(tmp_path)]).results == tmp_path
     assert suite.parse_args([]).results == suite.RESULTS
+    assert suite.parse_args([]).budget_s is None and suite.parse_args(["--budget-s", "480"]).budget_s == 480.0
 
 
 def test_dry_run_prints_plan_and_predictions_for_each_selected_entry(capsys):
