@@ -4,10 +4,15 @@
 fake implementations, so ``torch.compile(fullgraph=True)`` traces through them without graph breaks. The
 kernels are found by ``handle`` (a string key registered by ``register``): ops take only tensors, strings
 and floats. ``AttentionFunction`` (a ``torch.autograd.Function``) calls the two ops.
+
+The registry holds kernels weakly: they live as long as the ``CompiledAttention`` that built them (and, in
+eager mode, as long as an autograd graph that will call their backward), so dropping a compiled object
+frees its kernels and tile tables.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol
 
 import torch
@@ -23,19 +28,22 @@ class Kernels(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
-_KERNELS: dict[str, Kernels] = {}
+_KERNELS: weakref.WeakValueDictionary[str, Kernels] = weakref.WeakValueDictionary()
 
 
 def register(handle: str, kernels: Kernels) -> None:
-    """Make ``kernels`` reachable from the ops under ``handle``."""
+    """Make ``kernels`` reachable from the ops under ``handle`` while the caller keeps them alive."""
     _KERNELS[handle] = kernels
 
 
 def _kernels(handle: str) -> Kernels:
-    try:
-        return _KERNELS[handle]
-    except KeyError:
-        raise ValueError(f"No maskir kernels registered as {handle!r}: build them with maskir.compile(...).") from None
+    kernels = _KERNELS.get(handle)
+    if kernels is None:
+        raise ValueError(
+            f"No maskir kernels registered as {handle!r}: the CompiledAttention that built them was freed, or "
+            "never built. Keep the maskir.compile(...) object alive while it is used (e.g. as a module attribute)."
+        )
+    return kernels
 
 
 @torch.library.custom_op("maskir::attention_fwd", mutates_args=())
@@ -79,6 +87,8 @@ class AttentionFunction(torch.autograd.Function):
         out, lse = torch.ops.maskir.attention_fwd(q, k, v, handle, scale, list(tensors))
         ctx.save_for_backward(q, k, v, out, lse, *tensors)
         ctx.handle, ctx.scale = handle, scale
+        if not torch.compiler.is_compiling():
+            ctx.kernels = _kernels(handle)  # the backward may run after the CompiledAttention is gone
         ctx.mark_non_differentiable(lse)
         return out, lse
 

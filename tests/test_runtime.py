@@ -137,6 +137,28 @@ def test_bad_inputs_raise_naming_the_argument(make_inputs, kwargs, error, needle
         maskir.attention(*make_inputs(), Window(3, 0), **{"backend": "reference", **kwargs})
 
 
+def test_dropping_a_compiled_attention_frees_its_kernels_but_not_a_pending_backward():
+    import gc
+    import weakref
+
+    from maskir.runtime import ops
+
+    compiled = maskir.compile(Causal(), 64, heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+    handle, kernels = compiled.handle, weakref.ref(compiled.kernels)
+    q, k, v = qkv(requires_grad=True)
+    out = compiled(q, k, v)
+    del compiled
+    gc.collect()
+    assert kernels() is not None  # the autograd graph of `out` still needs them
+    (dq,) = torch.autograd.grad(out.sum(), q)
+    assert torch.isfinite(dq).all()
+    del out
+    gc.collect()
+    assert kernels() is None
+    with pytest.raises(ValueError, match="was freed"):
+        ops._kernels(handle)
+
+
 def test_a_compiled_attention_rejects_other_shapes():
     compiled = maskir.compile(
         Window(3, 0), 64, heads=2, head_dim=16, dtype=torch.float32, device="cpu", backend="reference"
