@@ -46,6 +46,8 @@ class KernelReport:
     num_stages: int
     seconds: float
     shared_limit: int
+    tensor_core: str = "none"  # the MMA instructions in the PTX: "wgmma" (Hopper), "mma" (mma.sync), "none"
+    rows: int = 0  # rows of the program's own tile (the M of its products; wgmma needs M >= 64)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +132,17 @@ def compile_kernel(fn, args: dict[str, Any], options: dict[str, int], capability
     return compiled, log.getvalue()
 
 
+_ROWS = {"_fwd": "FWD_ROWS", "_bwd_preprocess": "PREPROCESS_ROWS", "_bwd_dq": "DQ_ROWS", "_bwd_dkdv": "DKDV_ROWS"}
+"""The constexpr holding each kernel's rows per program."""
+
+
+def tensor_core_kind(ptx: str) -> str:
+    """Which tensor-core instructions a kernel's PTX uses: "wgmma" (sm_90 warpgroup MMA), "mma", or "none"."""
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    return "mma" if "mma.sync" in ptx else "none"
+
+
 def check_module(
     config: str,
     module: ModuleType,
@@ -158,6 +171,8 @@ def check_module(
                 options["num_stages"],
                 round(time.perf_counter() - started, 3),
                 SHARED_MEMORY_BYTES[capability],
+                tensor_core_kind(compiled.asm["ptx"]),
+                int(getattr(module, _ROWS[name])),
             )
         )
     return reports
@@ -198,11 +213,14 @@ def check_plan(
 
 
 def format_table(reports: list[KernelReport]) -> str:
-    """A fixed-width table: config, kernel, shared bytes, registers, spills, warps/stages, ok."""
-    lines = [f"{'config':<24}{'kernel':<24}{'shared':>8}{'regs':>6}{'spills':>8}{'warps':>7}{'stages':>7}  ok"]
+    """A fixed-width table: config, kernel, shared bytes, registers, spills, warps/stages, rows, MMA kind, ok."""
+    lines = [
+        f"{'config':<24}{'kernel':<24}{'shared':>8}{'regs':>6}{'spills':>8}{'warps':>7}{'stages':>7}{'rows':>6}"
+        f"{'mma':>7}  ok"
+    ]
     for r in reports:
         lines.append(
             f"{r.config:<24}{r.kernel:<24}{r.shared:>8}{r.registers:>6}{r.spills:>8}{r.num_warps:>7}"
-            f"{r.num_stages:>7}  {'yes' if r.ok else 'NO'}"
+            f"{r.num_stages:>7}{r.rows:>6}{r.tensor_core:>7}  {'yes' if r.ok else 'NO'}"
         )
     return "\n".join(lines)
