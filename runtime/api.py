@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -11,17 +12,42 @@ from maskir.ir import Pattern
 from maskir.runtime.checks import check_qkv, resolve_canvas
 from maskir.runtime.compiled import CompiledAttention
 
-_COMPILED: dict[tuple, CompiledAttention] = {}
+MEMO_SIZE = 64
+"""How many configurations ``maskir.attention`` keeps compiled (least recently used ones go first)."""
+_COMPILED: OrderedDict[tuple, CompiledAttention] = OrderedDict()
+
+
+def _pattern(pattern: Pattern | str) -> Pattern:
+    """A Pattern, parsing spec text (``maskir.parse``: a small grammar, never ``eval``)."""
+    if isinstance(pattern, str):
+        from maskir.spec import parse
+
+        return parse(pattern)
+    return pattern
+
+
+def _score_mod_key(score_mod: Callable | None) -> tuple | None:
+    """What a score_mod computes now: its traced text and the identity of every tensor it reads.
+
+    ``maskir.attention`` keys its compiled objects on this, so rebinding a captured tensor or a Python
+    number the function reads (``bias = new_bias``) compiles anew instead of reusing the old capture.
+    """
+    if score_mod is None:
+        return None
+    from maskir.codegen.common.score_mod import trace_score_mod
+
+    traced = trace_score_mod(score_mod)
+    return str(traced), tuple((ref.name, id(ref.data)) for ref in traced.tensors())
 
 
 def compile(  # noqa: A001 (the public name, like torch.compile)
-    pattern: Pattern,
+    pattern: Pattern | str,
     canvas: Canvas | int | tuple[int, ...],
     *,
     heads: int,
     head_dim: int,
     dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cuda",
+    device: torch.device | str | None = None,
     kv_canvas: Canvas | int | tuple[int, ...] | None = None,
     kv_heads: int | None = None,
     score_mod: Callable | None = None,
@@ -35,8 +61,13 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
 
     ``kv_heads`` (default ``heads``) below ``heads`` is GQA/MQA. ``backend`` is "auto" (Triton: compiled
     on CUDA, interpreted on CPU), "triton", "tvm" (TensorIR built for llvm: CPU tensors only) or
-    "reference" (float64 dense, for checking).
+    "reference" (float64 dense, for checking). ``device`` defaults to CUDA when there is one (CPU for
+    backend "tvm"). ``pattern`` may be spec text (``maskir.parse``). Tensors a ``score_mod`` reads are
+    captured now: in-place updates are seen by later calls, a rebound name needs a new compile.
     """
+    pattern = _pattern(pattern)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() and backend != "tvm" else "cpu"
     canvas = canvas if isinstance(canvas, Canvas) else Canvas(canvas)
     kv_canvas = canvas if kv_canvas is None else kv_canvas if isinstance(kv_canvas, Canvas) else Canvas(kv_canvas)
     kv_heads = heads if kv_heads is None else kv_heads
@@ -67,7 +98,7 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    pattern: Pattern,
+    pattern: Pattern | str,
     canvas: Canvas | int | tuple[int, ...] | None = None,
     *,
     kv_canvas: Canvas | int | tuple[int, ...] | None = None,
@@ -84,8 +115,11 @@ def attention(
     ``canvas`` is the token grid of q (default: 1-D of Nq tokens); ``kv_canvas`` that of k/v (default: the
     same canvas when Nkv == Nq, else 1-D). Compiled objects are memoised per configuration; use
     ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf). ``backend``: as in
-    ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "reference").
+    ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "reference"). A ``score_mod`` is traced on every
+    call (well under a millisecond) so that rebinding what it reads takes effect; hold a
+    ``maskir.compile`` object to skip that.
     """
+    pattern = _pattern(pattern)
     shapes = check_qkv(q, k, v, enable_gqa=enable_gqa)
     canvas = resolve_canvas(canvas, shapes.n_q, "canvas")
     if kv_canvas is None and shapes.n_kv == shapes.n_q:
@@ -103,25 +137,33 @@ def attention(
         score_mod,
         backend,
     )
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # the trace cannot re-trace a score_mod: use the last one built eagerly
+        compiled = _COMPILED.get(key)
+        if compiled is None:
             raise RuntimeError(
                 f"maskir.attention({pattern}) is being traced by torch.compile before its kernels were built. "
                 "Build them outside the compiled region: call maskir.attention once eagerly with the same shapes, "
                 "or hold compiled = maskir.compile(...) (e.g. in the module's __init__) and call compiled(q, k, v)."
             )
-        compiled = compile(
-            pattern,
-            canvas,
-            heads=shapes.heads,
-            head_dim=shapes.head_dim,
-            dtype=shapes.dtype,
-            device=shapes.device,
-            kv_canvas=kv_canvas,
-            kv_heads=shapes.kv_heads,
-            score_mod=score_mod,
-            backend=backend,
-        )
-        _COMPILED[key] = compiled
+    else:
+        exact = (*key, _score_mod_key(score_mod))
+        compiled = _COMPILED.get(exact)
+        if compiled is None:
+            compiled = compile(
+                pattern,
+                canvas,
+                heads=shapes.heads,
+                head_dim=shapes.head_dim,
+                dtype=shapes.dtype,
+                device=shapes.device,
+                kv_canvas=kv_canvas,
+                kv_heads=shapes.kv_heads,
+                score_mod=score_mod,
+                backend=backend,
+            )
+        for memo_key in (exact, key):  # ``key``: the latest build, for torch.compile traces
+            _COMPILED[memo_key] = compiled
+            _COMPILED.move_to_end(memo_key)
+        while len(_COMPILED) > MEMO_SIZE:
+            _COMPILED.popitem(last=False)
     return compiled(q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse)

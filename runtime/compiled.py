@@ -84,7 +84,10 @@ class CompiledAttention:
         quiet: bool = False,
     ):
         if not isinstance(pattern, Pattern):
-            raise TypeError(f"pattern must be a maskir Pattern, got {type(pattern).__name__}.")
+            raise TypeError(
+                f"pattern must be a maskir Pattern (or spec text for maskir.attention/compile), got "
+                f"{type(pattern).__name__}."
+            )
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype}.")
         check_canvas(pattern, canvas, kv_canvas)
@@ -122,6 +125,7 @@ class CompiledAttention:
                 if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
             )
             self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names)
+            self._captured_grad = {}
         elif self.backend == "tvm":
             self._build_tvm(fields, cache)
         else:
@@ -160,6 +164,7 @@ class CompiledAttention:
         self._source = entry.source
         self.kernels = TritonAttention(module, self.plan, generated)
         self.tensor_names = tuple(generated.tensor_names)
+        self._captured_grad = {name: t.requires_grad for name, t in generated.static_tensors.items()}
 
     def _build_tvm(self, fields: dict, cache: KernelCache) -> None:
         from maskir.codegen.tvm.emit import generate_tvm_source
@@ -183,13 +188,14 @@ class CompiledAttention:
         )
         self.tensor_names = tuple(generated.tensor_names)
         self._static = generated.static_tensors
+        self._captured_grad = {name: t.requires_grad for name, t in generated.static_tensors.items()}
 
     def _run_tensors(self, q, k, segments, routing) -> list[torch.Tensor]:
         batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
         named: dict[str, torch.Tensor] = {}
         if any(isinstance(node, Segments) for node in self.pattern.walk()):
             if segments is None:
-                raise ValueError(f"{self.pattern} contains Segments(): pass segments=<int ids [B, N]>.")
+                raise ValueError(f"The pattern {self.pattern} has a Segments() node: pass segments=<int ids [B, N]>.")
             named["segments_q"], named["segments_kv"] = check_segments(segments, batch, n_q, n_kv, q.device)
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
@@ -205,6 +211,12 @@ class CompiledAttention:
             named.update(self.kernels.static_tensors(q.device))
         elif self.backend == "tvm":
             named.update(self._static)
+        if torch.is_grad_enabled() and any(self._captured_grad.values()):
+            names = [name for name, needs in self._captured_grad.items() if needs]
+            raise ValueError(
+                f"score_mod reads tensors that require grad ({', '.join(names)}): maskir differentiates q, k and v "
+                "only. Capture bias.detach() to train without its gradient, or run under torch.no_grad()."
+            )
         missing = [name for name in self.tensor_names if name not in named]
         if missing:
             raise ValueError(f"{self.pattern} needs run-time data {missing} that was not given.")

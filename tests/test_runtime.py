@@ -126,7 +126,7 @@ def test_torch_compile_before_the_kernels_exist_says_how_to_build_them():
         (lambda: (qkv()[0], *qkv(dtype=torch.float16)[1:]), {}, TypeError, "share a dtype"),
         (lambda: (*qkv()[:2], qkv(n=32)[2]), {}, ValueError, "same shape"),
         (lambda: qkv(heads=3, kv_heads=2), {"enable_gqa": True}, ValueError, "evenly divide"),
-        (lambda: qkv(dim=8), {}, ValueError, "head dim"),
+        (lambda: qkv(dim=8), {"backend": "auto"}, ValueError, r"head_dim must be an int in \[16, 256\]"),
         (lambda: qkv(), {"canvas": (4, 4)}, ValueError, "holds 16 tokens"),
         (lambda: qkv(), {"backend": "cuda-magic"}, ValueError, "backend must be one of"),
         (lambda: ("q", "k", "v"), {}, TypeError, "torch.Tensor"),
@@ -135,6 +135,45 @@ def test_torch_compile_before_the_kernels_exist_says_how_to_build_them():
 def test_bad_inputs_raise_naming_the_argument(make_inputs, kwargs, error, needle):
     with pytest.raises(error, match=needle):
         maskir.attention(*make_inputs(), Window(3, 0), **{"backend": "reference", **kwargs})
+
+
+def test_spec_text_is_a_pattern_and_head_dims_are_the_backends_to_limit():
+    q, k, v = qkv(dim=8)
+    out = maskir.attention(q, k, v, "Window(7, 0)", backend="reference")
+    torch.testing.assert_close(out, reference_attention(q, k, v, Window(7, 0)).float())
+    with pytest.raises(TypeError, match="spec text"):
+        maskir.compile(42, 64, heads=2, head_dim=16, device="cpu")
+
+
+CAPTURED = torch.randn(64, 64)
+
+
+def _captured_bias(score, b, h, q_idx, kv_idx):
+    return score + CAPTURED[q_idx, kv_idx]
+
+
+def test_rebinding_a_tensor_a_score_mod_reads_takes_effect():
+    global CAPTURED
+    q, k, v = qkv()
+    for _ in range(2):
+        out = maskir.attention(q, k, v, Causal(), score_mod=_captured_bias)
+        expected = reference_attention(q, k, v, Causal(), score_mod=_captured_bias)
+        torch.testing.assert_close(out, expected.float(), atol=2e-3, rtol=0)
+        CAPTURED = torch.randn(64, 64) * 3
+
+
+def test_a_score_mod_tensor_that_requires_grad_is_refused_while_grad_is_on():
+    bias = torch.randn(64, 64, requires_grad=True)
+    compiled = maskir.compile(
+        Causal(), 64, heads=2, head_dim=16, dtype=torch.float32, device="cpu",
+        score_mod=lambda score, b, h, q_idx, kv_idx: score + bias[q_idx, kv_idx],
+    )  # fmt: skip
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="require grad"):
+        compiled(q, k, v)
+    with torch.no_grad():
+        expected = reference_attention(q, k, v, Causal(), score_mod=lambda s, b, h, i, j: s + bias[i, j])
+        torch.testing.assert_close(compiled(q, k, v), expected.float(), atol=2e-3, rtol=0)
 
 
 def test_dropping_a_compiled_attention_frees_its_kernels_but_not_a_pending_backward():
@@ -216,6 +255,7 @@ def test_tvm_backend_is_cached_readable_and_cpu_only(tmp_path):
     torch.testing.assert_close(compiled(q, k, v), expected, atol=2e-3, rtol=0)
     with pytest.raises(ValueError, match="backend='tvm'.*CPU"):
         maskir.compile(Causal(), 64, heads=2, head_dim=16, device="cuda", backend="tvm")
+    assert maskir.compile(Causal(), 64, heads=2, head_dim=8, backend="tvm").device.type == "cpu"
 
 
 def test_a_fresh_cpu_process_runs_the_triton_backend_without_setting_the_environment(tmp_path):

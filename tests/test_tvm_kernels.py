@@ -168,7 +168,7 @@ def test_source_is_tvmscript_with_the_lowered_predicate_per_part():
     for name in ("def fwd_0(", "def dq_0(", "def dkdv_0(", "@I.ir_module"):
         assert name in source
     assert "T.parallel(batch * 2)" in source and "threadIdx" not in source
-    assert "import" not in source  # parsed by tvm.script.from_source: text only, nothing runs
+    assert "import" not in source  # tvm.script.from_source parses it: TVMScript only, no imports
 
 
 def test_cuda_emission_binds_blocks_and_threads_and_lowers_to_sm90_source():

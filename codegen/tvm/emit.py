@@ -3,8 +3,9 @@
 The plan is lowered once (:func:`maskir.codegen.common.lowered.lower_plan`, the same expressions the
 Triton backend renders); each part's predicate and the score_mod are rendered as TVMScript statements
 (:func:`render_tvm`) into the kernel texts of :mod:`maskir.codegen.tvm.template`. The text is the whole
-source: ``tvm.script.from_source`` parses it (no Python runs), and ``tvm.compile`` builds it for ``llvm``
-(CPU, the runtime's ``backend="tvm"``) or ``cuda`` (``sm_90`` source, see ``launch.cuda_source``).
+source: ``tvm.script.from_source`` parses it (no imports; it evaluates the expressions in the text), and
+``tvm.compile`` builds it for ``llvm`` (CPU, the runtime's ``backend="tvm"``) or ``cuda`` (``sm_90``
+source, see ``launch.cuda_source``).
 
 Runtime tensors reach the kernels as buffers named like the tensors, with one symbolic extent per dim,
 in the dtypes of ``render.BUFFER_DTYPES``; the launcher converts them.

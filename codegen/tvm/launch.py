@@ -1,8 +1,9 @@
 """Build and run a generated TVMScript module on CPU (``llvm``); emit its CUDA source.
 
 ``TvmAttention`` has the runtime's ``Kernels`` interface (``forward`` with lse, ``backward``): it parses
-the module text with ``tvm.script.from_source`` (text only, nothing executed), builds it once with
-``tvm.compile(target="llvm")``, and per plan part calls ``fwd_<i>`` / ``dq_<i>`` / ``dkdv_<i>`` on torch
+the module text with ``tvm.script.from_source`` (which evaluates the text's expressions: pass only text
+maskir generated, as the runtime's cache does), builds it once with ``tvm.compile(target="llvm")``, and
+per plan part calls ``fwd_<i>`` / ``dq_<i>`` / ``dkdv_<i>`` on torch
 CPU tensors (passed to TVM by DLPack, no copies). The tile tables and the part merge are the ones the
 Triton backend uses (:mod:`maskir.codegen.common.tables`); outputs are fp32 buffers cast back to the
 inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
