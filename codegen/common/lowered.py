@@ -8,7 +8,7 @@ plan takes one argument list, in the sorted order of ``tensor_names``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +54,31 @@ class LoweredPlan:
         """Every expression a kernel evaluates: the predicates, then score_mod and its derivative."""
         scored = [self.score_mod, self.score_grad] if self.score_mod is not None else []
         return [*self.predicates, *scored]
+
+
+def check_kernel_arguments(
+    caller: str,
+    plan: Plan,
+    *,
+    head_dim: int,
+    head_dims: tuple[int, int],
+    dtype: torch.dtype,
+    dtypes: Collection[torch.dtype],
+    kv_heads: int,
+) -> None:
+    """TypeError/ValueError naming the argument unless ``plan`` is a Plan, ``head_dim`` an int within
+    ``head_dims`` (inclusive), ``dtype`` one of ``dtypes`` and ``kv_heads`` divides the plan's heads."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"{caller} needs a maskir Plan, got {type(plan).__name__}.")
+    low, high = head_dims
+    if not isinstance(head_dim, int) or not low <= head_dim <= high:
+        raise ValueError(f"head_dim must be an int in [{low}, {high}], got head_dim={head_dim!r}.")
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, dtypes))}, got dtype={dtype}.")
+    if not isinstance(kv_heads, int) or kv_heads < 1 or plan.heads % kv_heads:
+        raise ValueError(
+            f"Key/value heads must evenly divide query heads, got heads_q={plan.heads}, heads_kv={kv_heads!r}."
+        )
 
 
 def lower_plan(plan: Plan, score_mod: Callable | None = None) -> LoweredPlan:

@@ -104,36 +104,37 @@ def identity_tokens(n_tiles: int, block: int, size: int, device: torch.device | 
     return torch.where(slots < size, slots, -1)
 
 
-def check_call(
-    plan: Plan,
-    *,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    tensors: Sequence[torch.Tensor],
-    tensor_names: Sequence[str],
-    tensor_dims: Sequence[int],
-) -> None:
-    """ValueError unless q is [B, heads, N_q, head_dim], k and v [B, kv_heads, N_kv, head_dim], and
-    ``tensors`` are the runtime tensors ``tensor_names`` with ``tensor_dims`` dims each, in that order."""
-    expected = (heads, plan.canvas.size, head_dim)
-    if q.dim() != 4 or (q.shape[1], q.shape[2], q.shape[3]) != expected:
-        raise ValueError(f"q must be [B, H={expected[0]}, N_q={expected[1]}, D={expected[2]}], got {tuple(q.shape)}.")
-    kv_shape = (q.shape[0], kv_heads, plan.kv_canvas.size, head_dim)
-    for name, t in (("k", k), ("v", v)):
-        if tuple(t.shape) != kv_shape:
-            raise ValueError(f"{name} must be {list(kv_shape)} for this kernel, got {tuple(t.shape)}.")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.shape[2] * t.stride(2) >= 2**31:
-            raise ValueError(f"{name} is too long for the kernels' int32 row offsets: N * stride(2) >= 2**31.")
-    if len(tensors) != len(tensor_names):
-        raise ValueError(f"tensors must hold {list(tensor_names)} in that order, got {len(tensors)} tensors.")
-    for name, dims, t in zip(tensor_names, tensor_dims, tensors):
-        if not isinstance(t, torch.Tensor) or t.dim() != dims:
-            raise ValueError(f"tensor {name!r} must be a {dims}-D tensor, got {getattr(t, 'shape', type(t))}.")
+@dataclass(frozen=True)
+class KernelSignature:
+    """What a backend's kernels for one plan accept: q [B, heads, N_q, head_dim], k and v
+    [B, kv_heads, N_kv, head_dim], and the runtime tensors ``tensor_names`` with ``tensor_dims`` dims."""
+
+    plan: Plan
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tensor_names: tuple[str, ...]
+    tensor_dims: tuple[int, ...]
+
+    def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+        """ValueError naming the argument that does not fit."""
+        expected = (self.heads, self.plan.canvas.size, self.head_dim)
+        if q.dim() != 4 or (q.shape[1], q.shape[2], q.shape[3]) != expected:
+            raise ValueError(
+                f"q must be [B, H={expected[0]}, N_q={expected[1]}, D={expected[2]}], got {tuple(q.shape)}."
+            )
+        kv_shape = (q.shape[0], self.kv_heads, self.plan.kv_canvas.size, self.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            if tuple(t.shape) != kv_shape:
+                raise ValueError(f"{name} must be {list(kv_shape)} for this kernel, got {tuple(t.shape)}.")
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.shape[2] * t.stride(2) >= 2**31:
+                raise ValueError(f"{name} is too long for the kernels' int32 row offsets: N * stride(2) >= 2**31.")
+        if len(tensors) != len(self.tensor_names):
+            raise ValueError(f"tensors must hold {list(self.tensor_names)} in that order, got {len(tensors)} tensors.")
+        for name, dims, t in zip(self.tensor_names, self.tensor_dims, tensors):
+            if not isinstance(t, torch.Tensor) or t.dim() != dims:
+                raise ValueError(f"tensor {name!r} must be a {dims}-D tensor, got {getattr(t, 'shape', type(t))}.")
 
 
 def merge_parts(

@@ -26,7 +26,7 @@ import torch
 
 import maskir
 from maskir.codegen.common.expr import Expr, TensorRef, topo
-from maskir.codegen.common.lowered import lower_plan
+from maskir.codegen.common.lowered import check_kernel_arguments, lower_plan
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
 from maskir.codegen.triton.template_bwd import BACKWARD, SCORE_GRAD
@@ -71,16 +71,15 @@ class RenderedFunctions:
 
 
 def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int) -> None:
-    if not isinstance(plan, Plan):
-        raise TypeError(f"generate_source needs a maskir Plan, got {type(plan).__name__}.")
-    if not isinstance(head_dim, int) or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be an int in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got head_dim={head_dim!r}.")
-    if dtype not in DTYPE_NAMES:
-        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got dtype={dtype}.")
-    if not isinstance(kv_heads, int) or kv_heads < 1 or plan.heads % kv_heads:
-        raise ValueError(
-            f"Key/value heads must evenly divide query heads, got heads_q={plan.heads}, heads_kv={kv_heads!r}."
-        )
+    check_kernel_arguments(
+        "generate_source",
+        plan,
+        head_dim=head_dim,
+        head_dims=(MIN_HEAD_DIM, MAX_HEAD_DIM),
+        dtype=dtype,
+        dtypes=DTYPE_NAMES,
+        kv_heads=kv_heads,
+    )
     for name, block in (("block_q", plan.block_q), ("block_kv", plan.block_kv)):
         if block < 16 or block & (block - 1):
             raise ValueError(f"The Triton kernels need power-of-two tiles >= 16, got plan.{name}={block}.")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from maskir.codegen.common.tables import PartTables, check_call, merge_parts, part_tables, sum_part_grads
+from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
 from maskir.planner.plan import Plan
 
@@ -44,6 +44,9 @@ class TritonAttention:
         self.heads = int(module.N_HEADS)
         self.kv_heads = int(module.N_KV_HEADS)
         self.head_dim = int(module.HEAD_DIM)
+        self.signature = KernelSignature(
+            plan, self.heads, self.kv_heads, self.head_dim, tuple(generated.tensor_names), tuple(generated.tensor_dims)
+        )
         self._tables: dict[tuple[str, int | None], list[PartTables]] = {}
         self._static: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
 
@@ -66,18 +69,7 @@ class TritonAttention:
     # -- checks ------------------------------------------------------------------------------------
 
     def _check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
-        check_call(
-            self.plan,
-            heads=self.heads,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            q=q,
-            k=k,
-            v=v,
-            tensors=tensors,
-            tensor_names=self.generated.tensor_names,
-            tensor_dims=self.generated.tensor_dims,
-        )
+        self.signature.check(q, k, v, tensors)
 
     def _tensor_args(self, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
         args: dict[str, Any] = {}

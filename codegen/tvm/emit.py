@@ -22,9 +22,9 @@ import torch
 
 import maskir
 from maskir.codegen.common.expr import Expr
-from maskir.codegen.common.lowered import LoweredPlan, lower_plan
+from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
-from maskir.codegen.tvm.template import COMMON_BUFFERS, COMMON_PARAMS, DKDV, DQ, FORWARD
+from maskir.codegen.tvm.template import COMMON_BUFFERS, COMMON_PARAMS, DKDV, DQ, FORWARD, PAIR_GRADIENT
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -48,16 +48,15 @@ class TvmSource:
 
 
 def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int, target: str) -> None:
-    if not isinstance(plan, Plan):
-        raise TypeError(f"generate_tvm_source needs a maskir Plan, got {type(plan).__name__}.")
-    if not isinstance(head_dim, int) or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be an int in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got head_dim={head_dim!r}.")
-    if dtype not in DTYPE_NAMES:
-        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got dtype={dtype}.")
-    if not isinstance(kv_heads, int) or kv_heads < 1 or plan.heads % kv_heads:
-        raise ValueError(
-            f"Key/value heads must evenly divide query heads, got heads_q={plan.heads}, heads_kv={kv_heads!r}."
-        )
+    check_kernel_arguments(
+        "generate_tvm_source",
+        plan,
+        head_dim=head_dim,
+        head_dims=(MIN_HEAD_DIM, MAX_HEAD_DIM),
+        dtype=dtype,
+        dtypes=DTYPE_NAMES,
+        kv_heads=kv_heads,
+    )
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got target={target!r}.")
 
@@ -104,7 +103,9 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
     text = template
     while "$" in text:
-        text = re.sub(r"^( *)\$(\w+)$", block, text, flags=re.MULTILINE)
+        previous = None
+        while text != previous:  # blocks first, to a fixed point: a block may hold placeholders of its own
+            previous, text = text, re.sub(r"^( *)\$(\w+)$", block, text, flags=re.MULTILINE)
         text = Template(text).substitute(values)
     return text
 
@@ -157,6 +158,7 @@ def generate_tvm_source(
             "part": str(i),
             "common_params": COMMON_PARAMS,
             "common_buffers": COMMON_BUFFERS,
+            "pair_gradient": PAIR_GRADIENT,
             "tensor_params": params,
             "tensor_buffers": buffers,
             "dtype": DTYPE_NAMES[dtype],

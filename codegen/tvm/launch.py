@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 
 from maskir.codegen.common.tables import (
+    KernelSignature,
     PartTables,
-    check_call,
     identity_tokens,
     merge_parts,
     part_tables,
@@ -70,7 +70,9 @@ class TvmAttention:
         if generated.target != "llvm":
             raise ValueError(f"TvmAttention runs llvm modules on CPU, got target={generated.target!r}.")
         self.plan, self.generated = plan, generated
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.signature = KernelSignature(
+            plan, heads, kv_heads, head_dim, tuple(generated.tensor_names), tuple(generated.tensor_dims)
+        )
         self.executable = build(source, "llvm")
         self._tables: list[PartTables] | None = None
 
@@ -94,18 +96,7 @@ class TvmAttention:
         return self._tables
 
     def _check(self, q, k, v, tensors: Sequence[torch.Tensor]) -> None:
-        check_call(
-            self.plan,
-            heads=self.heads,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            q=q,
-            k=k,
-            v=v,
-            tensors=tensors,
-            tensor_names=self.generated.tensor_names,
-            tensor_dims=self.generated.tensor_dims,
-        )
+        self.signature.check(q, k, v, tensors)
         for name, t in (("q", q), ("k", k), ("v", v), *zip(self.generated.tensor_names, tensors)):
             if t.device.type != "cpu":
                 raise ValueError(f"The TVM backend runs on CPU tensors; {name} is on {t.device}.")

@@ -10,11 +10,12 @@ the simplest schedule TensorIR lowers to both ``llvm`` (loops; the outer one par
   output 0 and lse -inf.
 - dQ: dQ = scale * sum_kv dS K with P = exp(s - lse), dS = P (dO.V - delta) (times d score_mod / d score).
 - dK/dV: each key row loops over the GQA_GROUP query heads of its kv head and their transposed lists:
-  dV = sum_q P dO, dK = scale * sum_q dS Q. No atomics: every output row has one owner.
+  dV = sum_q P dO, dK = scale * sum_q dS Q. No atomics: every output row has one owner. Both backward
+  kernels compute a pair's P and dS with the same ``PAIR_GRADIENT`` statements.
 
 FULL tiles skip the predicate (only padding slots, token -1, are skipped); PARTIAL tiles evaluate it.
 Placeholders (``string.Template``): ``$part``, the plan's numbers, ``$outer``/``$tile``/``$row`` (loop
-heads of the target), ``$tensor_params``/``$tensor_buffers`` (runtime tensors), and the rendered
+heads of the target), ``$tensor_params``/``$tensor_buffers`` (runtime tensors), ``$pair_gradient``, and the rendered
 ``$allowed``, ``$score`` and ``$score_grad`` statement blocks (each indented like its placeholder).
 """
 
@@ -96,6 +97,19 @@ $common_buffers
                             stat[1] > T.float32(0), stat[0] + T.log(stat[1]), T.float32("-inf"))
 """
 
+PAIR_GRADIENT = """\
+dots[0] = T.float32(0)
+dots[1] = T.float32(0)
+for d in T.serial($head_dim):
+    dots[0] = dots[0] + T.Cast("float32", Q[b, h, q, d]) * T.Cast("float32", K[b, kvh, kv, d])
+    dots[1] = dots[1] + T.Cast("float32", DO[b, h, q, d]) * T.Cast("float32", V[b, kvh, kv, d])
+score = dots[0] * sm_scale
+$score
+p = T.exp(s - lse)
+$score_grad
+ds = p * (dots[1] - delta) * dmod"""
+"""One allowed (q, kv) pair of the backward: P and dS (needs b, h, kvh, q, kv, lse and delta bound)."""
+
 DQ = """\
     @T.prim_func
     def dq_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, kv_start_: T.handle,
@@ -134,18 +148,7 @@ $common_buffers
                                     if kv >= 0 and e >= full_end:
                                         $allowed
                                     if keep[0] != 0:
-                                        dots[0] = T.float32(0)
-                                        dots[1] = T.float32(0)
-                                        for d in T.serial($head_dim):
-                                            dots[0] = dots[0] + T.Cast("float32", Q[b, h, q, d]) * T.Cast(
-                                                "float32", K[b, kvh, kv, d])
-                                            dots[1] = dots[1] + T.Cast("float32", DO[b, h, q, d]) * T.Cast(
-                                                "float32", V[b, kvh, kv, d])
-                                        score = dots[0] * sm_scale
-                                        $score
-                                        p = T.exp(s - lse)
-                                        $score_grad
-                                        ds = p * (dots[1] - delta) * dmod
+                                        $pair_gradient
                                         for d in T.serial($head_dim):
                                             grad[d] = grad[d] + ds * T.Cast("float32", K[b, kvh, kv, d])
                         for d in T.serial($head_dim):
@@ -193,18 +196,8 @@ $common_buffers
                                     if keep[0] != 0:
                                         lse = LSE[b, h, q]
                                         if lse > T.float32("-inf"):
-                                            dots[0] = T.float32(0)
-                                            dots[1] = T.float32(0)
-                                            for d in T.serial($head_dim):
-                                                dots[0] = dots[0] + T.Cast("float32", Q[b, h, q, d]) * T.Cast(
-                                                    "float32", K[b, kvh, kv, d])
-                                                dots[1] = dots[1] + T.Cast("float32", DO[b, h, q, d]) * T.Cast(
-                                                    "float32", V[b, kvh, kv, d])
-                                            score = dots[0] * sm_scale
-                                            $score
-                                            p = T.exp(s - lse)
-                                            $score_grad
-                                            ds = p * (dots[1] - DELTA[b, h, q]) * dmod
+                                            delta = DELTA[b, h, q]
+                                            $pair_gradient
                                             for d in T.serial($head_dim):
                                                 grad_v[d] = grad_v[d] + p * T.Cast("float32", DO[b, h, q, d])
                                                 grad_k[d] = grad_k[d] + ds * T.Cast("float32", Q[b, h, q, d])
