@@ -24,7 +24,7 @@ import maskir
 from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
-from maskir.codegen.tvm.template import COMMON_BUFFERS, COMMON_PARAMS, DKDV, DQ, FORWARD, PAIR_GRADIENT
+from maskir.codegen.tvm.template import COMMON_BUFFERS, COMMON_PARAMS, DKDV, DQ, FORWARD, KV_LIST, PAIR_GRADIENT
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -158,6 +158,7 @@ def generate_tvm_source(
             "part": str(i),
             "common_params": COMMON_PARAMS,
             "common_buffers": COMMON_BUFFERS,
+            "kv_list": KV_LIST,
             "pair_gradient": PAIR_GRADIENT,
             "tensor_params": params,
             "tensor_buffers": buffers,

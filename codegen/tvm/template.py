@@ -15,8 +15,9 @@ the simplest schedule TensorIR lowers to both ``llvm`` (loops; the outer one par
 
 FULL tiles skip the predicate (only padding slots, token -1, are skipped); PARTIAL tiles evaluate it.
 Placeholders (``string.Template``): ``$part``, the plan's numbers, ``$outer``/``$tile``/``$row`` (loop
-heads of the target), ``$tensor_params``/``$tensor_buffers`` (runtime tensors), ``$pair_gradient``, and the rendered
-``$allowed``, ``$score`` and ``$score_grad`` statement blocks (each indented like its placeholder).
+heads of the target), ``$tensor_params``/``$tensor_buffers`` (runtime tensors), the shared blocks
+``$kv_list``/``$pair_gradient``, and the rendered ``$allowed``, ``$score`` and ``$score_grad`` statement
+blocks (each block indented like its placeholder).
 """
 
 COMMON_PARAMS = """\
@@ -58,11 +59,7 @@ $common_buffers
                     h = bh % $heads
                     q = Q_TOKENS[qt * $block_q + r]
                     if q >= 0:
-                        kvh = h // $gqa_group
-                        group = HEAD_TABLE[h]
-                        start = KV_START[group * ($n_q_tiles + 1) + qt]
-                        end = KV_START[group * ($n_q_tiles + 1) + qt + 1]
-                        full_end = start + KV_FULL[group * $n_q_tiles + qt]
+                        $kv_list
                         stat[0] = T.float32("-inf")
                         stat[1] = T.float32(0)
                         for d in T.serial($head_dim):
@@ -96,6 +93,14 @@ $common_buffers
                         LSE[b, h, q] = T.if_then_else(
                             stat[1] > T.float32(0), stat[0] + T.log(stat[1]), T.float32("-inf"))
 """
+
+KV_LIST = """\
+kvh = h // $gqa_group
+group = HEAD_TABLE[h]
+start = KV_START[group * ($n_q_tiles + 1) + qt]
+end = KV_START[group * ($n_q_tiles + 1) + qt + 1]
+full_end = start + KV_FULL[group * $n_q_tiles + qt]"""
+"""The kv tile list of q tile ``qt`` for head ``h`` (forward and dQ): entries [start, end), FULL before full_end."""
 
 PAIR_GRADIENT = """\
 dots[0] = T.float32(0)
@@ -131,11 +136,7 @@ $common_buffers
                     h = bh % $heads
                     q = Q_TOKENS[qt * $block_q + r]
                     if q >= 0:
-                        kvh = h // $gqa_group
-                        group = HEAD_TABLE[h]
-                        start = KV_START[group * ($n_q_tiles + 1) + qt]
-                        end = KV_START[group * ($n_q_tiles + 1) + qt + 1]
-                        full_end = start + KV_FULL[group * $n_q_tiles + qt]
+                        $kv_list
                         lse = LSE[b, h, q]
                         delta = DELTA[b, h, q]
                         for d in T.serial($head_dim):
