@@ -13,7 +13,7 @@ from maskir.canvas import Canvas
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
 from maskir.planner import Plan, plan
 from maskir.runtime import ops
-from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key, source_digest
+from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_key, source_digest
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
@@ -125,13 +125,22 @@ class CompiledAttention:
                 if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
             )
             self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names)
-            self._captured_grad = {}
+            self._captured: dict[str, torch.Tensor] = {}
         elif self.backend == "tvm":
             self._build_tvm(fields, cache)
         else:
             self._build_triton(fields, cache)
         ops.register(self.handle, self.kernels)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
+
+    def _cached(self, cache: KernelCache, fields: dict, source: str, **extra) -> CacheEntry:
+        """The cache entry of a generated ``source`` under the key ``fields`` + ``extra``.
+
+        The source's digest is part of the key: another maskir build's kernels for the same pattern and
+        shapes (same version string, other generator) get their own entry instead of replacing these.
+        """
+        fields = {**fields, **extra, "source_sha256": source_digest(source)}
+        return cache.get_or_build(fields, lambda: (source, {"plan": self.plan.describe()}), expected_source=source)
 
     def _build_triton(self, fields: dict, cache: KernelCache) -> None:
         interpret = self.device.type != "cuda"
@@ -140,31 +149,19 @@ class CompiledAttention:
         from maskir.codegen.triton.emit import generate_source
         from maskir.codegen.triton.launch import TritonAttention
 
-        kernel_args = {
-            "head_dim": self.head_dim,
-            "dtype": self.dtype,
-            "kv_heads": self.kv_heads,
-            "score_mod": self.score_mod,
-            "interpret": interpret,
-        }
-        generated = generate_source(self.plan, **kernel_args)
-        if self.score_mod is not None:
-            fields = {**fields, "score_mod": generated.score_mod_text}
-        # The source's digest is part of the key: another maskir build's kernels for the same pattern and
-        # shapes (same version string, other generator) get their own entry instead of replacing these.
-        fields = {
-            **fields,
-            "interpret": interpret,
-            "source_sha256": source_digest(generated.source),
-        }
-        entry = cache.get_or_build(
-            fields, lambda: (generated.source, {"plan": self.plan.describe()}), expected_source=generated.source
+        generated = generate_source(
+            self.plan,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            kv_heads=self.kv_heads,
+            score_mod=self.score_mod,
+            interpret=interpret,
         )
-        module = cache.load_module(entry)
+        entry = self._cached(cache, fields, generated.source, score_mod=generated.score_mod_text, interpret=interpret)
         self._source = entry.source
-        self.kernels = TritonAttention(module, self.plan, generated)
+        self.kernels = TritonAttention(cache.load_module(entry), self.plan, generated)
         self.tensor_names = tuple(generated.tensor_names)
-        self._captured_grad = {name: t.requires_grad for name, t in generated.static_tensors.items()}
+        self._captured = generated.static_tensors
 
     def _build_tvm(self, fields: dict, cache: KernelCache) -> None:
         from maskir.codegen.tvm.emit import generate_tvm_source
@@ -173,22 +170,15 @@ class CompiledAttention:
         generated = generate_tvm_source(
             self.plan, head_dim=self.head_dim, dtype=self.dtype, kv_heads=self.kv_heads, score_mod=self.score_mod
         )
-        fields = {
-            **fields,
-            "score_mod": generated.score_mod_text,
-            "target": generated.target,
-            "source_sha256": source_digest(generated.source),
-        }
-        entry = cache.get_or_build(
-            fields, lambda: (generated.source, {"plan": self.plan.describe()}), expected_source=generated.source
+        entry = self._cached(
+            cache, fields, generated.source, score_mod=generated.score_mod_text, target=generated.target
         )
         self._source = entry.source
         self.kernels = TvmAttention(
             entry.source, self.plan, generated, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim
         )
         self.tensor_names = tuple(generated.tensor_names)
-        self._static = generated.static_tensors
-        self._captured_grad = {name: t.requires_grad for name, t in generated.static_tensors.items()}
+        self._captured = generated.static_tensors
 
     def _run_tensors(self, q, k, segments, routing) -> list[torch.Tensor]:
         batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
@@ -207,14 +197,12 @@ class CompiledAttention:
             named["routing_indices"] = indices.to(q.device)
         elif routing is not None:
             raise ValueError("routing was given but the pattern has no Routing node.")
-        if self.backend == "triton":
+        if self._captured:
             named.update(self.kernels.static_tensors(q.device))
-        elif self.backend == "tvm":
-            named.update(self._static)
-        if torch.is_grad_enabled() and any(self._captured_grad.values()):
-            names = [name for name, needs in self._captured_grad.items() if needs]
+        trained = [name for name, t in self._captured.items() if t.requires_grad]
+        if trained and torch.is_grad_enabled():
             raise ValueError(
-                f"score_mod reads tensors that require grad ({', '.join(names)}): maskir differentiates q, k and v "
+                f"score_mod reads tensors that require grad ({', '.join(trained)}): maskir differentiates q, k and v "
                 "only. Capture bias.detach() to train without its gradient, or run under torch.no_grad()."
             )
         missing = [name for name in self.tensor_names if name not in named]

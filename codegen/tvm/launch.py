@@ -95,6 +95,10 @@ class TvmAttention:
                 self._tables.append((tables, q_tokens, kv_tokens))
         return self._tables
 
+    def static_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Tensors captured by the score_mod or a predicate (CPU tensors: this backend runs on CPU)."""
+        return dict(self.generated.static_tensors)
+
     def _check(self, q, k, v, tensors: Sequence[torch.Tensor]) -> None:
         self.signature.check(q, k, v, tensors)
         for name, t in (("q", q), ("k", k), ("v", v), *zip(self.generated.tensor_names, tensors)):
