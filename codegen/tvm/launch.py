@@ -104,6 +104,8 @@ class TvmAttention:
         for name, t in (("q", q), ("k", k), ("v", v), *zip(self.generated.tensor_names, tensors)):
             if t.device.type != "cpu":
                 raise ValueError(f"The TVM backend runs on CPU tensors; {name} is on {t.device}.")
+            if t.numel() >= 2**31:
+                raise ValueError(f"{name} has {t.numel()} elements; the TVM kernels index with int32 (< 2**31).")
 
     def _buffers(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Runtime tensors as contiguous buffers of the kernels' dtypes (bools as int8 0/1)."""
