@@ -31,7 +31,7 @@ from strategies import canvas_and_pattern
 from maskir.canvas import Canvas
 from maskir.codegen.tvm.emit import generate_tvm_source
 from maskir.codegen.tvm.launch import TvmAttention, cuda_source
-from maskir.ir import Blocks, Causal, Columns, Dilated, Neighborhood, PerHead, Sink, Window
+from maskir.ir import Blocks, Causal, Columns, Dilated, Neighborhood, PerHead, Predicate, Sink, Window
 from maskir.planner import plan
 from maskir.reference import reference_attention
 
@@ -159,6 +159,29 @@ def test_union_of_parts_merges_by_log_sum_exp():
 def test_score_mods_and_their_derivatives(score_mod):
     case = Case(Window(16, 16), (96,))
     check(run(case, plan(case.pattern, Canvas(case.shape), heads=2), score_mod=score_mod), torch.float32)
+
+
+TEMPERATURE = torch.tensor(0.5)  # a 0-d capture
+STEPS = torch.linspace(-1.0, 1.0, 12)
+
+
+def _same_half(b, h, q_idx, kv_idx):
+    return (q_idx < 48) == (kv_idx < 48)  # == between two bools
+
+
+def _tempered_steps(score, b, h, q_idx, kv_idx):
+    # floordiv of a negative dividend inside an index: TVM 0.27 miscompiles a raw floordiv there
+    return score * TEMPERATURE + STEPS[(q_idx - kv_idx) // 16 + 6]
+
+
+@pytest.mark.parametrize(
+    "pattern, score_mod",
+    [(Predicate(_same_half) & Window(20, 20), None), (Window(20, 20), _tempered_steps)],
+    ids=["bool-equality", "scalar-capture-negative-floordiv"],
+)
+def test_expressions_tvm_needs_rewritten(pattern, score_mod):
+    case = Case(pattern, (96,))
+    check(run(case, plan(pattern, Canvas(96), heads=2), score_mod=score_mod), torch.float32)
 
 
 def test_source_is_tvmscript_with_the_lowered_predicate_per_part():

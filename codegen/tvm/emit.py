@@ -79,7 +79,7 @@ def _tensor_text(lowered: LoweredPlan) -> tuple[str, str]:
         ref = lowered.refs[name]
         extents = [f"{name}_n{d}" for d in range(ref.ndim)]
         lines += [f"        {extent} = T.int32()" for extent in extents]
-        shape = f"({', '.join(extents)}{',' if ref.ndim == 1 else ''})"
+        shape = f"({', '.join(extents)}{',' if ref.ndim == 1 else ''})" if extents else "(1,)"  # 0-d: one element
         lines.append(f'        {name} = T.match_buffer({name}_, {shape}, "{BUFFER_DTYPES[ref.dtype]}")')
         params.append(f", {name}_: T.handle")
     return "".join(params), "\n".join(lines)

@@ -108,11 +108,11 @@ class TvmAttention:
                 raise ValueError(f"{name} has {t.numel()} elements; the TVM kernels index with int32 (< 2**31).")
 
     def _buffers(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Runtime tensors as contiguous buffers of the kernels' dtypes (bools as int8 0/1)."""
+        """Runtime tensors as contiguous buffers of the kernels' dtypes (bools as int8 0/1; 0-d as 1 element)."""
         converted = []
         for kind, t in zip(self.generated.tensor_kinds, tensors):
             t = (t != 0) if kind == "bool" and t.dtype != torch.bool else t
-            converted.append(t.to(_TORCH_DTYPES[kind]).contiguous())
+            converted.append(t.to(_TORCH_DTYPES[kind]).contiguous().reshape(t.shape or (1,)))
         return converted
 
     def _call(self, name: str, *args) -> None:

@@ -4,9 +4,12 @@ Names in the text: ``b``, ``h``, ``q``, ``kv`` (int32 scalars bound by the kerne
 and per loaded tensor T (see ``Expr.tensors()``) a buffer ``T`` of int32 (``int``), float32 (``float``) or
 int8 (``bool``: a load is ``T[...] != 0``) whose dims are bound by the kernel.
 
-- Division: TVMScript's ``//`` and ``%`` on ints are floordiv/floormod, Python's semantics, which is what
-  ``floordiv``/``mod`` mean in an Expr; so unlike the Triton renderer no ``lower_division`` pass runs.
-  ``tdiv``/``trem`` (C semantics) are ``T.truncdiv``/``T.truncmod``.
+- Division: :func:`lower_division` runs first, as for Triton, so ``//`` and ``%`` (TVM's floordiv and
+  floormod) only see operands proven non-negative; the rest become ``T.truncdiv``/``T.truncmod`` with an
+  explicit correction. TVM 0.27's simplifier miscompiles some floordiv of a possibly negative dividend
+  inside a buffer index (``tb[(5 - kv) // 3]`` read the wrong element), which this avoids.
+- ``==`` and ``!=`` between two bools compare them as int32 (LLVM has no float compare of ``i1``).
+- A 0-d tensor is passed as a 1-element buffer and read as ``T[0]``.
 - Logic is ``T.And``/``T.Or``/``T.Not``; ``where`` is ``T.if_then_else``, which evaluates only the
   chosen branch. A load outside a bounded extent reads 0: ``T.if_then_else(<in range>, T[...], 0)``.
 - Every load and every subexpression used more than once is bound once to a local (``<prefix>0``,
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 
 from maskir.codegen.common import printer
+from maskir.codegen.common.division import lower_division
 from maskir.codegen.common.expr import Expr, TensorRef, topo
 
 _CALLS = {
@@ -57,7 +61,7 @@ def _float(arg: printer.Text, dtype: str) -> printer.Text:
 
 
 def _load(ref: TensorRef, indices: list[printer.Text]) -> printer.Text:
-    index = ", ".join(text for text, _ in indices)
+    index = ", ".join(text for text, _ in indices) or "0"
     value = f"{ref.name}[{index}]"
     checks = []
     for (text, precedence), extent in zip(indices, ref.shape):
@@ -94,6 +98,8 @@ def _node_text(node: Expr, args: list[printer.Text]) -> printer.Text:
         return f'T.Cast("float32", {args[0][0]})', printer.ATOM
     if op == "neg":
         return printer.prefix(op, args[0])
+    if op in ("eq", "ne") and node.args[0].dtype == "bool":
+        return printer.infix(op, [(f'T.Cast("int32", {text})', printer.ATOM) for text, _ in args])
     if op in ("floordiv", "mod", "add", "sub", "mul", "lt", "le", "gt", "ge", "eq", "ne"):
         return printer.infix(op, args)
     if op in ("exp", "exp2", "log", "tanh", "sqrt", "sin", "cos"):
@@ -114,6 +120,7 @@ def render_tvm(expr: Expr, prefix: str) -> tuple[list[str], str]:
     ``expr`` over them. The caller indents the lines and uses the result where ``expr``'s value goes."""
     if not prefix.isidentifier():
         raise ValueError(f"render_tvm needs an identifier prefix, got {prefix!r}.")
+    expr = lower_division(expr)
     uses = _uses(expr)
     texts: dict[Expr, printer.Text] = {}
     lines: list[str] = []
