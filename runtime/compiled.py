@@ -174,9 +174,7 @@ class CompiledAttention:
             cache, fields, generated.source, score_mod=generated.score_mod_text, target=generated.target
         )
         self._source = entry.source
-        self.kernels = TvmAttention(
-            entry.source, self.plan, generated, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim
-        )
+        self.kernels = TvmAttention(self.plan, generated)  # entry.source == generated.source (checked)
         self.tensor_names = tuple(generated.tensor_names)
         self._captured = generated.static_tensors
 

@@ -107,6 +107,18 @@ def test_ptxas_log_gives_registers_and_spills():
     assert parse_ptxas_log(PTXAS_LOG) == (255, 160)
 
 
+def test_tensor_core_kind_names_every_kind_of_mma_in_the_ptx():
+    from maskir.codegen.triton.compile_check import tensor_core_kind
+
+    wgmma, mma = "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", "mma.sync.aligned.m16n8k16.row.col"
+    assert [tensor_core_kind(ptx) for ptx in (wgmma, mma, f"{wgmma}\n{mma}", "ld.global")] == [
+        "wgmma",
+        "mma",
+        "wgmma+mma",
+        "none",
+    ]
+
+
 def test_report_fails_on_spills_or_shared_memory_over_the_limit():
     fits = KernelReport("c", "_fwd", 131072, 186, 0, 8, 3, 1.0, 232448)
     assert fits.ok

@@ -50,9 +50,7 @@ def run(
     """The llvm-built TVM kernels of ``planned`` against the float64 reference (``compare``)."""
     kv_heads = kv_heads or case.heads
     generated = generate_tvm_source(planned, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod)
-    attention = TvmAttention(
-        generated.source, planned, generated, heads=case.heads, kv_heads=kv_heads, head_dim=head_dim
-    )
+    attention = TvmAttention(planned, generated)
     return compare(
         case,
         attention,
@@ -93,7 +91,7 @@ def test_random_pattern_forward_matches_reference(canvas_pattern):
     canvas, pattern = canvas_pattern
     planned = plan(pattern, canvas, heads=2, block_q=16, block_kv=16)
     generated = generate_tvm_source(planned, head_dim=8, dtype=torch.float32)
-    attention = TvmAttention(generated.source, planned, generated, heads=2, kv_heads=2, head_dim=8)
+    attention = TvmAttention(planned, generated)
     q, k, v = (torch.randn(1, 2, canvas.size, 8, dtype=torch.float64) for _ in "qkv")
     tensors = [generated.static_tensors[name] for name in generated.tensor_names]
     out, lse = attention.forward(q.float(), k.float(), v.float(), scale=0.5, tensors=tensors)
@@ -224,7 +222,7 @@ def test_cpu_only_and_cuda_source_needs_a_cuda_module():
     generated = generate_tvm_source(planned, head_dim=16, dtype=torch.float32)
     with pytest.raises(ValueError, match="target='cuda'"):
         cuda_source(generated)
-    attention = TvmAttention(generated.source, planned, generated, heads=2, kv_heads=2, head_dim=16)
+    attention = TvmAttention(planned, generated)
     q = torch.randn(1, 2, 64, 16)
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="CPU tensors"):

@@ -46,7 +46,7 @@ class KernelReport:
     num_stages: int
     seconds: float
     shared_limit: int
-    tensor_core: str = "none"  # the MMA instructions in the PTX: "wgmma" (Hopper), "mma" (mma.sync), "none"
+    tensor_core: str = "none"  # the MMA instructions in the PTX (``tensor_core_kind``)
     rows: int = 0  # rows of the program's own tile (the M of its products; wgmma needs M >= 64)
 
     @property
@@ -137,10 +137,10 @@ _ROWS = {"_fwd": "FWD_ROWS", "_bwd_preprocess": "PREPROCESS_ROWS", "_bwd_dq": "D
 
 
 def tensor_core_kind(ptx: str) -> str:
-    """Which tensor-core instructions a kernel's PTX uses: "wgmma" (sm_90 warpgroup MMA), "mma", or "none"."""
-    if "wgmma.mma_async" in ptx:
-        return "wgmma"
-    return "mma" if "mma.sync" in ptx else "none"
+    """The tensor-core instructions in a kernel's PTX: "wgmma" (sm_90 warpgroup MMA only), "mma"
+    (``mma.sync`` only), "wgmma+mma" (both: some product missed wgmma), or "none"."""
+    kinds = [name for name, op in (("wgmma", "wgmma.mma_async"), ("mma", "mma.sync")) if op in ptx]
+    return "+".join(kinds) or "none"
 
 
 def check_module(

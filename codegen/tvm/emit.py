@@ -34,12 +34,15 @@ DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat1
 
 @dataclass(frozen=True)
 class TvmSource:
-    """The TVMScript text and what a launcher needs: runtime tensors in argument order, with their dims
+    """The TVMScript text, its target, head dim and kv heads, and what a launcher needs: runtime tensors
+    in argument order, with their dims
     and the dtype their loads yield (``bool``/``int``/``float``); ``static_tensors`` are passed on every
     call; ``score_mod_text`` is the traced score_mod (a cache key field)."""
 
     source: str
     target: str
+    head_dim: int
+    kv_heads: int
     tensor_names: tuple[str, ...]
     tensor_dims: tuple[int, ...]
     tensor_kinds: tuple[str, ...]
@@ -85,13 +88,16 @@ def _tensor_text(lowered: LoweredPlan) -> tuple[str, str]:
     return "".join(params), "\n".join(lines)
 
 
-def _statements(expr: Expr | None, prefix: str, result: str, default: str, cast: str | None = None) -> str:
-    """Rendered statements ending in ``result = <expr>`` (``default`` when there is no expression)."""
-    if expr is None:
-        return f"{result} = {default}"
+def _statements(expr: Expr, prefix: str, result: str) -> str:
+    """Rendered statements ending in ``result = <expr>`` (a bool result is stored as int32 0/1)."""
     lines, value = render_tvm(expr, prefix)
-    value = f'T.Cast("{cast}", {value})' if cast else value
+    value = f'T.Cast("int32", {value})' if expr.dtype == "bool" else value
     return "\n".join([*lines, f"{result} = {value}"])
+
+
+def _optional(expr: Expr | None, prefix: str, result: str, default: str) -> str:
+    """``_statements``, or ``result = default`` when there is no expression (no score_mod)."""
+    return f"{result} = {default}" if expr is None else _statements(expr, prefix, result)
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -124,6 +130,21 @@ def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, tar
         )
     if len(plan.parts) > 1:
         lines.append("# The parts are disjoint; their outputs merge by log-sum-exp (codegen.common.tables).")
+    constants = {
+        "block_q": plan.block_q,
+        "block_kv": plan.block_kv,
+        "heads": plan.heads,
+        "kv_heads": kv_heads,
+        "gqa_group": plan.heads // kv_heads,
+        "head_dim": head_dim,
+        "n_q": plan.canvas.size,
+        "n_kv": plan.kv_canvas.size,
+    }
+    lines.append(
+        "# Numbers written into the kernels (TVMScript has no named constants): "
+        + ", ".join(f"{name} {value}" for name, value in constants.items())
+        + "; per part, its tile counts and slots (tiles x block)."
+    )
     lines += [
         "#",
         "# Q, K, V: [B, H, N, D] inputs (K, V with the kv heads); O, DQ, DK, DV fp32; LSE [B, H, N_q] natural log",
@@ -178,9 +199,9 @@ def generate_tvm_source(
             **{f"q_{key}": text for key, text in q_loops.items() if key != "outer"},
             "outer": q_loops["outer"],
             **{f"kv_{key}": text for key, text in kv_loops.items()},
-            "allowed": _statements(predicate, "pa", "keep[0]", "", cast="int32"),
-            "score": _statements(lowered.score_mod, "ps", "s", "score"),
-            "score_grad": _statements(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
+            "allowed": _statements(predicate, "pa", "keep[0]"),
+            "score": _optional(lowered.score_mod, "ps", "s", "score"),
+            "score_grad": _optional(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
         }
         functions += [_fill(template, values) for template in (FORWARD, DQ, DKDV)]
     header = _header(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, target=target)
@@ -188,6 +209,8 @@ def generate_tvm_source(
     return TvmSource(
         source=source,
         target=target,
+        head_dim=head_dim,
+        kv_heads=kv_heads,
         tensor_names=lowered.tensor_names,
         tensor_dims=lowered.tensor_dims,
         tensor_kinds=tuple(lowered.refs[name].dtype for name in lowered.tensor_names),

@@ -66,14 +66,14 @@ class TvmAttention:
     tensors named by ``generated.tensor_names``, in that order. lse is fp32 [B, H, N_q], natural log.
     """
 
-    def __init__(self, source: str, plan: Plan, generated: TvmSource, *, heads: int, kv_heads: int, head_dim: int):
+    def __init__(self, plan: Plan, generated: TvmSource):
         if generated.target != "llvm":
             raise ValueError(f"TvmAttention runs llvm modules on CPU, got target={generated.target!r}.")
         self.plan, self.generated = plan, generated
         self.signature = KernelSignature(
-            plan, heads, kv_heads, head_dim, tuple(generated.tensor_names), tuple(generated.tensor_dims)
+            plan, plan.heads, generated.kv_heads, generated.head_dim, generated.tensor_names, generated.tensor_dims
         )
-        self.executable = build(source, "llvm")
+        self.executable = build(generated.source, "llvm")
         self._tables: list[PartTables] | None = None
 
     def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
