@@ -15,29 +15,40 @@ from maskir.runtime.compiled import CompiledAttention
 MEMO_SIZE = 64
 """How many configurations ``maskir.attention`` keeps compiled (least recently used ones go first)."""
 _COMPILED: OrderedDict[tuple, CompiledAttention] = OrderedDict()
+_LATEST: dict[tuple, CompiledAttention] = {}
+"""Per configuration (without the score_mod's traced form) the last build: what torch.compile traces use."""
 
 
 def _pattern(pattern: Pattern | str) -> Pattern:
     """A Pattern, parsing spec text (``maskir.parse``: a small grammar, never ``eval``)."""
-    if isinstance(pattern, str):
-        from maskir.spec import parse
+    if not isinstance(pattern, str):
+        return pattern
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"maskir.attention got spec text {pattern!r} inside torch.compile, which cannot trace the parser: "
+            "parse it outside the compiled region (pattern = maskir.parse(text)) and pass the Pattern."
+        )
+    from maskir.spec import parse
 
-        return parse(pattern)
-    return pattern
+    return parse(pattern)
 
 
-def _score_mod_key(score_mod: Callable | None) -> tuple | None:
-    """What a score_mod computes now: its traced text and the identity of every tensor it reads.
+def _traced_score_mod(score_mod: Callable | None, backend: str) -> tuple[tuple | None, dict[str, torch.Tensor]]:
+    """(structure, captures) of what a score_mod computes now, for the generated kernels.
 
-    ``maskir.attention`` keys its compiled objects on this, so rebinding a captured tensor or a Python
-    number the function reads (``bias = new_bias``) compiles anew instead of reusing the old capture.
+    structure: the traced text with the name, shape and kind of every tensor it reads, so a changed
+    Python number or tensor shape compiles anew; captures: those tensors, passed on this call, so a
+    rebound name (``bias = new_bias``) or a tensor built inside the function is read fresh without a new
+    compile. The reference backend calls the score_mod itself and needs neither.
     """
-    if score_mod is None:
-        return None
+    if score_mod is None or backend == "reference":
+        return None, {}
     from maskir.codegen.common.score_mod import trace_score_mod
 
     traced = trace_score_mod(score_mod)
-    return str(traced), tuple((ref.name, id(ref.data)) for ref in traced.tensors())
+    refs = traced.tensors()
+    structure = str(traced), tuple((ref.name, ref.shape, ref.dtype) for ref in refs)
+    return structure, {ref.name: ref.data for ref in refs if ref.data is not None}
 
 
 def compile(  # noqa: A001 (the public name, like torch.compile)
@@ -116,8 +127,9 @@ def attention(
     same canvas when Nkv == Nq, else 1-D). Compiled objects are memoised per configuration; use
     ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf). ``backend``: as in
     ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "reference"). A ``score_mod`` is traced on every
-    call (well under a millisecond) so that rebinding what it reads takes effect; hold a
-    ``maskir.compile`` object to skip that.
+    call (well under a millisecond) so that what it reads now is used (a rebound name, a tensor it
+    builds); hold a ``maskir.compile`` object to skip that. Every configuration built since the process
+    started stays available to torch.compile traces (``_LATEST``).
     """
     pattern = _pattern(pattern)
     shapes = check_qkv(q, k, v, enable_gqa=enable_gqa)
@@ -137,8 +149,9 @@ def attention(
         score_mod,
         backend,
     )
+    captures = None
     if torch.compiler.is_compiling():  # the trace cannot re-trace a score_mod: use the last one built eagerly
-        compiled = _COMPILED.get(key)
+        compiled = _LATEST.get(key)
         if compiled is None:
             raise RuntimeError(
                 f"maskir.attention({pattern}) is being traced by torch.compile before its kernels were built. "
@@ -146,7 +159,8 @@ def attention(
                 "or hold compiled = maskir.compile(...) (e.g. in the module's __init__) and call compiled(q, k, v)."
             )
     else:
-        exact = (*key, _score_mod_key(score_mod))
+        structure, captures = _traced_score_mod(score_mod, backend)
+        exact = (*key, structure)
         compiled = _COMPILED.get(exact)
         if compiled is None:
             compiled = compile(
@@ -161,9 +175,11 @@ def attention(
                 score_mod=score_mod,
                 backend=backend,
             )
-        for memo_key in (exact, key):  # ``key``: the latest build, for torch.compile traces
-            _COMPILED[memo_key] = compiled
-            _COMPILED.move_to_end(memo_key)
+        _COMPILED[exact] = compiled
+        _COMPILED.move_to_end(exact)
         while len(_COMPILED) > MEMO_SIZE:
             _COMPILED.popitem(last=False)
-    return compiled(q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse)
+        _LATEST[key] = compiled
+    return compiled._run(
+        q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse, captures=captures
+    )

@@ -125,7 +125,7 @@ class CompiledAttention:
                 if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
             )
             self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names)
-            self._captured: dict[str, torch.Tensor] = {}
+            self._captured: dict[str, torch.Tensor] = _traceable_captures(score_mod)
         elif self.backend == "tvm":
             self._build_tvm(fields, cache)
         else:
@@ -178,7 +178,7 @@ class CompiledAttention:
         self.tensor_names = tuple(generated.tensor_names)
         self._captured = generated.static_tensors
 
-    def _run_tensors(self, q, k, segments, routing) -> list[torch.Tensor]:
+    def _run_tensors(self, q, k, segments, routing, captures=None) -> list[torch.Tensor]:
         batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
         named: dict[str, torch.Tensor] = {}
         if any(isinstance(node, Segments) for node in self.pattern.walk()):
@@ -195,9 +195,11 @@ class CompiledAttention:
             named["routing_indices"] = indices.to(q.device)
         elif routing is not None:
             raise ValueError("routing was given but the pattern has no Routing node.")
-        if self._captured:
+        if self._captured and self.backend != "reference":
             named.update(self.kernels.static_tensors(q.device))
-        trained = [name for name, t in self._captured.items() if t.requires_grad]
+            named.update({name: t.to(q.device) for name, t in (captures or {}).items()})
+        captured = {**self._captured, **(captures or {})}
+        trained = [name for name, t in captured.items() if t.requires_grad]
         if trained and torch.is_grad_enabled():
             raise ValueError(
                 f"score_mod reads tensors that require grad ({', '.join(trained)}): maskir differentiates q, k and v "
@@ -219,6 +221,11 @@ class CompiledAttention:
         routing=None,
         return_lse: bool = False,
     ):
+        return self._run(q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse)
+
+    def _run(self, q, k, v, *, scale, segments, routing, return_lse, captures=None):
+        """``__call__``; ``captures`` (by traced name) replace the tensors the score_mod read at compile
+        time: ``maskir.attention`` passes what the score_mod reads now (same expression, same shapes)."""
         shapes = check_qkv(q, k, v, enable_gqa=self.kv_heads != self.heads)
         expected = (self.heads, self.kv_heads, self.canvas.size, self.kv_canvas.size, self.head_dim, self.dtype)
         got = (shapes.heads, shapes.kv_heads, shapes.n_q, shapes.n_kv, shapes.head_dim, shapes.dtype)
@@ -228,7 +235,7 @@ class CompiledAttention:
                 f"{self.device.type}, got {got} on {shapes.device.type}: compile another one."
             )
         scale = self.head_dim**-0.5 if scale is None else float(scale)
-        tensors = self._run_tensors(q, k, segments, routing)
+        tensors = self._run_tensors(q, k, segments, routing, captures)
         out, lse = ops.AttentionFunction.apply(
             q.contiguous(), k.contiguous(), v.contiguous(), self.handle, scale, *tensors
         )
@@ -251,6 +258,20 @@ class CompiledAttention:
         return (
             f"{self.plan.describe()}\n  backend {self.backend}, {DTYPES[self.dtype]}, head_dim {self.head_dim}, {heads}"
         )
+
+
+def _traceable_captures(score_mod: Callable | None) -> dict[str, torch.Tensor]:
+    """The tensors a score_mod reads, when maskir can trace it (the reference backend calls it as is, so
+    only its requires-grad check needs them); {} for none or an untraceable one."""
+    if score_mod is None:
+        return {}
+    from maskir.codegen.common.score_mod import trace_score_mod
+
+    try:
+        traced = trace_score_mod(score_mod)
+    except Exception:  # any failure of user code under tracing: the reference backend does not need it
+        return {}
+    return {ref.name: ref.data for ref in traced.tensors() if ref.data is not None}
 
 
 def _device_capability(device: torch.device) -> str:

@@ -162,6 +162,57 @@ def test_rebinding_a_tensor_a_score_mod_reads_takes_effect():
         CAPTURED = torch.randn(64, 64) * 3
 
 
+def test_a_score_mod_that_builds_its_tensor_reuses_one_build():
+    from maskir.runtime import api
+
+    def slopes(score, b, h, q_idx, kv_idx):
+        return score - torch.tensor([0.5, 0.25])[h] * (q_idx - kv_idx).abs()
+
+    q, k, v = qkv()
+    before = {id(c) for c in api._COMPILED.values()}
+    for _ in range(3):
+        out = maskir.attention(q, k, v, Causal(), score_mod=slopes)
+    assert len({id(c) for c in api._COMPILED.values()} - before) == 1
+    expected = reference_attention(q, k, v, Causal(), score_mod=slopes)
+    torch.testing.assert_close(out, expected.float(), atol=2e-3, rtol=0)
+
+
+def test_the_reference_backend_runs_a_score_mod_maskir_cannot_trace():
+    def softplus_bias(score, b, h, q_idx, kv_idx):
+        return torch.nn.functional.softplus(score)
+
+    q, k, v = qkv()
+    out = maskir.attention(q, k, v, Causal(), score_mod=softplus_bias, backend="reference")
+    torch.testing.assert_close(out, reference_attention(q, k, v, Causal(), score_mod=softplus_bias).float())
+
+
+def test_torch_compile_keeps_working_after_the_memo_evicts_its_entry(monkeypatch):
+    from maskir.runtime import api
+
+    monkeypatch.setattr(api, "MEMO_SIZE", 2)
+
+    def layer(q, k, v):
+        return maskir.attention(q, k, v, Window(5, 0), backend="reference").sum()
+
+    q, k, v = qkv()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    expected = layer(q, k, v)
+    torch.testing.assert_close(compiled(q, k, v), expected)
+    for width in range(6, 10):  # other configurations push Window(5, 0) out of the LRU memo
+        maskir.attention(q, k, v, Window(width, 0), backend="reference")
+    torch.testing.assert_close(compiled(q, k, v), expected)
+
+
+def test_spec_text_inside_torch_compile_says_to_parse_outside():
+    def layer(q, k, v):
+        return maskir.attention(q, k, v, "Window(7, 0)", backend="reference").sum()
+
+    q, k, v = qkv()
+    layer(q, k, v)
+    with pytest.raises(Exception, match="maskir.parse"):
+        torch.compile(layer, fullgraph=True, backend="aot_eager")(q, k, v)
+
+
 def test_a_score_mod_tensor_that_requires_grad_is_refused_while_grad_is_on():
     bias = torch.randn(64, 64, requires_grad=True)
     compiled = maskir.compile(
@@ -171,6 +222,8 @@ def test_a_score_mod_tensor_that_requires_grad_is_refused_while_grad_is_on():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="require grad"):
         compiled(q, k, v)
+    with pytest.raises(ValueError, match="require grad"):  # also when the reference backend runs it
+        maskir.attention(q, k, v, Causal(), score_mod=lambda s, b, h, i, j: s + bias[i, j], backend="reference")
     with torch.no_grad():
         expected = reference_attention(q, k, v, Causal(), score_mod=lambda s, b, h, i, j: s + bias[i, j])
         torch.testing.assert_close(compiled(q, k, v), expected.float(), atol=2e-3, rtol=0)
