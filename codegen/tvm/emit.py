@@ -24,7 +24,19 @@ import maskir
 from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
-from maskir.codegen.tvm.template import COMMON_BUFFERS, COMMON_PARAMS, DKDV, DQ, FORWARD, KV_LIST, PAIR_GRADIENT
+from maskir.codegen.tvm.template import (
+    COMMON_BUFFERS,
+    COMMON_PARAMS,
+    DKDV,
+    DKDV_PAIR,
+    DQ,
+    DQ_PAIR,
+    FORWARD,
+    FORWARD_PAIR,
+    KV_LIST,
+    PAIR_GRADIENT,
+    WALK,
+)
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -73,6 +85,18 @@ def _loops(target: str, outer: str, tiles: int, rows: int) -> dict[str, str]:
             "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
         }
     return {"outer": f"T.parallel(batch * {outer})", "tile": f"T.serial({tiles})", "row": f"T.serial({rows})"}
+
+
+def _walk(token: str, block: int) -> dict[str, str]:
+    """Values of the ``$walk`` block over kv tiles (``token`` "kv") or q tiles ("q") of ``block`` slots."""
+    side = token.upper()
+    return {
+        "walk": WALK,
+        "walk_block": str(block),
+        "walk_token": token,
+        "walk_tokens": f"{side}_TOKENS",
+        "walk_index": f"{side}_INDEX",
+    }
 
 
 def _tensor_text(lowered: LoweredPlan) -> tuple[str, str]:
@@ -140,11 +164,10 @@ def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, tar
         "n_q": plan.canvas.size,
         "n_kv": plan.kv_canvas.size,
     }
-    lines.append(
-        "# Numbers written into the kernels (TVMScript has no named constants): "
-        + ", ".join(f"{name} {value}" for name, value in constants.items())
-        + "; per part, its tile counts and slots (tiles x block)."
-    )
+    lines += [
+        "# Numbers written into the kernels (TVMScript has no named constants), besides each part's tile counts",
+        "#   and slots (tiles x block): " + ", ".join(f"{name} {value}" for name, value in constants.items()) + ".",
+    ]
     lines += [
         "#",
         "# Q, K, V: [B, H, N, D] inputs (K, V with the kv heads); O, DQ, DK, DV fp32; LSE [B, H, N_q] natural log",
@@ -203,7 +226,12 @@ def generate_tvm_source(
             "score": _optional(lowered.score_mod, "ps", "s", "score"),
             "score_grad": _optional(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
         }
-        functions += [_fill(template, values) for template in (FORWARD, DQ, DKDV)]
+        walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
+        functions += [
+            _fill(FORWARD, {**values, **walk_kv, "pair": FORWARD_PAIR}),
+            _fill(DQ, {**values, **walk_kv, "pair": DQ_PAIR}),
+            _fill(DKDV, {**values, **walk_q, "pair": DKDV_PAIR}),
+        ]
     header = _header(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, target=target)
     source = header + "\n\n@I.ir_module\nclass Module:\n" + "\n".join(functions)
     return TvmSource(

@@ -16,8 +16,9 @@ the simplest schedule TensorIR lowers to both ``llvm`` (loops; the outer one par
 FULL tiles skip the predicate (only padding slots, token -1, are skipped); PARTIAL tiles evaluate it.
 Placeholders (``string.Template``): ``$part``, the plan's numbers, ``$outer``/``$tile``/``$row`` (loop
 heads of the target), ``$tensor_params``/``$tensor_buffers`` (runtime tensors), the shared blocks
-``$kv_list``/``$pair_gradient``, and the rendered ``$allowed``, ``$score`` and ``$score_grad`` statement
-blocks (each block indented like its placeholder).
+(``$walk`` over a tile list with each kernel's ``$pair`` step, ``$kv_list``, ``$pair_gradient``), and the
+rendered ``$allowed``, ``$score`` and ``$score_grad`` statement blocks (each block indented like its
+placeholder).
 """
 
 COMMON_PARAMS = """\
@@ -64,35 +65,57 @@ $common_buffers
                         stat[1] = T.float32(0)
                         for d in T.serial($head_dim):
                             acc[d] = T.float32(0)
-                        for e in T.serial(start, end):
-                            for j in T.serial($block_kv):
-                                kv = KV_TOKENS[KV_INDEX[e] * $block_kv + j]
-                                keep[0] = T.Cast("int32", kv >= 0)
-                                if kv >= 0 and e >= full_end:
-                                    $allowed
-                                if keep[0] != 0:
-                                    stat[2] = T.float32(0)
-                                    for d in T.serial($head_dim):
-                                        stat[2] = stat[2] + T.Cast("float32", Q[b, h, q, d]) * T.Cast(
-                                            "float32", K[b, kvh, kv, d])
-                                    score = stat[2] * sm_scale
-                                    $score
-                                    if s > T.float32("-inf"):
-                                        if s > stat[0]:
-                                            alpha = T.exp(stat[0] - s)
-                                            stat[1] = stat[1] * alpha
-                                            for d in T.serial($head_dim):
-                                                acc[d] = acc[d] * alpha
-                                            stat[0] = s
-                                        p = T.exp(s - stat[0])
-                                        stat[1] = stat[1] + p
-                                        for d in T.serial($head_dim):
-                                            acc[d] = acc[d] + p * T.Cast("float32", V[b, kvh, kv, d])
+                        $walk
                         for d in T.serial($head_dim):
                             O[b, h, q, d] = T.if_then_else(stat[1] > T.float32(0), acc[d] / stat[1], T.float32(0))
                         LSE[b, h, q] = T.if_then_else(
                             stat[1] > T.float32(0), stat[0] + T.log(stat[1]), T.float32("-inf"))
 """
+
+WALK = """\
+for e in T.serial(start, end):
+    for slot in T.serial($walk_block):
+        $walk_token = $walk_tokens[$walk_index[e] * $walk_block + slot]
+        keep[0] = T.Cast("int32", $walk_token >= 0)
+        if $walk_token >= 0 and e >= full_end:
+            $allowed
+        if keep[0] != 0:
+            $pair"""
+"""The walk over a tile list, list entries [start, end) (FULL ones before full_end: no predicate there),
+binding ``$walk_token`` (kv, or q in dK/dV) to each slot's token; padding slots (-1) are skipped."""
+
+FORWARD_PAIR = """\
+stat[2] = T.float32(0)
+for d in T.serial($head_dim):
+    stat[2] = stat[2] + T.Cast("float32", Q[b, h, q, d]) * T.Cast("float32", K[b, kvh, kv, d])
+score = stat[2] * sm_scale
+$score
+if s > T.float32("-inf"):
+    if s > stat[0]:
+        alpha = T.exp(stat[0] - s)
+        stat[1] = stat[1] * alpha
+        for d in T.serial($head_dim):
+            acc[d] = acc[d] * alpha
+        stat[0] = s
+    p = T.exp(s - stat[0])
+    stat[1] = stat[1] + p
+    for d in T.serial($head_dim):
+        acc[d] = acc[d] + p * T.Cast("float32", V[b, kvh, kv, d])"""
+"""Online softmax over one allowed pair: the accumulator is rescaled only when the running max rises."""
+
+DQ_PAIR = """\
+$pair_gradient
+for d in T.serial($head_dim):
+    grad[d] = grad[d] + ds * T.Cast("float32", K[b, kvh, kv, d])"""
+
+DKDV_PAIR = """\
+lse = LSE[b, h, q]
+if lse > T.float32("-inf"):
+    delta = DELTA[b, h, q]
+    $pair_gradient
+    for d in T.serial($head_dim):
+        grad_v[d] = grad_v[d] + p * T.Cast("float32", DO[b, h, q, d])
+        grad_k[d] = grad_k[d] + ds * T.Cast("float32", Q[b, h, q, d])"""
 
 KV_LIST = """\
 kvh = h // $gqa_group
@@ -142,16 +165,7 @@ $common_buffers
                         for d in T.serial($head_dim):
                             grad[d] = T.float32(0)
                         if lse > T.float32("-inf"):
-                            for e in T.serial(start, end):
-                                for j in T.serial($block_kv):
-                                    kv = KV_TOKENS[KV_INDEX[e] * $block_kv + j]
-                                    keep[0] = T.Cast("int32", kv >= 0)
-                                    if kv >= 0 and e >= full_end:
-                                        $allowed
-                                    if keep[0] != 0:
-                                        $pair_gradient
-                                        for d in T.serial($head_dim):
-                                            grad[d] = grad[d] + ds * T.Cast("float32", K[b, kvh, kv, d])
+                            $walk
                         for d in T.serial($head_dim):
                             DQ[b, h, q, d] = grad[d] * sm_scale
 """
@@ -188,20 +202,7 @@ $common_buffers
                             start = Q_START[group * ($n_kv_tiles + 1) + kt]
                             end = Q_START[group * ($n_kv_tiles + 1) + kt + 1]
                             full_end = start + Q_FULL[group * $n_kv_tiles + kt]
-                            for e in T.serial(start, end):
-                                for i in T.serial($block_q):
-                                    q = Q_TOKENS[Q_INDEX[e] * $block_q + i]
-                                    keep[0] = T.Cast("int32", q >= 0)
-                                    if q >= 0 and e >= full_end:
-                                        $allowed
-                                    if keep[0] != 0:
-                                        lse = LSE[b, h, q]
-                                        if lse > T.float32("-inf"):
-                                            delta = DELTA[b, h, q]
-                                            $pair_gradient
-                                            for d in T.serial($head_dim):
-                                                grad_v[d] = grad_v[d] + p * T.Cast("float32", DO[b, h, q, d])
-                                                grad_k[d] = grad_k[d] + ds * T.Cast("float32", Q[b, h, q, d])
+                            $walk
                         for d in T.serial($head_dim):
                             DK[b, kvh, kv, d] = grad_k[d] * sm_scale
                             DV[b, kvh, kv, d] = grad_v[d]
