@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -20,6 +21,8 @@ from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import routing_map, routing_node
 
 BACKENDS = ("auto", "triton", "tvm", "reference")
+_HANDLES = itertools.count()
+"""Numbers that make each CompiledAttention's op handle unique for the process."""
 PROGRESS_SECONDS = 1.0
 
 
@@ -115,7 +118,7 @@ class CompiledAttention:
             "device": _device_capability(self.device),
             "score_mod": getattr(score_mod, "__qualname__", None),
         }
-        self.handle = cache_key({**fields, "object": id(self)})
+        self.handle = cache_key({**fields, "object": next(_HANDLES)})  # unique even after an id is reused
         if self.backend == "reference":
             self._source = None
             uses_segments = any(isinstance(node, Segments) for node in pattern.walk())
