@@ -27,6 +27,8 @@ class PartTables:
 
     ``q_tokens`` / ``kv_tokens`` hold the layout's token table, or ``[-1]`` when the side is in token order
     (``q_gather`` / ``kv_gather`` False: slot p is token p); ``identity_tokens`` builds the full table.
+    ``kv_rows[e]`` is the q tile of entry e of ``kv_index``, ``q_rows[e]`` the kv tile of entry e of
+    ``q_index`` (their CSR rows).
     """
 
     kv_start: torch.Tensor
@@ -38,6 +40,8 @@ class PartTables:
     head_table: torch.Tensor
     q_tokens: torch.Tensor
     kv_tokens: torch.Tensor
+    kv_rows: torch.Tensor
+    q_rows: torch.Tensor
     n_q_tiles: int
     n_kv_tiles: int
     q_gather: bool
@@ -48,11 +52,13 @@ class PartTables:
 
 
 def _stack(starts: list[np.ndarray], counts: list[np.ndarray], indices: list[np.ndarray]):
-    """Concatenate per-group CSR arrays, shifting each group's row pointers by the entries before it."""
+    """Concatenate per-group CSR arrays, shifting each group's row pointers by the entries before it;
+    also the row of every entry."""
     offsets = np.cumsum([0] + [idx.size for idx in indices[:-1]])
     start = np.concatenate([s.astype(np.int64) + off for s, off in zip(starts, offsets)])
     index = np.concatenate(indices) if sum(i.size for i in indices) else np.zeros(1)
-    return start, np.concatenate(counts), index
+    rows = np.concatenate([np.repeat(np.arange(s.size - 1), np.diff(s)) for s in starts])
+    return start, np.concatenate(counts), index, rows if rows.size else np.zeros(1)
 
 
 def _tokens(order: np.ndarray | None, size: int, n_tiles: int, block: int) -> tuple[np.ndarray, bool, bool]:
@@ -74,10 +80,10 @@ def _int32(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
 
 def part_tables(plan: Plan, part: PlanPart, device: torch.device | str) -> PartTables:
     """The device arrays and flags of one plan part."""
-    kv_start, kv_full, kv_index = _stack(
+    kv_start, kv_full, kv_index, kv_rows = _stack(
         [t.kv_start for t in part.tables], [t.kv_full for t in part.tables], [t.kv_index for t in part.tables]
     )
-    q_start, q_full, q_index = _stack(
+    q_start, q_full, q_index, q_rows = _stack(
         [t.q_start for t in part.tables], [t.q_full for t in part.tables], [t.q_index for t in part.tables]
     )
     q_tokens, covers_q, _ = _tokens(part.layout.q_tokens, plan.canvas.size, part.n_q_tiles, plan.block_q)
@@ -88,6 +94,8 @@ def part_tables(plan: Plan, part: PlanPart, device: torch.device | str) -> PartT
         *(_int32(a, device) for a in (kv_start, kv_full, kv_index, q_start, q_full, q_index, part.head_table)),
         _int32(q_tokens, device),
         _int32(kv_tokens, device),
+        _int32(kv_rows, device),
+        _int32(q_rows, device),
         part.n_q_tiles,
         part.n_kv_tiles,
         part.layout.q_tokens is not None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from maskir.codegen.common.gating import gating_nodes, list_flags
 from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
 from maskir.planner.plan import Plan
@@ -88,6 +89,25 @@ class TritonAttention:
             "KV_GATHER": tables.kv_gather,
         }
 
+    def _gates(self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor]) -> tuple[dict, dict]:
+        """Kernel arguments of the run-time tile gates of part ``part``: for the forward/dQ lists and for
+        the dK/dV lists (``codegen.common.gating``); a part without gates passes GATED=False."""
+        nodes = gating_nodes(self.plan.parts[part].pattern)
+        if not nodes:
+            closed = {"GATE": tables.kv_index, "stride_gb": 0, "stride_gh": 0, "GATED": False}
+            return closed, closed
+        flags = list_flags(
+            nodes,
+            tables,
+            dict(zip(self.generated.tensor_names, tensors)),
+            blocks=(self.plan.block_q, self.plan.block_kv),
+            sizes=(self.plan.canvas.size, self.plan.kv_canvas.size),
+        )
+        return tuple(
+            {"GATE": f, "stride_gb": f.stride(0), "stride_gh": f.stride(1) if f.shape[1] > 1 else 0, "GATED": True}
+            for f in flags
+        )
+
     def launch(self, name: str, grid: tuple[int, int], args: dict[str, Any]) -> None:
         """Run kernel ``name`` of the module on ``grid`` with keyword ``args`` and its launch options."""
         getattr(self.module, name)[grid](**args, **self.module.LAUNCH_OPTIONS[name])
@@ -117,6 +137,7 @@ class TritonAttention:
                 "KV_START": tables.kv_start, "KV_FULL": tables.kv_full, "KV_INDEX": tables.kv_index,
                 "n_q_tiles": tables.n_q_tiles, "KV_PADDED": tables.kv_padded,
                 **self._table_args(index, tables), **self._tensor_args(tensors),
+                **self._gates(index, tables, tensors)[0],
             }  # fmt: skip
             self.launch("_fwd", (tables.n_q_tiles * int(self.module.FWD_SPLIT), batch * heads), args)
             outs.append(out)
@@ -160,6 +181,7 @@ class TritonAttention:
                 return (torch.empty if covered else torch.zeros)(like.shape, dtype=dtype, device=like.device)
 
             dq, dk, dv = buffer(q, tables.covers_q), buffer(k, tables.covers_kv), buffer(v, tables.covers_kv)
+            kv_gates, q_gates = self._gates(index, tables, tensors)
             common = {
                 "Q": q, "K": k, "V": v, "DO": dout, "LSE": lse, "DELTA": delta,
                 **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", dout),
@@ -169,13 +191,13 @@ class TritonAttention:
             dq_args = {
                 **common, "DQ": dq, **_strides("dq", dq),
                 "KV_START": tables.kv_start, "KV_FULL": tables.kv_full, "KV_INDEX": tables.kv_index,
-                "n_q_tiles": tables.n_q_tiles, "KV_PADDED": tables.kv_padded,
+                "n_q_tiles": tables.n_q_tiles, "KV_PADDED": tables.kv_padded, **kv_gates,
             }  # fmt: skip
             self.launch("_bwd_dq", (tables.n_q_tiles * int(self.module.DQ_SPLIT), batch * heads), dq_args)
             dkdv_args = {
                 **common, "DK": dk, "DV": dv, **_strides("dk", dk), **_strides("dv", dv),
                 "Q_START": tables.q_start, "Q_FULL": tables.q_full, "Q_INDEX": tables.q_index,
-                "n_kv_tiles": tables.n_kv_tiles,
+                "n_kv_tiles": tables.n_kv_tiles, **q_gates,
             }  # fmt: skip
             grid = (tables.n_kv_tiles * int(self.module.DKDV_SPLIT), batch * self.kv_heads)
             self.launch("_bwd_dkdv", grid, dkdv_args)

@@ -55,8 +55,8 @@ $score_grad
 def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh,
             stride_dqn, n_q, n_kv, sm_scale, KV_START, KV_FULL, KV_INDEX, HEAD_TABLE, Q_TOKENS, KV_TOKENS,
-            n_q_tiles$tensor_args, PART: tl.constexpr, Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr,
-            KV_PADDED: tl.constexpr):
+            n_q_tiles, GATE, stride_gb, stride_gh$tensor_args, PART: tl.constexpr, Q_GATHER: tl.constexpr,
+            KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr, GATED: tl.constexpr):
     """dQ of DQ_ROWS rows of one q tile of one (batch, head), over the same kv list as the forward."""
     q_tile = tl.program_id(0) // DQ_SPLIT
     first_q = q_tile * BLOCK_M + (tl.program_id(0) - q_tile * DQ_SPLIT) * DQ_ROWS
@@ -88,9 +88,10 @@ def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride
     # -- PARTIAL tiles: predicate inlined below --
     for step in range(full_end * DQ_CHUNKS, end * DQ_CHUNKS):
         tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
-        first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
-        dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
-                      KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
+        if _gate_open(GATE, stride_gb, stride_gh, b, h, tile, GATED):
+            first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
+            dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
+                          KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
     # -- epilogue --
     DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
     _store_rows(DQ_head, q_tok, q_valid, stride_dqn, dq * sm_scale)
@@ -125,8 +126,8 @@ $score_grad
 def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
               stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh,
               stride_dkn, stride_dvb, stride_dvh, stride_dvn, n_q, n_kv, sm_scale, Q_START, Q_FULL, Q_INDEX,
-              HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_kv_tiles$tensor_args, PART: tl.constexpr,
-              Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr):
+              HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_kv_tiles, GATE, stride_gb, stride_gh$tensor_args,
+              PART: tl.constexpr, Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr, GATED: tl.constexpr):
     """dK and dV of DKDV_ROWS rows of one kv tile of one (batch, kv head): for each query head of its GQA
     group, the transposed list (q tiles of this kv tile, FULL first)."""
     kv_tile = tl.program_id(0) // DKDV_SPLIT
@@ -161,10 +162,11 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, 
         # -- PARTIAL tiles: predicate inlined below --
         for step in range(full_end * DKDV_CHUNKS, end * DKDV_CHUNKS):
             tile = step // DKDV_CHUNKS  # list entry, then the chunk within its tile
-            first_q = tl.load(Q_INDEX + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
-            dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
-                                stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
-                                IS_FULL_TILE=False)
+            if _gate_open(GATE, stride_gb, stride_gh, b, h, tile, GATED):
+                first_q = tl.load(Q_INDEX + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
+                dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
+                                    stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
+                                    IS_FULL_TILE=False)
     # -- epilogue --
     DK_head = DK + b.to(tl.int64) * stride_dkb + kv_head.to(tl.int64) * stride_dkh
     DV_head = DV + b.to(tl.int64) * stride_dvb + kv_head.to(tl.int64) * stride_dvh

@@ -32,6 +32,16 @@ def _tile_tokens(first, n_tokens, TOKENS, SIZE: tl.constexpr, GATHER: tl.constex
 
 
 @triton.jit
+def _gate_open(GATE, stride_gb, stride_gh, b, h, entry, GATED: tl.constexpr):
+    """Whether list entry ``entry`` may hold an allowed pair for (b, h) this call (codegen.common.gating):
+    GATE[b, h, entry] != 0 when GATED, else always (static patterns carry no gate)."""
+    if GATED:
+        return tl.load(GATE + b.to(tl.int64) * stride_gb + h * stride_gh + entry) != 0
+    else:
+        return True
+
+
+@triton.jit
 def _load_rows(base, tok, valid, stride_n):
     """Rows ``tok`` of a [N, HEAD_DIM] matrix as [len(tok), HEAD_DIM_PAD]; padding rows and columns are 0."""
     dim = tl.arange(0, HEAD_DIM_PAD)

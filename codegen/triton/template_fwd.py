@@ -34,8 +34,8 @@ def _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, str
 @triton.jit
 def _fwd(Q, K, V, O, LSE, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb,
          stride_vh, stride_vn, stride_ob, stride_oh, stride_on, n_q, n_kv, sm_scale, KV_START, KV_FULL, KV_INDEX,
-         HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_q_tiles$tensor_args, PART: tl.constexpr, Q_GATHER: tl.constexpr,
-         KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr):
+         HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_q_tiles, GATE, stride_gb, stride_gh$tensor_args, PART: tl.constexpr,
+         Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr, GATED: tl.constexpr):
     """O and LSE of FWD_ROWS rows of one q tile of one (batch, head): the tile's FULL kv tiles, then its
     PARTIAL kv tiles. FWD_SPLIT programs share a q tile (and its list) when FWD_ROWS < BLOCK_M."""
     q_tile = tl.program_id(0) // FWD_SPLIT
@@ -66,13 +66,14 @@ def _fwd(Q, K, V, O, LSE, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn,
                                   stride_vn, KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED,
                                   IS_FULL_TILE=True)
-    # -- PARTIAL tiles: predicate inlined below --
+    # -- PARTIAL tiles: predicate inlined below; with GATED, tiles this call's data leaves empty are skipped --
     for step in range(full_end * FWD_CHUNKS, end * FWD_CHUNKS):
         tile = step // FWD_CHUNKS  # list entry, then the chunk within its tile
-        first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * FWD_CHUNKS) * FWD_CHUNK_N
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn,
-                                  stride_vn, KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED,
-                                  IS_FULL_TILE=False)
+        if _gate_open(GATE, stride_gb, stride_gh, b, h, tile, GATED):
+            first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * FWD_CHUNKS) * FWD_CHUNK_N
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn,
+                                      stride_vn, KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED,
+                                      IS_FULL_TILE=False)
 
     # -- epilogue: normalise; a row with no allowed key gives 0 and lse -inf, never NaN --
     has_keys = l_i > 0.0

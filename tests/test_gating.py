@@ -1,0 +1,83 @@
+"""Run-time tile gates (codegen.common.gating): never close a tile that holds an allowed pair, and close
+exactly the empty ones where the gate is exact (contiguous documents; tiles aligned to routing blocks)."""
+
+import numpy as np
+import pytest
+import torch
+
+from maskir.canvas import Canvas
+from maskir.codegen.common.gating import gating_nodes, list_flags
+from maskir.codegen.common.tables import part_tables
+from maskir.ir import Causal, Neighborhood, Routing, Segments, Window
+from maskir.planner import plan
+from maskir.reference import reference_mask
+from maskir.runtime.routing import routing_map
+
+
+def test_only_top_level_conjuncts_gate():
+    assert gating_nodes(Segments() & Causal()) == (Segments(),)
+    assert gating_nodes(Causal() & (Routing(16, 2) & Segments())) == (Routing(16, 2), Segments())
+    assert gating_nodes(Segments() | Window(4, 4)) == ()  # a tile without documents may still hold window pairs
+    assert gating_nodes(Causal() - Segments()) == ()
+
+
+def _tile_has_pair(planned, tables, mask, q_tile, kv_tile) -> np.ndarray:
+    """Brute force: whether entry (q_tile[e], kv_tile[e]) holds an allowed pair of ``mask`` [Nq, Nkv]."""
+    part = planned.parts[0]
+    q_tokens = part.layout.q_tokens if part.layout.q_tokens is not None else np.arange(part.n_q_tiles * planned.block_q)
+    kv_tokens = (
+        part.layout.kv_tokens if part.layout.kv_tokens is not None else np.arange(part.n_kv_tiles * planned.block_kv)
+    )
+    out = []
+    for i, j in zip(q_tile.tolist(), kv_tile.tolist()):
+        qs = q_tokens[i * planned.block_q : (i + 1) * planned.block_q]
+        ks = kv_tokens[j * planned.block_kv : (j + 1) * planned.block_kv]
+        qs, ks = qs[(qs >= 0) & (qs < mask.shape[0])], ks[(ks >= 0) & (ks < mask.shape[1])]
+        out.append(bool(mask[np.ix_(qs, ks)].any()))
+    return np.array(out)
+
+
+def _flags(planned, tensors):
+    tables = part_tables(planned, planned.parts[0], "cpu")
+    forward, backward = list_flags(
+        gating_nodes(planned.parts[0].pattern),
+        tables,
+        tensors,
+        blocks=(planned.block_q, planned.block_kv),
+        sizes=(planned.canvas.size, planned.kv_canvas.size),
+    )
+    return tables, forward, backward
+
+
+@pytest.mark.parametrize("layout", ["identity", "tiled"])
+def test_contiguous_documents_close_exactly_the_empty_tiles(layout):
+    canvas = Canvas((16, 16))
+    pattern = Segments() & Neighborhood(5)
+    planned = plan(pattern, canvas, heads=1, block_q=16, block_kv=16, layout=layout)
+    ids = torch.repeat_interleave(torch.arange(4), torch.tensor([40, 100, 16, 100]))[None].to(torch.int32)
+    tables, forward, backward = _flags(planned, {"segments_q": ids, "segments_kv": ids})
+    mask = reference_mask(pattern, canvas, segments=ids)
+    segments_only = reference_mask(Segments(), canvas, segments=ids)
+    got = forward[0, 0].numpy() != 0
+    assert not (_tile_has_pair(planned, tables, mask, tables.kv_rows, tables.kv_index) & ~got).any()  # sound
+    if layout == "identity":  # runs of tokens: the document ranges are exact
+        want = _tile_has_pair(planned, tables, segments_only, tables.kv_rows, tables.kv_index)
+        assert np.array_equal(got, want) and not got.all()
+    back = backward[0, 0].numpy() != 0
+    assert not (_tile_has_pair(planned, tables, mask, tables.q_index, tables.q_rows) & ~back).any()
+
+
+def test_routing_closes_exactly_the_unchosen_aligned_tiles():
+    canvas = Canvas(256)
+    pattern = Routing(32, 2) & Causal()
+    planned = plan(pattern, canvas, heads=2, block_q=32, block_kv=32)
+    q = torch.randn(1, 2, 256, 8)
+    indices = torch.randint(0, 8, (1, 2, 8, 2))
+    tables, forward, backward = _flags(planned, {"routing_map": routing_map(q, q, Routing(32, 2), indices)})
+    for head in range(2):
+        chosen = reference_mask(Routing(32, 2), canvas, head=head, routing=indices)
+        mask = reference_mask(pattern, canvas, head=head, routing=indices)
+        want = _tile_has_pair(planned, tables, chosen, tables.kv_rows, tables.kv_index)
+        assert np.array_equal(forward[0, head].numpy() != 0, want)
+        got_back = backward[0, head].numpy() != 0
+        assert not (_tile_has_pair(planned, tables, mask, tables.q_index, tables.q_rows) & ~got_back).any()
