@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import suite
+from benchmarks.catalogue import cases
 
 ANCHORS = [
     # Rows of shared/anchors/h100_flex_sdpa.jsonl (N = 16384, H = 16, D = 128) and their allowed pairs.
@@ -92,7 +93,15 @@ def test_dry_run_prints_plan_and_predictions_for_each_selected_entry(capsys):
     assert "swin_128x128_w8[small]: Blocks(8) on Canvas((32, 32))" in out
     assert "documents16[small]" in out and "16 equal documents" in out and "efficiency data-dependent" in out
     assert out.count("  plan: ") == 2 and out.count("maskir fwd ") == 2
-    assert out.count("static superset of the run-time tiles") == 1
+    assert out.count("the tiles this data leaves open") == 1
+
+
+def test_predictions_of_documents_price_only_the_tiles_their_data_leaves():
+    documents = next(c for c in cases("small") if c.documents)
+    causal = suite.predict(suite.Case("causal", "small", documents.pattern.right, documents.canvas), "h100")
+    gated = suite.predict(documents, "h100")
+    assert gated.plan.tile_counts.computed_pairs < causal.plan.tile_counts.computed_pairs / 2
+    assert gated.maskir_fwd_ms < causal.maskir_fwd_ms and gated.flex_fwd_ms < causal.flex_fwd_ms
 
 
 def test_without_cuda_and_without_dry_run_the_suite_says_what_to_do(capsys):

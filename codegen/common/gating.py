@@ -17,12 +17,14 @@ O(N + entries + routing blocks) torch operations on the device: no host work, no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 
-from maskir.codegen.common.tables import PartTables, identity_tokens
+from maskir.codegen.common.tables import PartTables, identity_tokens, part_tables
 from maskir.ir import And, Pattern, Routing, Segments
+from maskir.planner.plan import Plan, TileTable
 
 _FAR = 2**30
 """Beyond any segment id or block index: the range of a tile with no token is [_FAR, -_FAR] (empty)."""
@@ -115,3 +117,31 @@ def list_flags(
     forward = gate_flags(nodes, tensors, **sides, q_tile=tables.kv_rows, kv_tile=tables.kv_index)
     backward = gate_flags(nodes, tensors, **sides, q_tile=tables.q_index, kv_tile=tables.q_rows)
     return forward, backward
+
+
+def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 0, head: int = 0) -> Plan:
+    """``plan`` with only the list entries the gates leave open for (``batch``, ``head``): the tiles the
+    kernels run for this data (what the simulator should price). Parts without gates are kept as they are;
+    heads share the chosen head's gates (a routing choice has the same number of blocks for every head)."""
+    parts = []
+    for part in plan.parts:
+        nodes = gating_nodes(part.pattern)
+        if not nodes or not any(t.kv_index.size for t in part.tables):
+            parts.append(part)
+            continue
+        tables = part_tables(plan, part, "cpu")
+        cpu = {name: t.cpu() for name, t in tensors.items()}
+        flags, _ = list_flags(
+            nodes, tables, cpu, blocks=(plan.block_q, plan.block_kv), sizes=(plan.canvas.size, plan.kv_canvas.size)
+        )
+        keep = flags[batch, min(head, flags.shape[1] - 1)].numpy() != 0
+        gated, offset = [], 0
+        for table in part.tables:
+            q_tile, kv_tile, kind = table.pairs()
+            chosen = keep[offset : offset + q_tile.size]
+            offset += q_tile.size
+            gated.append(
+                TileTable.from_pairs(q_tile[chosen], kv_tile[chosen], kind[chosen], part.n_q_tiles, part.n_kv_tiles)
+            )
+        parts.append(dataclasses.replace(part, tables=tuple(gated)))
+    return dataclasses.replace(plan, parts=tuple(parts))
