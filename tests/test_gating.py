@@ -6,19 +6,25 @@ import pytest
 import torch
 
 from maskir.canvas import Canvas
-from maskir.codegen.common.gating import gating_nodes, list_flags
+from maskir.codegen.common.gating import PartGate, gate_tree
 from maskir.codegen.common.tables import part_tables
-from maskir.ir import Causal, Neighborhood, Routing, Segments, Window
+from maskir.ir import Blocks, Causal, Neighborhood, Routing, Segments, Window
 from maskir.planner import plan
 from maskir.reference import reference_mask
 from maskir.runtime.routing import routing_map
 
 
-def test_only_top_level_conjuncts_gate():
-    assert gating_nodes(Segments() & Causal()) == (Segments(),)
-    assert gating_nodes(Causal() & (Routing(16, 2) & Segments())) == (Routing(16, 2), Segments())
-    assert gating_nodes(Segments() | Window(4, 4)) == ()  # a tile without documents may still hold window pairs
-    assert gating_nodes(Causal() - Segments()) == ()
+def test_gate_trees_follow_and_and_or_and_leave_out_implied_static_conjuncts():
+    assert gate_tree(Segments() & Causal()) == ("leaf", Segments())
+    assert gate_tree(Causal() & (Routing(16, 2) & Segments())) == (
+        "and",
+        ("leaf", Routing(16, 2)),
+        ("leaf", Segments()),
+    )
+    # under | a static side keeps the tiles its own plan lists
+    assert gate_tree(Segments() | Window(4, 4)) == ("or", ("leaf", Segments()), ("static", Window(4, 4)))
+    assert gate_tree(Causal() - Segments()) is None  # ~Segments() closes nothing
+    assert gate_tree(Causal()) is None
 
 
 def _tile_has_pair(planned, tables, mask, q_tile, kv_tile) -> np.ndarray:
@@ -39,12 +45,9 @@ def _tile_has_pair(planned, tables, mask, q_tile, kv_tile) -> np.ndarray:
 
 def _flags(planned, tensors):
     tables = part_tables(planned, planned.parts[0], "cpu")
-    forward, backward = list_flags(
-        gating_nodes(planned.parts[0].pattern),
-        tables,
-        tensors,
-        blocks=(planned.block_q, planned.block_kv),
-        sizes=(planned.canvas.size, planned.kv_canvas.size),
+    gate = PartGate.build(planned, planned.parts[0], tables)
+    forward, backward = gate.flags(
+        tables, tensors, blocks=(planned.block_q, planned.block_kv), sizes=(planned.canvas.size, planned.kv_canvas.size)
     )
     return tables, forward, backward
 
@@ -65,6 +68,22 @@ def test_contiguous_documents_close_exactly_the_empty_tiles(layout):
         assert np.array_equal(got, want) and not got.all()
     back = backward[0, 0].numpy() != 0
     assert not (_tile_has_pair(planned, tables, mask, tables.q_index, tables.q_rows) & ~back).any()
+
+
+def test_a_union_with_a_static_side_keeps_that_sides_tiles_open():
+    """The suite's routing entry: chosen blocks, or the diagonal block (both causal)."""
+    canvas = Canvas(256)
+    pattern = (Routing(32, 2) & Causal()) | (Blocks(32) & Causal())
+    planned = plan(pattern, canvas, heads=2, block_q=32, block_kv=32, layout="identity")
+    q = torch.randn(1, 2, 256, 8)
+    indices = torch.randint(0, 8, (1, 2, 8, 2))
+    tables, forward, backward = _flags(planned, {"routing_map": routing_map(q, q, Routing(32, 2), indices)})
+    for head in range(2):
+        mask = reference_mask(pattern, canvas, head=head, routing=indices)
+        want = _tile_has_pair(planned, tables, mask, tables.kv_rows, tables.kv_index)
+        assert np.array_equal(forward[0, head].numpy() != 0, want) and not want.all()
+        want_back = _tile_has_pair(planned, tables, mask, tables.q_index, tables.q_rows)
+        assert np.array_equal(backward[0, head].numpy() != 0, want_back)
 
 
 def test_routing_closes_exactly_the_unchosen_aligned_tiles():

@@ -1,40 +1,96 @@
 """Run-time tile gates of data-dependent patterns: skip the listed tiles this call's data leaves empty.
 
 A plan of a pattern with ``Segments()`` or ``Routing`` holds a static superset: every tile the rest of the
-pattern allows is PARTIAL, whatever the documents or the routing choice. When such a node is a top-level
-conjunct (``Segments() & Causal()``, ``Routing(64, 8) & Causal()``, or the node alone), a tile where that
-node allows no pair is empty for the whole pattern, so kernels may skip it. Per call, from the run-time
-tensors, each list entry (q tile, kv tile) gets an int8 flag, 0 only where a gate proves the tile empty:
+pattern allows is PARTIAL, whatever the documents or the routing choice. Per call, from the run-time
+tensors, each list entry (q tile, kv tile) gets an int8 flag, 0 only where the data proves the tile empty:
 
 - ``Segments()``: the tile's segment ids span [min, max] on each side (padding slots left out); the
   ranges of the two tiles must overlap. Exact for contiguous documents, a superset otherwise.
 - ``Routing(block, k)``: the tile's tokens touch routing blocks [min, max] (``token // block``) on each
   side; some block pair in that rectangle must be chosen, read from 2-D prefix sums of the block map.
 
-Flags are [B, H, entries], H being 1 (broadcast) when no gate depends on the head. The cost is
-O(N + entries + routing blocks) torch operations on the device: no host work, no synchronisation.
+The leaves combine through the pattern (``gate_tree``): ``&`` ands their flags, ``|`` ors them with the
+flags of its other side; a static subtree under ``|`` (``(Routing(128, 8) & Causal()) | (Blocks(128) &
+Causal())``: the diagonal blocks are always kept) contributes the tiles its own plan lists (computed
+once, identity layouts only); static top-level conjuncts are implied by the plan's entries and left out;
+anything else over run-time data (``~``, PerHead, a Predicate) closes nothing. Flags are [B, H, entries],
+H being 1 (broadcast) when no leaf depends on the head. The per-call cost is O(N + entries + routing
+blocks) torch operations on the device: no host work, no synchronisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import reduce
 
+import numpy as np
 import torch
 
 from maskir.codegen.common.tables import PartTables, identity_tokens, part_tables
-from maskir.ir import And, Pattern, Routing, Segments
-from maskir.planner.plan import Plan, TileTable
+from maskir.ir import And, Or, Pattern, Routing, Segments, is_dynamic
+from maskir.planner import plan as make_plan
+from maskir.planner.plan import Plan, PlanPart, TileTable
 
 _FAR = 2**30
 """Beyond any segment id or block index: the range of a tile with no token is [_FAR, -_FAR] (empty)."""
 
 
-def gating_nodes(pattern: Pattern) -> tuple[Segments | Routing, ...]:
-    """The Segments/Routing nodes among the top-level conjuncts of ``pattern`` (nested And flattened)."""
+Gate = tuple
+"""("leaf", Segments | Routing), ("static", pattern), or ("and" | "or", Gate, Gate)."""
+
+
+def _conjuncts(pattern: Pattern) -> list[Pattern]:
     if isinstance(pattern, And):
-        return gating_nodes(pattern.left) + gating_nodes(pattern.right)
-    return (pattern,) if isinstance(pattern, (Segments, Routing)) else ()
+        return _conjuncts(pattern.left) + _conjuncts(pattern.right)
+    return [pattern]
+
+
+def _combine(op: str, gates: list[Gate]) -> Gate | None:
+    return reduce(lambda a, b: (op, a, b), gates) if gates else None
+
+
+def _gate(pattern: Pattern) -> Gate | None:
+    """The gate of a subtree that reads run-time data; None when it cannot close a tile."""
+    if isinstance(pattern, (Segments, Routing)):
+        return ("leaf", pattern)
+    if isinstance(pattern, (And, Or)):
+        sides = [_gate(side) if is_dynamic(side) else ("static", side) for side in (pattern.left, pattern.right)]
+        if isinstance(pattern, And):  # a side that cannot close leaves the other one in charge
+            return _combine("and", [side for side in sides if side is not None])
+        return None if None in sides else ("or", *sides)
+    return None
+
+
+def gate_tree(pattern: Pattern) -> Gate | None:
+    """How per-call data can close the tiles of ``pattern``'s plan; None when it cannot."""
+    return _combine("and", [g for c in _conjuncts(pattern) if is_dynamic(c) and (g := _gate(c)) is not None])
+
+
+def _statics(gate: Gate) -> list[Pattern]:
+    if gate[0] == "static":
+        return [gate[1]]
+    return [] if gate[0] == "leaf" else _statics(gate[1]) + _statics(gate[2])
+
+
+def _listed(sub: Pattern, plan: Plan, q_tile: np.ndarray, kv_tile: np.ndarray) -> np.ndarray | None:
+    """Whether each (q_tile, kv_tile) is listed by the identity-layout plan of static ``sub`` (same tiles);
+    None when that plan differs per head or splits into parts."""
+    own = make_plan(
+        sub,
+        plan.canvas,
+        plan.kv_canvas,
+        heads=plan.heads,
+        block_q=plan.block_q,
+        block_kv=plan.block_kv,
+        layout="identity",
+    )
+    if len(own.parts) != 1 or len(own.parts[0].tables) != 1:
+        return None
+    listed_q, listed_kv, _ = own.parts[0].tables[0].pairs()
+    n_kv = own.parts[0].n_kv_tiles
+    return np.isin(q_tile.astype(np.int64) * n_kv + kv_tile, listed_q * n_kv + listed_kv)
 
 
 def tile_ranges(values: torch.Tensor, tokens: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,66 +129,88 @@ def _routing_gate(block_map, routing_block, q_side, kv_side, q_tile, kv_tile) ->
     return (chosen > 0) & (q_ok & kv_ok)
 
 
-def gate_flags(
-    nodes: tuple[Segments | Routing, ...],
-    tensors: Mapping[str, torch.Tensor],
-    *,
-    q_side: tuple[torch.Tensor, int],
-    kv_side: tuple[torch.Tensor, int],
-    q_tile: torch.Tensor,
-    kv_tile: torch.Tensor,
-) -> torch.Tensor:
-    """int8 [B, H or 1, entries]: 0 where a gate in ``nodes`` proves entry (q_tile[e], kv_tile[e]) empty.
-
-    ``q_side``/``kv_side``: (token table, tile size) of each side; ``tensors``: the run-time tensors by
-    name (``segments_q``, ``segments_kv`` [B, N]; ``routing_map`` [B, H, q blocks, kv blocks]).
-    """
-    q_tile, kv_tile = q_tile.to(torch.int64), kv_tile.to(torch.int64)
-    flags = None
-    for node in nodes:
-        if isinstance(node, Segments):
-            segments_q, segments_kv = tensors["segments_q"], tensors["segments_kv"]
-            gate = _segments_gate(segments_q, segments_kv, q_side, kv_side, q_tile, kv_tile)
-        else:
-            gate = _routing_gate(tensors["routing_map"], node.block, q_side, kv_side, q_tile, kv_tile)
-        flags = gate if flags is None else flags & gate
-    return flags.to(torch.int8)
+def _host_entries(part: PlanPart) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(q tile, kv tile) of every entry of the part's stacked forward lists and of its dK/dV lists, in the
+    order of ``PartTables.kv_index`` and ``PartTables.q_index``."""
+    forward = [t.pairs()[:2] for t in part.tables]
+    backward = [(t.q_index, np.repeat(np.arange(part.n_kv_tiles), np.diff(t.q_start))) for t in part.tables]
+    return [tuple(np.concatenate(side) for side in zip(*entries)) for entries in (forward, backward)]
 
 
-def list_flags(
-    nodes: tuple[Segments | Routing, ...],
-    tables: PartTables,
-    tensors: Mapping[str, torch.Tensor],
-    *,
-    blocks: tuple[int, int],
-    sizes: tuple[int, int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gate flags of one part's forward/dQ lists (entries of ``kv_index``) and dK/dV lists (entries of
-    ``q_index``); ``blocks`` and ``sizes`` are (q, kv) tile sizes and token counts."""
-    (block_q, block_kv), (n_q, n_kv) = blocks, sizes
-    device = tables.kv_index.device
-    q_tokens = tables.q_tokens if tables.q_gather else identity_tokens(tables.n_q_tiles, block_q, n_q, device)
-    kv_tokens = tables.kv_tokens if tables.kv_gather else identity_tokens(tables.n_kv_tiles, block_kv, n_kv, device)
-    sides = {"q_side": (q_tokens, block_q), "kv_side": (kv_tokens, block_kv)}
-    forward = gate_flags(nodes, tensors, **sides, q_tile=tables.kv_rows, kv_tile=tables.kv_index)
-    backward = gate_flags(nodes, tensors, **sides, q_tile=tables.q_index, kv_tile=tables.q_rows)
-    return forward, backward
+@dataclass(frozen=True)
+class PartGate:
+    """The gate of one plan part on one device: its tree, and each static subtree's flags per list entry
+    (forward/dQ lists, dK/dV lists). ``build`` returns None when the part cannot be gated."""
+
+    tree: Gate
+    static: dict[Pattern, tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def build(cls, plan: Plan, part: PlanPart, tables: PartTables) -> PartGate | None:
+        tree = gate_tree(part.pattern)
+        if tree is None:
+            return None
+        subs = _statics(tree)
+        if subs and not part.layout.is_identity:
+            return None
+        static = {}
+        lists = _host_entries(part)
+        for sub in subs:
+            flags = [_listed(sub, plan, q, kv) for q, kv in lists]
+            if flags[0] is None:
+                return None
+            static[sub] = tuple(torch.as_tensor(f, device=tables.kv_index.device)[None, None] for f in flags)
+        return cls(tree, static)
+
+    def flags(
+        self,
+        tables: PartTables,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        blocks: tuple[int, int],
+        sizes: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 [B, H or 1, entries] of the forward/dQ lists (entries of ``kv_index``) and of the dK/dV lists
+        (entries of ``q_index``): 0 where this call's data proves the entry's tile empty. ``blocks`` and
+        ``sizes``: (q, kv) tile sizes and token counts; ``tensors``: the run-time tensors by name."""
+        (block_q, block_kv), (n_q, n_kv) = blocks, sizes
+        device = tables.kv_index.device
+        q_tokens = tables.q_tokens if tables.q_gather else identity_tokens(tables.n_q_tiles, block_q, n_q, device)
+        kv_tokens = tables.kv_tokens if tables.kv_gather else identity_tokens(tables.n_kv_tiles, block_kv, n_kv, device)
+        sides = ((q_tokens, block_q), (kv_tokens, block_kv))
+        lists = [(tables.kv_rows, tables.kv_index), (tables.q_index, tables.q_rows)]
+        return tuple(
+            self._evaluate(self.tree, tensors, sides, q.to(torch.int64), kv.to(torch.int64), which).to(torch.int8)
+            for which, (q, kv) in enumerate(lists)
+        )
+
+    def _evaluate(self, gate: Gate, tensors, sides, q_tile, kv_tile, which: int) -> torch.Tensor:
+        kind = gate[0]
+        if kind == "static":
+            return self.static[gate[1]][which]
+        if kind == "leaf":
+            node = gate[1]
+            if isinstance(node, Segments):
+                return _segments_gate(tensors["segments_q"], tensors["segments_kv"], *sides, q_tile, kv_tile)
+            return _routing_gate(tensors["routing_map"], node.block, *sides, q_tile, kv_tile)
+        left, right = (self._evaluate(g, tensors, sides, q_tile, kv_tile, which) for g in gate[1:])
+        return left & right if kind == "and" else left | right
 
 
 def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 0, head: int = 0) -> Plan:
     """``plan`` with only the list entries the gates leave open for (``batch``, ``head``): the tiles the
-    kernels run for this data (what the simulator should price). Parts without gates are kept as they are;
-    heads share the chosen head's gates (a routing choice has the same number of blocks for every head)."""
+    kernels run for this data (what the simulator should price). Parts without a gate are kept as they
+    are; heads share the chosen head's gates (a routing choice has the same number of blocks per head)."""
+    cpu = {name: t.cpu() for name, t in tensors.items()}
     parts = []
     for part in plan.parts:
-        nodes = gating_nodes(part.pattern)
-        if not nodes or not any(t.kv_index.size for t in part.tables):
+        tables = part_tables(plan, part, "cpu")
+        gate = PartGate.build(plan, part, tables) if any(t.kv_index.size for t in part.tables) else None
+        if gate is None:
             parts.append(part)
             continue
-        tables = part_tables(plan, part, "cpu")
-        cpu = {name: t.cpu() for name, t in tensors.items()}
-        flags, _ = list_flags(
-            nodes, tables, cpu, blocks=(plan.block_q, plan.block_kv), sizes=(plan.canvas.size, plan.kv_canvas.size)
+        flags, _ = gate.flags(
+            tables, cpu, blocks=(plan.block_q, plan.block_kv), sizes=(plan.canvas.size, plan.kv_canvas.size)
         )
         keep = flags[batch, min(head, flags.shape[1] - 1)].numpy() != 0
         gated, offset = [], 0

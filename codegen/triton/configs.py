@@ -110,7 +110,9 @@ def choose_config(
         fwd_rows=fwd_rows,
         dq_rows=dq_rows,
         dkdv_rows=dkdv_rows,
-        fwd=LaunchOptions(num_warps=warps(fwd_rows), num_stages=stages),
+        # a pair-indexed load (routing map, bias table) holds [rows, chunk] 64-bit pointers: at 4 warps the
+        # forward of routing_top8 spilled (255 registers) once its tile gate was added (triton 3.9)
+        fwd=LaunchOptions(num_warps=8 if pair_loads else warps(fwd_rows), num_stages=stages),
         preprocess=LaunchOptions(num_warps=4, num_stages=1),
         dq=LaunchOptions(num_warps=warps(dq_rows), num_stages=stages),
         dkdv=LaunchOptions(num_warps=dkdv_warps, num_stages=stages),

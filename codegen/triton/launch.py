@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from maskir.codegen.common.gating import gating_nodes, list_flags
+from maskir.codegen.common.gating import PartGate
 from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
 from maskir.planner.plan import Plan
@@ -50,6 +50,7 @@ class TritonAttention:
         )
         self._tables: dict[tuple[str, int | None], list[PartTables]] = {}
         self._static: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
+        self._part_gates: dict[tuple[str, int | None, int], PartGate | None] = {}
 
     # -- device data -------------------------------------------------------------------------------
 
@@ -91,13 +92,15 @@ class TritonAttention:
 
     def _gates(self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor]) -> tuple[dict, dict]:
         """Kernel arguments of the run-time tile gates of part ``part``: for the forward/dQ lists and for
-        the dK/dV lists (``codegen.common.gating``); a part without gates passes GATED=False."""
-        nodes = gating_nodes(self.plan.parts[part].pattern)
-        if not nodes:
+        the dK/dV lists (``codegen.common.gating``); a part without a gate passes GATED=False."""
+        key = (tables.kv_index.device.type, tables.kv_index.device.index, part)
+        if key not in self._part_gates:
+            self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[part], tables)
+        gate = self._part_gates[key]
+        if gate is None:
             closed = {"GATE": tables.kv_index, "stride_gb": 0, "stride_gh": 0, "GATED": False}
             return closed, closed
-        flags = list_flags(
-            nodes,
+        flags = gate.flags(
             tables,
             dict(zip(self.generated.tensor_names, tensors)),
             blocks=(self.plan.block_q, self.plan.block_kv),
