@@ -169,16 +169,17 @@ class PartGate:
         *,
         blocks: tuple[int, int],
         sizes: tuple[int, int],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """int8 [B, H or 1, entries] of the forward/dQ lists (entries of ``kv_index``) and of the dK/dV lists
-        (entries of ``q_index``): 0 where this call's data proves the entry's tile empty. ``blocks`` and
-        ``sizes``: (q, kv) tile sizes and token counts; ``tensors``: the run-time tensors by name."""
+        backward: bool = True,
+    ) -> tuple[torch.Tensor, ...]:
+        """int8 [B, H or 1, entries] of the forward/dQ lists (entries of ``kv_index``) and, with ``backward``,
+        of the dK/dV lists (entries of ``q_index``): 0 where this call's data proves the entry's tile empty.
+        ``blocks`` and ``sizes``: (q, kv) tile sizes and token counts; ``tensors``: the run-time tensors."""
         (block_q, block_kv), (n_q, n_kv) = blocks, sizes
         device = tables.kv_index.device
         q_tokens = tables.q_tokens if tables.q_gather else identity_tokens(tables.n_q_tiles, block_q, n_q, device)
         kv_tokens = tables.kv_tokens if tables.kv_gather else identity_tokens(tables.n_kv_tiles, block_kv, n_kv, device)
         sides = ((q_tokens, block_q), (kv_tokens, block_kv))
-        lists = [(tables.kv_rows, tables.kv_index), (tables.q_index, tables.q_rows)]
+        lists = [(tables.kv_rows, tables.kv_index), (tables.q_index, tables.q_rows)][: 2 if backward else 1]
         return tuple(
             self._evaluate(self.tree, tensors, sides, q.to(torch.int64), kv.to(torch.int64), which).to(torch.int8)
             for which, (q, kv) in enumerate(lists)
@@ -209,8 +210,12 @@ def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 
         if gate is None:
             parts.append(part)
             continue
-        flags, _ = gate.flags(
-            tables, cpu, blocks=(plan.block_q, plan.block_kv), sizes=(plan.canvas.size, plan.kv_canvas.size)
+        (flags,) = gate.flags(
+            tables,
+            cpu,
+            blocks=(plan.block_q, plan.block_kv),
+            sizes=(plan.canvas.size, plan.kv_canvas.size),
+            backward=False,
         )
         keep = flags[batch, min(head, flags.shape[1] - 1)].numpy() != 0
         gated, offset = [], 0

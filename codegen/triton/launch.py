@@ -90,21 +90,24 @@ class TritonAttention:
             "KV_GATHER": tables.kv_gather,
         }
 
-    def _gates(self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor]) -> tuple[dict, dict]:
-        """Kernel arguments of the run-time tile gates of part ``part``: for the forward/dQ lists and for
-        the dK/dV lists (``codegen.common.gating``); a part without a gate passes GATED=False."""
+    def _gates(
+        self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool
+    ) -> tuple[dict, ...]:
+        """Kernel arguments of the run-time tile gates of part ``part``: for the forward/dQ lists and, with
+        ``backward``, the dK/dV lists (``codegen.common.gating``); a part without a gate has GATED=False."""
         key = (tables.kv_index.device.type, tables.kv_index.device.index, part)
         if key not in self._part_gates:
             self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[part], tables)
         gate = self._part_gates[key]
         if gate is None:
             closed = {"GATE": tables.kv_index, "stride_gb": 0, "stride_gh": 0, "GATED": False}
-            return closed, closed
+            return (closed, closed) if backward else (closed,)
         flags = gate.flags(
             tables,
             dict(zip(self.generated.tensor_names, tensors)),
             blocks=(self.plan.block_q, self.plan.block_kv),
             sizes=(self.plan.canvas.size, self.plan.kv_canvas.size),
+            backward=backward,
         )
         return tuple(
             {"GATE": f, "stride_gb": f.stride(0), "stride_gh": f.stride(1) if f.shape[1] > 1 else 0, "GATED": True}
@@ -140,7 +143,7 @@ class TritonAttention:
                 "KV_START": tables.kv_start, "KV_FULL": tables.kv_full, "KV_INDEX": tables.kv_index,
                 "n_q_tiles": tables.n_q_tiles, "KV_PADDED": tables.kv_padded,
                 **self._table_args(index, tables), **self._tensor_args(tensors),
-                **self._gates(index, tables, tensors)[0],
+                **self._gates(index, tables, tensors, backward=False)[0],
             }  # fmt: skip
             self.launch("_fwd", (tables.n_q_tiles * int(self.module.FWD_SPLIT), batch * heads), args)
             outs.append(out)
@@ -184,7 +187,7 @@ class TritonAttention:
                 return (torch.empty if covered else torch.zeros)(like.shape, dtype=dtype, device=like.device)
 
             dq, dk, dv = buffer(q, tables.covers_q), buffer(k, tables.covers_kv), buffer(v, tables.covers_kv)
-            kv_gates, q_gates = self._gates(index, tables, tensors)
+            kv_gates, q_gates = self._gates(index, tables, tensors, backward=True)
             common = {
                 "Q": q, "K": k, "V": v, "DO": dout, "LSE": lse, "DELTA": delta,
                 **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", dout),
