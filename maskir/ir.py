@@ -507,6 +507,46 @@ def is_dynamic(pattern: Pattern) -> bool:
     return any(isinstance(node, DYNAMIC_NODES) for node in pattern.walk())
 
 
+_TREE_TAG = "maskir.node"
+_TREE_CLASSES: dict[str, type] = {
+    **{name: cls for name, cls in NODES.items() if isinstance(cls, type)},
+    **{cls.__name__: cls for cls in (Predicate, And, Or, Not)},
+}
+
+
+def node_tree(node: Pattern) -> tuple:
+    """``node`` as nested tuples ("maskir.node", class name, field values), sub-patterns as trees.
+
+    torch.compile hands plain tuples to functions it runs while tracing, but not a pattern built inside
+    the compiled region; ``node_from_tree`` rebuilds an equal node (by class name, from this module only).
+    """
+    return (_TREE_TAG, type(node).__name__, tuple(_tree_value(getattr(node, f.name)) for f in fields(node)))
+
+
+def _tree_value(value: Any) -> Any:
+    if isinstance(value, Pattern):
+        return node_tree(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_tree_value(item) for item in value)
+    return value
+
+
+def node_from_tree(tree: tuple) -> Pattern:
+    """The node ``node_tree`` described."""
+    tag, name, values = tree
+    if tag != _TREE_TAG or name not in _TREE_CLASSES:
+        raise ValueError(f"Not a maskir pattern tree: {tree!r}.")
+    return _TREE_CLASSES[name](*(_from_tree_value(value) for value in values))
+
+
+def _from_tree_value(value: Any) -> Any:
+    if isinstance(value, tuple) and value and value[0] == _TREE_TAG:
+        return node_from_tree(value)
+    if isinstance(value, tuple):
+        return tuple(_from_tree_value(item) for item in value)
+    return value
+
+
 def _check_dim(node: Pattern, dim: int, canvas: Canvas) -> None:
     if dim >= canvas.ndim:
         raise ValueError(f"{node} names dim={dim} but the canvas {canvas.shape} has {canvas.ndim} dims.")

@@ -8,29 +8,27 @@ from collections.abc import Callable
 import torch
 
 from maskir.canvas import Canvas
-from maskir.ir import Pattern
+from maskir.ir import Pattern, node_from_tree, node_tree
 from maskir.runtime.checks import check_qkv, resolve_canvas
 from maskir.runtime.compiled import CompiledAttention
 
 MEMO_SIZE = 64
 """How many configurations ``maskir.attention`` keeps compiled (least recently used ones go first)."""
 _COMPILED: OrderedDict[tuple, CompiledAttention] = OrderedDict()
-_LATEST: dict[tuple, CompiledAttention] = {}
-"""Per configuration (without the score_mod's traced form) the last build: what torch.compile traces use."""
+_TRACED: dict[str, tuple[CompiledAttention, dict[str, torch.Tensor] | None]] = {}
+"""Builds made while torch.compile traced ``maskir.attention`` and the tensors their score_mod read then,
+by op handle: the compiled graphs call them (never evicted: a graph keeps only the handle)."""
 
 
 def _pattern(pattern: Pattern | str) -> Pattern:
     """A Pattern, parsing spec text (``maskir.parse``: a small grammar, never ``eval``)."""
-    if not isinstance(pattern, str):
-        return pattern
-    if torch.compiler.is_compiling():
-        raise RuntimeError(
-            f"maskir.attention got spec text {pattern!r} inside torch.compile, which cannot trace the parser: "
-            "parse it outside the compiled region (pattern = maskir.parse(text)) and pass the Pattern."
-        )
-    from maskir.spec import parse
+    if isinstance(pattern, str):
+        from maskir.spec import parse
 
-    return parse(pattern)
+        return parse(pattern)
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a maskir Pattern or spec text, got {type(pattern).__name__}.")
+    return pattern
 
 
 def _traced_score_mod(score_mod: Callable | None, backend: str) -> tuple[tuple | None, dict[str, torch.Tensor]]:
@@ -128,58 +126,76 @@ def attention(
     ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf). ``backend``: as in
     ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "reference"). A ``score_mod`` is traced on every
     call (well under a millisecond) so that what it reads now is used (a rebound name, a tensor it
-    builds); hold a ``maskir.compile`` object to skip that. Every configuration built since the process
-    started stays available to torch.compile traces (``_LATEST``).
+    builds); hold a ``maskir.compile`` object to skip that. Under ``torch.compile(fullgraph=True)`` the
+    kernels are planned and built while tracing (no eager call needed first; spec text and patterns
+    built inside the compiled function work) and the graph calls them through the ``maskir::`` ops.
     """
-    pattern = _pattern(pattern)
     shapes = check_qkv(q, k, v, enable_gqa=enable_gqa)
     canvas = resolve_canvas(canvas, shapes.n_q, "canvas")
     if kv_canvas is None and shapes.n_kv == shapes.n_q:
         kv_canvas = canvas
     kv_canvas = resolve_canvas(kv_canvas, shapes.n_kv, "kv_canvas")
-    key = (
-        pattern,
-        canvas,
-        kv_canvas,
-        shapes.heads,
-        shapes.kv_heads,
-        shapes.head_dim,
-        shapes.dtype,
-        shapes.device.type,
-        score_mod,
-        backend,
-    )
-    captures = None
-    if torch.compiler.is_compiling():  # the trace cannot re-trace a score_mod: use the last one built eagerly
-        compiled = _LATEST.get(key)
-        if compiled is None:
-            raise RuntimeError(
-                f"maskir.attention({pattern}) is being traced by torch.compile before its kernels were built. "
-                "Build them outside the compiled region: call maskir.attention once eagerly with the same shapes, "
-                "or hold compiled = maskir.compile(...) (e.g. in the module's __init__) and call compiled(q, k, v)."
-            )
+    config = (canvas.shape, kv_canvas.shape, shapes.heads, shapes.kv_heads, shapes.head_dim, shapes.dtype)
+    if torch.compiler.is_compiling():  # build while tracing; the graph calls the kernels by handle
+        form = pattern if isinstance(pattern, str) else node_tree(_pattern(pattern))
+        compiled, captures = _TRACED[_build_while_tracing(form, *config, shapes.device, score_mod, backend)]
     else:
-        structure, captures = _traced_score_mod(score_mod, backend)
-        exact = (*key, structure)
-        compiled = _COMPILED.get(exact)
-        if compiled is None:
-            compiled = compile(
-                pattern,
-                canvas,
-                heads=shapes.heads,
-                head_dim=shapes.head_dim,
-                dtype=shapes.dtype,
-                device=shapes.device,
-                kv_canvas=kv_canvas,
-                kv_heads=shapes.kv_heads,
-                score_mod=score_mod,
-                backend=backend,
-            )
-        _COMPILED[exact] = compiled
-        _COMPILED.move_to_end(exact)
-        while len(_COMPILED) > MEMO_SIZE:
-            _COMPILED.popitem(last=False)
-        _LATEST[key] = compiled
+        compiled, captures = _memoised(_pattern(pattern), *config, shapes.device, score_mod, backend)
     return compiled._run(
         q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse, captures=captures
     )
+
+
+def _memoised(
+    pattern: Pattern,
+    canvas: tuple[int, ...],
+    kv_canvas: tuple[int, ...],
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    score_mod: Callable | None,
+    backend: str,
+) -> tuple[CompiledAttention, dict[str, torch.Tensor] | None]:
+    """The compiled attention of this configuration (built on first use, kept in an LRU memo) and the
+    tensors its score_mod reads now."""
+    structure, captures = _traced_score_mod(score_mod, backend)
+    key = (pattern, canvas, kv_canvas, heads, kv_heads, head_dim, dtype, device.type, score_mod, backend, structure)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = compile(
+            pattern,
+            canvas,
+            heads=heads,
+            head_dim=head_dim,
+            dtype=dtype,
+            device=device,
+            kv_canvas=kv_canvas,
+            kv_heads=kv_heads,
+            score_mod=score_mod,
+            backend=backend,
+        )
+    _COMPILED[key] = compiled
+    _COMPILED.move_to_end(key)
+    while len(_COMPILED) > MEMO_SIZE:
+        _COMPILED.popitem(last=False)
+    return compiled, captures
+
+
+def _build_while_tracing(form: str | tuple, *config) -> str:
+    """Run by torch.compile while it traces ``maskir.attention`` (it does not trace this body): plan and
+    build the kernels (or find them built) and return their op handle, a constant of the graph.
+
+    ``form`` is spec text or ``node_tree(pattern)``: torch.compile cannot hand over a pattern object that
+    was built inside the compiled region. ``config`` as ``_memoised`` takes it after the pattern."""
+    pattern = _pattern(form) if isinstance(form, str) else node_from_tree(form)
+    compiled, captures = _memoised(pattern, *config)
+    _TRACED[compiled.handle] = compiled, captures
+    return compiled.handle
+
+
+_build_while_tracing._dynamo_marked_constant = True
+"""What ``torch.compiler.assume_constant_result`` sets (tests/test_runtime.py checks that it still is),
+set here because that function imports torch._dynamo, which imports triton: a CPU process must set
+TRITON_INTERPRET before triton is imported."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, enable_gqa: 
         raise ValueError(f"Key/value heads must evenly divide query heads, got heads_q={heads}, heads_kv={kv_heads}.")
     if min(batch, heads, n_q, n_kv, head_dim) == 0:
         raise ValueError(f"q and k/v must be non-empty, got q={tuple(q.shape)}, k={tuple(k.shape)}.")
+    # operator.index: torch.compile with dynamic shapes specialises (and guards) the sizes a plan depends on
+    heads, kv_heads, n_q, n_kv, head_dim = map(operator.index, (heads, kv_heads, n_q, n_kv, head_dim))
     return Shapes(batch, heads, kv_heads, n_q, n_kv, head_dim, q.dtype, q.device)
 
 

@@ -84,12 +84,13 @@ def test_non_contiguous_inputs_are_made_contiguous():
 
 
 def _check_compiled_layer(layer, q, k, v):
-    """torch.compile(fullgraph=True) of ``layer`` gives the eager loss and gradients."""
-    expected_loss = layer(q, k, v)  # eager first: builds the kernels outside the compiled region
-    expected_grads = torch.autograd.grad(expected_loss, (q, k, v))
+    """torch.compile(fullgraph=True) of ``layer``, run first (its trace plans and builds the kernels), gives
+    the eager loss and gradients."""
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     loss = compiled(q, k, v)
     grads = torch.autograd.grad(loss, (q, k, v))
+    expected_loss = layer(q, k, v)
+    expected_grads = torch.autograd.grad(expected_loss, (q, k, v))
     torch.testing.assert_close(loss, expected_loss)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
@@ -111,11 +112,54 @@ def test_torch_compile_fullgraph_over_a_held_compiled_attention():
     _check_compiled_layer(layer, *qkv(requires_grad=True))
 
 
-def test_torch_compile_before_the_kernels_exist_says_how_to_build_them():
-    q, k, v = qkv(n=48)
-    layer = torch.compile(lambda q, k, v: maskir.attention(q, k, v, Window(5, 0)), fullgraph=True, backend="eager")
-    with pytest.raises(Exception, match="before its kernels were built"):
-        layer(q, k, v)
+def test_torch_compile_builds_triton_kernels_for_a_pattern_made_inside_the_compiled_function():
+    def layer(q, k, v):
+        return maskir.attention(
+            q, k, v, Neighborhood(3) & Causal(), (8, 8), score_mod=lambda s, b, h, i, j: s / 2
+        ).sum()
+
+    _check_compiled_layer(layer, *qkv(requires_grad=True))
+
+
+@pytest.mark.parametrize(
+    "pattern, segments",
+    [("Window(2, 2) | Sink(4)", None), (Segments() & Causal(), torch.tensor([[0] * 20 + [1] * 44]))],
+    ids=["spec text", "segments"],
+)
+def test_torch_compile_takes_spec_text_and_run_time_data(pattern, segments):
+    def layer(q, k, v):
+        return maskir.attention(q, k, v, pattern, segments=segments, backend="reference").sum()
+
+    _check_compiled_layer(layer, *qkv(requires_grad=True))
+
+
+def test_the_trace_time_build_is_marked_as_torch_compiler_marks_a_constant_result():
+    from maskir.runtime.api import _build_while_tracing
+
+    def marked():
+        pass
+
+    torch.compiler.assume_constant_result(marked)
+    assert set(vars(marked)) == {"_dynamo_marked_constant"}
+    assert _build_while_tracing._dynamo_marked_constant is marked._dynamo_marked_constant
+
+
+def test_torch_compile_builds_a_plan_per_sequence_length():
+    """Sizes are specialised, never symbolic: each length gets its own plan and graph."""
+    layer = torch.compile(
+        lambda q, k, v: maskir.attention(q, k, v, Window(5, 0), backend="reference"), fullgraph=True, backend="eager"
+    )
+    for n in (32, 48, 64):
+        q, k, v = qkv(n=n)
+        torch.testing.assert_close(layer(q, k, v), maskir.attention(q, k, v, Window(5, 0), backend="reference"))
+
+
+def test_torch_compile_reports_a_pattern_the_canvas_cannot_hold():
+    layer = torch.compile(
+        lambda q, k, v: maskir.attention(q, k, v, Neighborhood(9), (8, 8), backend="reference"), fullgraph=True
+    )
+    with pytest.raises(Exception, match=r"Neighborhood\(9\): kernel \* dilation = 9 exceeds the canvas extent 8"):
+        layer(*qkv())
 
 
 @pytest.mark.parametrize(
@@ -201,16 +245,6 @@ def test_torch_compile_keeps_working_after_the_memo_evicts_its_entry(monkeypatch
     for width in range(6, 10):  # other configurations push Window(5, 0) out of the LRU memo
         maskir.attention(q, k, v, Window(width, 0), backend="reference")
     torch.testing.assert_close(compiled(q, k, v), expected)
-
-
-def test_spec_text_inside_torch_compile_says_to_parse_outside():
-    def layer(q, k, v):
-        return maskir.attention(q, k, v, "Window(7, 0)", backend="reference").sum()
-
-    q, k, v = qkv()
-    layer(q, k, v)
-    with pytest.raises(Exception, match="maskir.parse"):
-        torch.compile(layer, fullgraph=True, backend="aot_eager")(q, k, v)
 
 
 def test_a_score_mod_tensor_that_requires_grad_is_refused_while_grad_is_on():

@@ -1,5 +1,6 @@
 """The spec language: text reads back to the pattern it came from, anything outside the whitelist is a
-SpecError pointing at its column, nothing is ever evaluated, and TOML spec files load into a Spec."""
+SpecError pointing at its column, nothing is ever evaluated, and TOML spec files load into a Spec. The
+tuple tree torch.compile hands to the trace-time build reads back too."""
 
 import ast
 import inspect
@@ -36,6 +37,8 @@ from maskir.ir import (
     Window,
     check_canvas,
     is_dynamic,
+    node_from_tree,
+    node_tree,
 )
 from maskir.spec import MAX_DEPTH, MAX_LENGTH, Spec, SpecError, load_spec, parse
 
@@ -117,6 +120,43 @@ def test_random_pattern_text_round_trips(canvas_pattern):
     _, pattern = canvas_pattern
     assert parse(str(pattern)) == pattern
     assert str(parse(str(pattern))) == str(pattern)
+
+
+@settings(max_examples=300)
+@given(canvas_and_pattern())
+def test_random_pattern_round_trips_through_its_tuple_tree(canvas_pattern):
+    """node_tree is the form torch.compile hands to the trace-time build (plain nested tuples)."""
+    _, pattern = canvas_pattern
+    assert node_from_tree(node_tree(pattern)) == pattern
+
+
+@pytest.mark.parametrize("pattern", [expected for _, expected in CATALOGUE], ids=str)
+def test_catalogue_pattern_round_trips_through_its_tuple_tree(pattern):
+    tree = node_tree(pattern)
+    assert node_from_tree(tree) == pattern
+    flat = [tree]
+    while flat:  # nothing but tuples, strings, numbers, None and (for Predicate) a callable
+        item = flat.pop()
+        if isinstance(item, tuple):
+            flat.extend(item)
+        else:
+            assert item is None or isinstance(item, (str, int, float)) or callable(item), item
+
+
+def test_predicate_round_trips_through_its_tuple_tree_with_the_same_callable():
+    def mask_mod(b, h, q, kv):
+        return q >= kv
+
+    pattern = Predicate(mask_mod) & Window(3, 0)
+    assert node_from_tree(node_tree(pattern)) == pattern
+
+
+@pytest.mark.parametrize(
+    "tree", [("maskir.node", "Popen", ()), ("other", "Window", (1, 0, None)), ("maskir.node", "__class__", ())]
+)
+def test_a_tree_naming_no_maskir_node_is_refused(tree):
+    with pytest.raises(ValueError, match="Not a maskir pattern tree"):
+        node_from_tree(tree)
 
 
 # -- the shared strategies -------------------------------------------------------------------------

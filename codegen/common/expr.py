@@ -240,6 +240,14 @@ def topo(root: Expr) -> list[Expr]:
     return order
 
 
+def numbered(root: Expr) -> list[tuple[Expr, tuple[int, ...]]]:
+    """``topo(root)``, each node with the positions of its arguments in that list: evaluating it indexes a
+    list and never hashes a node (torch.compile cannot hash an Expr while it traces a flex mask_mod)."""
+    order = topo(root)
+    position = {node: i for i, node in enumerate(order)}
+    return [(node, tuple(position[arg] for arg in node.args)) for node in order]
+
+
 def format_node(node: Expr, args: list[printer.Text]) -> printer.Text:
     """Python-like text of one node given its arguments' texts (``load(T, i, j)``, ``where(c, a, b)``)."""
     if node.op == "const":

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from maskir.canvas import Canvas
-from maskir.codegen.common.expr import Expr, TensorRef, topo
+from maskir.codegen.common.expr import Expr, TensorRef, numbered
 from maskir.codegen.common.lower import lower_predicate
 from maskir.ir import Pattern
 
@@ -93,18 +93,24 @@ def _load(data: torch.Tensor, ref: TensorRef, indices: list[Value]) -> torch.Ten
 def evaluate_torch(expr: Expr, env: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> Value:
     """The value of ``expr`` with variables from ``env`` (b, h, q, kv, score) and loads from ``tensors``
     (by name). Shared nodes are computed once."""
-    values: dict[Expr, Value] = {}
-    for node in topo(expr):
-        args = [values[arg] for arg in node.args]
+    return _evaluate(numbered(expr), env, tensors)
+
+
+def _evaluate(
+    steps: list[tuple[Expr, tuple[int, ...]]], env: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]
+) -> Value:
+    values: list[Value] = []
+    for node, positions in steps:
+        args = [values[i] for i in positions]
         if node.op == "const":
-            values[node] = node.value
+            values.append(node.value)
         elif node.op == "var":
-            values[node] = env[node.value]
+            values.append(env[node.value])
         elif node.op == "load":
-            values[node] = _load(tensors[node.value.name], node.value, args)
+            values.append(_load(tensors[node.value.name], node.value, args))
         else:
-            values[node] = TORCH_OPS[node.op](*args)
-    return values[expr]
+            values.append(TORCH_OPS[node.op](*args))
+    return values[-1]
 
 
 def _as_canvas(value, name: str) -> Canvas:
@@ -139,10 +145,11 @@ def to_mask_mod(
     if missing:
         raise ValueError(f"{pattern} reads run-time tensors {missing}: pass tensors={{name: tensor}} to to_mask_mod.")
     captured = {ref.name: torch.as_tensor(ref.data) for ref in expr.tensors() if ref.data is not None}
+    steps = numbered(expr)
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         loaded = {**given, **{name: data.to(q_idx.device) for name, data in captured.items()}}
-        allowed = evaluate_torch(expr, {"b": b, "h": h, "q": q_idx, "kv": kv_idx}, loaded)
+        allowed = _evaluate(steps, {"b": b, "h": h, "q": q_idx, "kv": kv_idx}, loaded)
         if isinstance(allowed, torch.Tensor):
             return allowed
         return q_idx.new_full((), allowed, dtype=torch.bool)
