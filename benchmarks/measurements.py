@@ -4,7 +4,8 @@ A line is one JSON object as in ``benchmarks/anchors/h100_flex_sdpa.jsonl``: ``p
 ``benchmarks/catalogue.py``), ``impl`` ("maskir", "flex", "sdpa_flash", ...), ``fwd_ms`` and/or
 ``fwdbwd_ms``, and optionally ``N``, ``H``, ``D``, ``B``, ``dtype``, ``device``. Missing shape fields take
 the anchors' values (N=16384, H=16, D=128, B=1, bf16, an H100 SXM). Each time in a line is one
-``Measurement``.
+``Measurement``. Lines without ``impl`` are other benchmarks' records (``cpu_backends.jsonl`` names a
+``backend`` on the CPU) and are not read.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def load(paths: list[Path]) -> list[Measurement]:
             if not line.strip():
                 continue
             raw = {**DEFAULTS, **json.loads(line)}
+            if "impl" not in raw:
+                continue
             for metric in METRICS:
                 if metric in raw:
                     found.append(

@@ -69,3 +69,19 @@ def test_data_dependent_rows_are_skipped_not_fitted(tmp_path):
     rows.write_text('{"pattern": "documents16", "impl": "flex", "N": 16384, "fwd_ms": 0.4}\n')
     fitted, skipped = load_rows([rows], "flex")
     assert fitted == [] and "data-dependent" in skipped[0]
+
+
+def test_records_of_other_benchmarks_are_not_read_as_timings(tmp_path):
+    """cpu_backends.jsonl rows name a CPU backend, not an impl; they must not pass for H100 times."""
+    rows = tmp_path / "mixed.jsonl"
+    rows.write_text(
+        '{"pattern": "causal", "backend": "tvm", "fwd_ms": 20.0}\n'
+        '{"pattern": "causal", "impl": "flex", "N": 16384, "fwd_ms": 2.7}\n'
+    )
+    fitted, skipped = load_rows([rows], "flex")
+    assert [row.measured.ms for row in fitted] == [2.7] and skipped == []
+
+
+def test_the_fit_runs_on_the_repository_s_own_results(capsys):
+    assert main([]) == 0
+    assert "## Fit of flex" in capsys.readouterr().out
