@@ -3,10 +3,10 @@
 For every configuration of the benchmark suite (bf16, head dim 128, 16 heads, the planner's plan; the
 data-dependent entries with meta tensors for their segment ids / routing map) the forward and backward
 kernels are compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``; each must fit the
-per-block shared memory (232448 B) and spill no registers (``ptxas -v``); a kernel whose program owns
-at least 64 rows must run its matrix products on Hopper's warpgroup MMA (``wgmma`` in the PTX, which needs
-M >= 64; with fewer rows, e.g. dK/dV over 32-wide kv tiles, Triton uses ``mma.sync``, shown in the
-table). ``triton.jit`` gives interpreter
+per-block shared memory (232448 B) and spill no registers (``ptxas -v``); a kernel whose products all
+have at least 64 rows must run them on Hopper's warpgroup MMA (``wgmma`` in the PTX, which needs M >= 64;
+with fewer, Triton uses ``mma.sync``, shown in the table; dK/dV over 32-wide kv tiles reaches 64 through
+swapAB, ``configs.KernelConfig``). ``triton.jit`` gives interpreter
 functions when ``TRITON_INTERPRET=1`` (set by conftest on CPU), so this file runs itself as a subprocess
 without it: ``python tests/test_sm90_compile.py [--check] [config ...]`` prints the table (``--check``:
 exit non-zero if a kernel does not fit). CI also runs that with triton 3.6, the GPU machines' version.
@@ -90,7 +90,7 @@ def test_suite_kernels_fit_sm90_without_spills(reports, config):
 
 
 def not_on_wgmma(rows: list[KernelReport]) -> list[KernelReport]:
-    """Kernels with matrix products over >= 64 rows (so wgmma can run them) that do not use wgmma."""
+    """Kernels whose matrix products all have >= 64 rows (so wgmma can run them) that do not use wgmma."""
     return [r for r in rows if r.kernel.split()[0] in MATMUL_KERNELS and r.rows >= 64 and r.tensor_core != "wgmma"]
 
 
@@ -135,4 +135,4 @@ if __name__ == "__main__":
     if "--check" in args and not all(r.ok for r in found):
         sys.exit("some kernels spill or exceed the shared memory limit (rows marked NO)")
     if "--check" in args and not_on_wgmma(found):
-        sys.exit("some kernels over >= 64 rows do not use wgmma for their matrix products (mma column)")
+        sys.exit("some kernels whose products have >= 64 rows do not use wgmma for their matrix products (mma column)")

@@ -35,7 +35,7 @@ from maskir.canvas import Canvas
 from maskir.codegen.common.evaluate import evaluate
 from maskir.codegen.common.score_grad import score_derivative
 from maskir.codegen.common.score_mod import trace_score_mod
-from maskir.codegen.triton.configs import KernelConfig, LaunchOptions
+from maskir.codegen.triton.configs import KernelConfig, LaunchOptions, choose_config
 from maskir.codegen.triton.emit import generate_source
 from maskir.codegen.triton.launch import TritonAttention
 from maskir.ir import (
@@ -155,13 +155,31 @@ def test_head_dims_including_padded(tmp_path, head_dim):
     check(run(case, plan(case.pattern, Canvas(case.shape), heads=2), tmp_path, head_dim=head_dim), torch.float32)
 
 
-def test_split_tiles_and_chunked_steps(tmp_path):
-    """GPU configurations may split a tile among programs and step through the other side in chunks."""
+@pytest.mark.parametrize("swap_ab", [False, True], ids=["kv-major dK/dV", "swapAB dK/dV"])
+def test_split_tiles_and_chunked_steps(tmp_path, swap_ab):
+    """GPU configurations may split a tile among programs and step through the other side in chunks; the
+    dK/dV step may work on [q, kv] tiles (accumulating dK^T, dV^T) instead of [kv, q]."""
     case = Case(Window(20, 5) | Sink(3), (100,))
     single = LaunchOptions(num_warps=4, num_stages=1)
-    config = KernelConfig(16, 16, 16, 16, 16, 16, 16, single, single, single, single)
+    config = KernelConfig(16, 16, 16, 16, 16, 16, 16, swap_ab, single, single, single, single)
     planned = plan(case.pattern, Canvas(case.shape), heads=2, block_q=32, block_kv=32)
     check(run(case, planned, tmp_path, config=config), torch.float32)
+
+
+@pytest.mark.parametrize(
+    "block_kv, dtype, capability, swapped",
+    [
+        (32, torch.bfloat16, (9, 0), True),  # kv rows below wgmma's M = 64: swapAB
+        (64, torch.bfloat16, (9, 0), False),
+        (32, torch.float32, (9, 0), False),  # tf32 wgmma reads no transposed operands
+        (32, torch.bfloat16, (8, 0), False),  # no wgmma before Hopper
+    ],
+)
+def test_dkdv_swaps_ab_where_kv_tiles_are_too_narrow_for_wgmma(block_kv, dtype, capability, swapped):
+    config = choose_config(64, block_kv, 128, dtype, interpret=False, capability=capability)
+    assert config.dkdv_swap_ab is swapped
+    if swapped:  # M of S and dP is the q chunk: a full 64 of them
+        assert config.dkdv_chunk_m == 64
 
 
 @pytest.mark.parametrize(
@@ -193,9 +211,11 @@ def test_score_mod_alibi(tmp_path):
     check(run(case, plan(case.pattern, Canvas(case.shape), heads=2), tmp_path, score_mod=alibi), torch.float32)
 
 
-def test_score_mod_softcap_gradient_uses_its_derivative(tmp_path):
+@pytest.mark.parametrize("block_kv", [32, 64], ids=["swapAB dK/dV", "kv-major dK/dV"])
+def test_score_mod_softcap_gradient_uses_its_derivative(tmp_path, block_kv):
     case = Case(Window(16, 16), (96,))
-    check(run(case, plan(case.pattern, Canvas(case.shape), heads=2), tmp_path, score_mod=softcap), torch.float32)
+    planned = plan(case.pattern, Canvas(case.shape), heads=2, block_q=64, block_kv=block_kv)
+    check(run(case, planned, tmp_path, score_mod=softcap), torch.float32)
 
 
 BIAS = torch.linspace(-1.0, 1.0, 7)

@@ -47,7 +47,7 @@ class KernelReport:
     seconds: float
     shared_limit: int
     tensor_core: str = "none"  # the MMA instructions in the PTX (``tensor_core_kind``)
-    rows: int = 0  # rows of the program's own tile (the M of its products; wgmma needs M >= 64)
+    rows: int = 0  # the smallest M among the kernel's products (``product_rows``; wgmma needs M >= 64)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +136,14 @@ _ROWS = {"_fwd": "FWD_ROWS", "_bwd_preprocess": "PREPROCESS_ROWS", "_bwd_dq": "D
 """The constexpr holding each kernel's rows per program."""
 
 
+def product_rows(module: ModuleType, name: str) -> int:
+    """The smallest M of kernel ``name``'s matrix products: its rows per program, except a swapAB dK/dV
+    step, whose products have the q chunk (S, dP) or the head dim (dK^T, dV^T) as M."""
+    if name == "_bwd_dkdv" and module.DKDV_SWAP_AB:
+        return min(int(module.DKDV_CHUNK_M), int(module.HEAD_DIM_PAD))
+    return int(getattr(module, _ROWS[name]))
+
+
 def tensor_core_kind(ptx: str) -> str:
     """The tensor-core instructions in a kernel's PTX: "wgmma" (sm_90 warpgroup MMA only), "mma"
     (``mma.sync`` only), "wgmma+mma" (both: some product missed wgmma), or "none"."""
@@ -172,7 +180,7 @@ def check_module(
                 round(time.perf_counter() - started, 3),
                 SHARED_MEMORY_BYTES[capability],
                 tensor_core_kind(compiled.asm["ptx"]),
-                int(getattr(module, _ROWS[name])),
+                product_rows(module, name),
             )
         )
     return reports

@@ -21,6 +21,8 @@ HEAVY_PAIR_OPS = 16
 """Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 DKDV_ELEMENTS_FOR_8_WARPS = 64 * 128
 """dK/dV programs whose rows x head dim reach this use 8 warps (each accumulator then ~64 registers)."""
+WGMMA_MIN_M = 64
+"""Hopper's wgmma multiplies M >= 64 rows (a warpgroup's 4 x 16); narrower products fall back to mma.sync."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class KernelConfig:
 
     ``*_chunk_*``: positions of the other side per inner step; ``*_rows``: rows of its own tile one program
     owns (a tile of BLOCK rows is shared by BLOCK // rows programs that walk the same list).
+    ``dkdv_swap_ab``: the dK/dV step multiplies [q, kv] tiles and accumulates dK^T, dV^T (FlashAttention-3's
+    swapAB), so that kv tiles narrower than ``WGMMA_MIN_M`` still run every product on wgmma.
     """
 
     fwd_chunk_n: int
@@ -46,6 +50,7 @@ class KernelConfig:
     fwd_rows: int
     dq_rows: int
     dkdv_rows: int
+    dkdv_swap_ab: bool
     fwd: LaunchOptions
     preprocess: LaunchOptions
     dq: LaunchOptions
@@ -82,10 +87,11 @@ def choose_config(
     """
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}.")
-    if interpret:
+    if interpret:  # whole tiles; swapAB below WGMMA_MIN_M as on sm_90 (16-bit): the interpreter tests both steps
         single = LaunchOptions(num_warps=4, num_stages=1)
+        swap = block_kv < WGMMA_MIN_M
         return KernelConfig(
-            block_kv, block_kv, block_q, block_q, block_q, block_q, block_kv, single, single, single, single
+            block_kv, block_kv, block_q, block_q, block_q, block_q, block_kv, swap, single, single, single, single
         )
     fp32 = dtype == torch.float32
     row_bytes = head_dim_pad * (4 if fp32 else 2)
@@ -94,6 +100,9 @@ def choose_config(
     stages = 2 if heavy or capability[0] < 9 else 3
     fwd_rows = dq_rows = _chunk(block_q, 32 if heavy and fp32 else 128)
     dkdv_rows = _chunk(block_kv, 32 if heavy else 128)
+    # swapAB puts the q chunk in M of S and dP: a chunk of WGMMA_MIN_M q positions keeps those on wgmma too.
+    # 16-bit only: wgmma reads transposed operands of 16-bit types (fp32 Swin dK/dV spilled 3.5 KB with it)
+    swap = capability[0] >= 9 and dkdv_rows < WGMMA_MIN_M and not heavy and not fp32
 
     def warps(rows: int) -> int:
         return 8 if rows >= 128 or heavy or fp32 else 4
@@ -105,11 +114,12 @@ def choose_config(
     return KernelConfig(
         fwd_chunk_n=_chunk(block_kv, 32 if narrow else 64 if row_bytes > 128 or fp32 else 128),
         dq_chunk_n=_chunk(block_kv, 16 if narrow else 32),
-        dkdv_chunk_m=_chunk(block_q, 16 if narrow else 32),
+        dkdv_chunk_m=_chunk(block_q, WGMMA_MIN_M if swap else 16 if narrow else 32),
         preprocess_rows=32 if heavy else 64,
         fwd_rows=fwd_rows,
         dq_rows=dq_rows,
         dkdv_rows=dkdv_rows,
+        dkdv_swap_ab=swap,
         # a pair-indexed load (routing map, bias table) holds [rows, chunk] 64-bit pointers: at 4 warps the
         # forward of routing_top8 spilled (255 registers) once its tile gate was added (triton 3.9)
         fwd=LaunchOptions(num_warps=8 if pair_loads else warps(fwd_rows), num_stages=stages),

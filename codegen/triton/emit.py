@@ -226,7 +226,7 @@ def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, con
     lines += [
         f"# target: {'Triton interpreter (CPU)' if interpret else 'GPU'}; rows x steps per program: "
         f"fwd {config.fwd_rows} q x {config.fwd_chunk_n} kv, dQ {config.dq_rows} q x {config.dq_chunk_n} kv, "
-        f"dK/dV {config.dkdv_rows} kv x {config.dkdv_chunk_m} q.",
+        f"dK/dV {config.dkdv_rows} kv x {config.dkdv_chunk_m} q{' (swapAB)' if config.dkdv_swap_ab else ''}.",
         "#",
         "# Sub notation for this kernel:",
         "#   Q, K, V: [B, H, N, D] inputs (K, V with N_KV_HEADS heads); O: output; LSE: [B, H, N_q] log-sum-exp",
@@ -263,6 +263,7 @@ def _constexprs(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int,
         ("DQ_SPLIT", plan.block_q // config.dq_rows, "dQ programs per q tile"),
         ("DKDV_ROWS", config.dkdv_rows, "kv rows per dK/dV program"),
         ("DKDV_SPLIT", plan.block_kv // config.dkdv_rows, "dK/dV programs per kv tile"),
+        ("DKDV_SWAP_AB", config.dkdv_swap_ab, "dK/dV on [q, kv] tiles, accumulating dK^T, dV^T (M >= 64)"),
         ("PREPROCESS_ROWS", config.preprocess_rows, "rows per program of _bwd_preprocess"),
         ("UPCAST", interpret and dtype != torch.float32, "cast tiles to fp32 before tl.dot (interpreter only)"),
         (
@@ -307,8 +308,16 @@ def _tensor_args(names: tuple[str, ...], dims: tuple[int, ...]) -> str:
 
 
 def _fill(template: str, **values: str) -> str:
-    """Substitute placeholders; a placeholder alone on a line whose value is empty drops the line."""
-    lines = [line for line in template.splitlines() if values.get(line.strip().removeprefix("$"), "-") != ""]
+    """Substitute placeholders; a placeholder alone on a line takes that line's indentation (an empty value
+    drops the line)."""
+    lines = []
+    for line in template.splitlines():
+        name = line.strip().removeprefix("$")
+        if line.strip().startswith("$") and name in values:
+            indent = line[: len(line) - len(line.lstrip())]
+            lines += [indent + value_line for value_line in values[name].splitlines()]
+        else:
+            lines.append(line)
     text = "\n".join(lines) + "\n"
     while "$" in text:
         text = Template(text).substitute(values)

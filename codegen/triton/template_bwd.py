@@ -47,7 +47,7 @@ def _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head
     p = tl.math.exp2(s - lse2[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
-$score_grad
+    $score_grad
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
 
@@ -103,22 +103,35 @@ def _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_he
                IS_FULL_TILE: tl.constexpr):
     """dK (without the scale) += dS^T Q and dV += P^T dO over DKDV_CHUNK_M q positions from ``first_q``.
 
-    Works on transposed [kv, q] tiles. Padding kv slots need no mask here: their rows are never stored.
+    Works on transposed [kv, q] tiles, so every product has M = DKDV_ROWS. With DKDV_SWAP_AB (kv rows
+    too few for wgmma's M >= 64) it works on [q, kv] tiles and keeps dK^T, dV^T [HEAD_DIM_PAD, DKDV_ROWS]:
+    M is DKDV_CHUNK_M or the head dim instead. Padding kv slots need no mask: their rows are never stored.
     """
     q_tok, q_valid = _tile_tokens(first_q, n_q, Q_TOKENS, DKDV_CHUNK_M, Q_GATHER)
     q = _load_rows(Q_head, q_tok, q_valid, stride_qn)
     do = _load_rows(DO_head, q_tok, q_valid, stride_don)
     lse2 = _load_lse2(LSE_head, q_tok, q_valid)
     delta = tl.load(DELTA_head + q_tok, mask=q_valid, other=0.0)
-    qk = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-    q_idx, kv_idx = q_tok[None, :], kv_tok[:, None]
-    s = _scores(qk, b, h, q_idx, kv_idx, kv_valid[:, None], sm_scale$tensor_args, PART, IS_FULL_TILE, False)
-    p = tl.math.exp2(s - lse2[None, :])
-    dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
-    dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    ds = p * (dp - delta[None, :])
-$score_grad
-    dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
+    if DKDV_SWAP_AB:
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        q_idx, kv_idx = q_tok[:, None], kv_tok[None, :]
+        s = _scores(qk, b, h, q_idx, kv_idx, kv_valid[None, :], sm_scale$tensor_args, PART, IS_FULL_TILE, False)
+        p = tl.math.exp2(s - lse2[:, None])
+        dv += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        $score_grad
+        dk += tl.dot(tl.trans(q), ds.to(q.dtype), input_precision=DOT_PRECISION)
+    else:
+        qk = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        q_idx, kv_idx = q_tok[None, :], kv_tok[:, None]
+        s = _scores(qk, b, h, q_idx, kv_idx, kv_valid[:, None], sm_scale$tensor_args, PART, IS_FULL_TILE, False)
+        p = tl.math.exp2(s - lse2[None, :])
+        dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[None, :])
+        $score_grad
+        dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -139,8 +152,12 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, 
     k = _load_rows(K + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh, kv_tok, kv_valid, stride_kn)
     v = _load_rows(V + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh, kv_tok, kv_valid, stride_vn)
 
-    dk = tl.zeros([DKDV_ROWS, HEAD_DIM_PAD], tl.float32)
-    dv = tl.zeros([DKDV_ROWS, HEAD_DIM_PAD], tl.float32)
+    if DKDV_SWAP_AB:  # dK^T, dV^T
+        dk = tl.zeros([HEAD_DIM_PAD, DKDV_ROWS], tl.float32)
+        dv = tl.zeros([HEAD_DIM_PAD, DKDV_ROWS], tl.float32)
+    else:
+        dk = tl.zeros([DKDV_ROWS, HEAD_DIM_PAD], tl.float32)
+        dv = tl.zeros([DKDV_ROWS, HEAD_DIM_PAD], tl.float32)
     for member in range(GQA_GROUP):
         h = kv_head * GQA_GROUP + member
         group = tl.load(HEAD_TABLE + h)
@@ -168,10 +185,13 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, 
                                     stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
                                     IS_FULL_TILE=False)
     # -- epilogue --
+    if DKDV_SWAP_AB:
+        dk = tl.trans(dk)
+        dv = tl.trans(dv)
     DK_head = DK + b.to(tl.int64) * stride_dkb + kv_head.to(tl.int64) * stride_dkh
     DV_head = DV + b.to(tl.int64) * stride_dvb + kv_head.to(tl.int64) * stride_dvh
     _store_rows(DK_head, kv_tok, kv_valid, stride_dkn, dk * sm_scale)
     _store_rows(DV_head, kv_tok, kv_valid, stride_dvn, dv)
 '''
 
-SCORE_GRAD = "    ds = ds * _score_mod_grad(qk * sm_scale, b, h, q_idx, kv_idx$tensor_args)"
+SCORE_GRAD = "ds = ds * _score_mod_grad(qk * sm_scale, b, h, q_idx, kv_idx$tensor_args)"

@@ -71,7 +71,7 @@ def _scores(qk, b, h, q, kv, kv_valid, sm_scale$tensor_args, PART: tl.constexpr,
     q, kv (original tokens) and kv_valid broadcast against qk in either orientation ([M, N] or [N, M]).
     FULL tiles skip the predicate; only padding slots (KV_PADDED) are masked there.
     """
-$score_line
+    $score_line
     if not IS_FULL_TILE:
         s = tl.where(_part_allowed(b, h, q, kv$tensor_args, PART) & kv_valid, s, float("-inf"))
     elif KV_PADDED:
@@ -79,5 +79,5 @@ $score_line
     return s
 '''
 
-SCORE_PLAIN = "    s = qk * (sm_scale * LOG2E)"
-SCORE_MODDED = "    s = _score_mod(qk * sm_scale, b, h, q, kv$tensor_args) * LOG2E"
+SCORE_PLAIN = "s = qk * (sm_scale * LOG2E)"
+SCORE_MODDED = "s = _score_mod(qk * sm_scale, b, h, q, kv$tensor_args) * LOG2E"
