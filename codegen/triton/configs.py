@@ -77,6 +77,7 @@ def choose_config(
     capability: tuple[int, int] = (9, 0),
     pair_loads: int = 0,
     pair_ops: int = 0,
+    swap_ab: bool | None = None,
 ) -> KernelConfig:
     """The configuration for plan tiles ``block_q`` x ``block_kv`` and a (power of two) padded head dim.
 
@@ -84,6 +85,8 @@ def choose_config(
     Each holds a [rows, chunk] tensor of 64-bit pointers, so such kernels step in narrower chunks.
     ``pair_ops``: operations of the largest predicate/score_mod on [rows, chunk] tensors; above
     ``HEAVY_PAIR_OPS`` the live temporaries need narrower chunks too (radial: 31 ops spilled at 32 wide).
+    ``swap_ab``: force the dK/dV step's orientation on the GPU (None: swapAB where kv rows < WGMMA_MIN_M;
+    ``benchmarks/ab_swap.py`` times both).
     """
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}.")
@@ -102,7 +105,7 @@ def choose_config(
     dkdv_rows = _chunk(block_kv, 32 if heavy else 128)
     # swapAB puts the q chunk in M of S and dP: a chunk of WGMMA_MIN_M q positions keeps those on wgmma too.
     # 16-bit only: wgmma reads transposed operands of 16-bit types (fp32 Swin dK/dV spilled 3.5 KB with it)
-    swap = capability[0] >= 9 and dkdv_rows < WGMMA_MIN_M and not heavy and not fp32
+    swap = capability[0] >= 9 and dkdv_rows < WGMMA_MIN_M and not heavy and not fp32 if swap_ab is None else swap_ab
 
     def warps(rows: int) -> int:
         return 8 if rows >= 128 or heavy or fp32 else 4
