@@ -69,11 +69,15 @@ def _scores(qk, b, h, q, kv, kv_valid, sm_scale$tensor_args, PART: tl.constexpr,
     """Softmax input in log2 units, -inf where a pair is not allowed.
 
     q, kv (original tokens) and kv_valid broadcast against qk in either orientation ([M, N] or [N, M]).
-    FULL tiles skip the predicate; only padding slots (KV_PADDED) are masked there.
+    FULL tiles skip the predicate; padding slots are masked only where there are some (KV_PADDED: the dK/dV
+    step passes False, its padding kv rows are never stored).
     """
     $score_line
     if not IS_FULL_TILE:
-        s = tl.where(_part_allowed(b, h, q, kv$tensor_args, PART) & kv_valid, s, float("-inf"))
+        allowed = _part_allowed(b, h, q, kv$tensor_args, PART)
+        if KV_PADDED:
+            allowed = allowed & kv_valid
+        s = tl.where(allowed, s, float("-inf"))
     elif KV_PADDED:
         s = tl.where(kv_valid, s, float("-inf"))
     return s
