@@ -9,6 +9,7 @@ goes through a file and importlib because ``@triton.jit`` reads the source of wh
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -18,18 +19,23 @@ import numpy as np
 import pytest
 import torch
 import triton  # noqa: F401 (conftest has set TRITON_INTERPRET before this import when there is no GPU)
+from hypothesis import given, settings
+from strategies import canvas_and_pattern
 from test_lowering import BATCH, C1, C2, C3, HEADS, checkerboard, run_time_data, same_document
 from test_score_mod import SCORE_MODS, alibi, bucketed_per_head, masked_by_keep_and_length, soft_cap
 
 from maskir.canvas import Canvas
 from maskir.codegen.common import expr as E  # noqa: N812
+from maskir.codegen.common.evaluate import evaluate
+from maskir.codegen.common.expr import topo
 from maskir.codegen.common.lower import lower_predicate
 from maskir.codegen.common.score_mod import trace_score_mod
-from maskir.codegen.triton.render import render_triton, render_triton_function, tensor_args
+from maskir.codegen.triton.render import range_checks, render_triton, render_triton_function, tensor_args
 from maskir.ir import (
     Blocks,
     Causal,
     Dilated,
+    Distance,
     Full,
     Global,
     Neighborhood,
@@ -119,6 +125,7 @@ MASK_CASES = [
     (Blocks((2, 3), offset=(1, 0)), C2, None),
     (Neighborhood(3, dilation=(2, 1), stride=(1, 2), causal=(True, False)), C2, None),
     (Neighborhood(2, dilation=(1, 2, 2), causal=(True, False, True)), C3, None),
+    ((Distance(0, 1, 3) & Window(2, 2, dim=1)) | (Distance(0, 0, 1) & Window(0, 0, dim=1)), C2, None),
     (Global(tuple(range(0, 36, 3))), C1, None),
     (Segments() & Causal(), C1, None),
     (Routing(8, 2), Canvas(20), Canvas(33)),
@@ -232,10 +239,39 @@ def test_rendered_function_computes_shared_parts_once():
         def _allowed(b, h, q, kv, segments_kv_ptr, segments_kv_stride0, segments_kv_stride1, segments_q_ptr, segments_q_stride0, segments_q_stride1):
             e0 = tl.load(segments_q_ptr + b * segments_q_stride0 + q * segments_q_stride1, mask=(q >= 0) & (q < 37), other=0).to(tl.int32)
             e1 = tl.load(segments_kv_ptr + b * segments_kv_stride0 + kv * segments_kv_stride1, mask=(kv >= 0) & (kv < 37), other=0).to(tl.int32)
-            e2 = tl.minimum(tl.maximum(q, 1), 35)
-            return (e0 == e1) & (e2 - 1 <= kv) & (kv <= e2 + 1)
+            return ((kv - (tl.minimum(tl.maximum(q, 1), 35) - 1)).to(tl.uint32, bitcast=True) <= 2) & (e0 == e1)
         """
     )
+
+
+@settings(max_examples=200)
+@given(canvas_and_pattern())
+def test_range_checks_keep_the_predicate_s_value(canvas_pattern):
+    """Pairs of bounds become in_range nodes without changing any (b, h, q, kv) value."""
+    canvas, pattern = canvas_pattern
+    expr = lower_predicate(pattern, canvas)
+    segments, _, block_map = run_time_data(canvas, canvas, pattern)
+    tables = {"segments_q": segments[0], "segments_kv": segments[1], "routing_map": block_map}
+    q, kv = np.arange(-1, canvas.size)[:, None], np.arange(-1, canvas.size)[None, :]  # -1: a padding slot
+    for b, h in itertools.product(range(BATCH), range(HEADS)):
+        env = {"b": b, "h": h, "q": q, "kv": kv, **tables}
+        np.testing.assert_array_equal(evaluate(range_checks(expr), env), evaluate(expr, env))
+
+
+@pytest.mark.parametrize(
+    "expr, ranges",
+    [
+        ((Q - 3 <= KV) & (KV <= Q), [(KV, Q - 3, 3)]),  # a causal window: kv in [q - 3, q]
+        ((KV < Q + 2) & (KV > Q - 2), [(KV, Q - 1, 2)]),  # strict bounds move their constants
+        ((Q >= 2) & ((Q < 4) & KV.eq(Q)), [(Q, E.const(2), 1)]),  # found through nested &
+        ((Q - 3 <= KV) & (KV <= Q - 4), []),  # an empty range is left alone
+        ((Q <= KV) & (KV <= 2 * Q), []),  # a width that is not constant
+    ],
+    ids=["window", "strict", "nested", "empty", "variable width"],
+)
+def test_range_checks_pair_a_lower_and_an_upper_bound_of_one_value(expr, ranges):
+    found = [(n.args[0], n.args[1], n.value) for n in topo(range_checks(expr)) if n.op == "in_range"]
+    assert found == ranges
 
 
 def test_tensor_args_list_pointer_and_strides_sorted_by_name():

@@ -95,6 +95,9 @@ def evaluate(expr: Expr, env: Mapping[str, Any]) -> np.ndarray:
                 value = np.asarray(env[node.value], dtype=_DTYPE[node.dtype])
             elif node.op == "load":
                 value = _load(node.value, _table(node.value, env), [values[a] for a in node.args])
+            elif node.op == "in_range":
+                offset = values[node.args[0]] - values[node.args[1]]
+                value = (offset >= 0) & (offset <= node.value)
             else:
                 value = np.asarray(_OPS[node.op](*(values[a] for a in node.args)), dtype=_DTYPE[node.dtype])
             values[node] = value

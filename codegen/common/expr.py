@@ -256,6 +256,8 @@ def format_node(node: Expr, args: list[printer.Text]) -> printer.Text:
         return node.value, printer.ATOM
     if node.op == "load":
         return printer.call("load", [(node.value.name, printer.ATOM), *args])
+    if node.op == "in_range":
+        return printer.call("in_range", [*args, printer.constant(node.value)])
     if node.op in printer.INFIX:
         return printer.infix(node.op, args)
     if node.op in printer.PREFIX:
@@ -668,6 +670,20 @@ def cos(a: Operand) -> Expr:
     return _unary_float("cos", a)
 
 
+def in_range(x: Operand, low: Operand, width: int) -> Expr:
+    """low <= x <= low + width on ints, ``width`` >= 0 a constant (the node's value).
+
+    A backend may test it as one unsigned compare of x - low; the Triton renderer makes these nodes from
+    pairs of bounds (``codegen.triton.render.range_checks``) and no other backend sees one.
+    """
+    x, low = _numeric("in_range", x, low)
+    if _join(x, low) != "int" or not isinstance(width, int) or width < 0:
+        raise TypeError(f"in_range needs int operands and a width >= 0, got {x}, {low}, {width!r}.")
+    if x.is_const and low.is_const:
+        return const(0 <= x.value - low.value <= width)
+    return _make("in_range", (x, low), "bool", width)
+
+
 BUILDERS: dict[str, Callable[..., Expr]] = {
     "add": add,
     "sub": sub,
@@ -707,6 +723,8 @@ def rebuild(node: Expr, args: tuple[Expr, ...]) -> Expr:
     """``node`` with new arguments, through its builder (so folding applies again)."""
     if node.op == "load":
         return load(node.value, *args)
+    if node.op == "in_range":
+        return in_range(*args, node.value)
     if not args:
         return node
     return BUILDERS[node.op](*args)

@@ -93,6 +93,73 @@ def scalar_bools_as_conditions(expr: Expr) -> Expr:
     return done[expr]
 
 
+_BOUNDS = {"le": (0, 1, 0), "lt": (0, 1, 1), "ge": (1, 0, 0), "gt": (1, 0, 1)}
+"""op -> (index of the smaller side, of the larger side, gap): small + gap <= large on ints."""
+
+
+def _bound(node: Expr) -> tuple[Expr, Expr, int] | None:
+    """An int comparison as (small, large, gap) with small + gap <= large, or None for anything else."""
+    if node.op not in _BOUNDS or any(a.dtype != "int" for a in node.args):
+        return None
+    small, large, gap = _BOUNDS[node.op]
+    return node.args[small], node.args[large], gap
+
+
+def _width(low: Expr, high: Expr) -> int | None:
+    """high - low when it is a constant (the same base plus constants), else None."""
+    if low.is_const and high.is_const:
+        return high.value - low.value
+    (low_base, low_offset), (high_base, high_offset) = E._offset(low), E._offset(high)
+    return high_offset - low_offset if low_base == high_base else None
+
+
+def _paired_bounds(conjuncts: list[Expr]) -> list[Expr]:
+    """The conjuncts with each pair lo <= x, x <= lo + w (w >= 0 a constant) replaced by in_range(x, lo, w).
+
+    Bound i bounds its larger side x from below (lo = small + gap); bound j its smaller side x from above
+    (hi = large - gap)."""
+    bounds = [_bound(c) for c in conjuncts]
+    out, used = [], set()
+    for i, lower in enumerate(bounds):
+        if i in used or lower is None:
+            continue
+        x, low = lower[1], E.add(lower[0], lower[2])
+        for j, upper in enumerate(bounds):
+            if j in used or j == i or upper is None or upper[0] != x:
+                continue
+            width = _width(low, E.sub(upper[1], upper[2]))
+            if width is not None and width >= 0:
+                out.append(E.in_range(x, low, width))
+                used |= {i, j}
+                break
+    return out + [c for k, c in enumerate(conjuncts) if k not in used]
+
+
+def range_checks(expr: Expr) -> Expr:
+    """An equal expression where each pair of int bounds on one value within a conjunction (lo <= x and
+    x <= lo + w, w >= 0 a constant; <, >, >= read as <=) is one ``in_range`` node, which Triton tests as
+    (x - lo) reinterpreted unsigned <= w: two tile-wide ops instead of three. Nested & are flattened
+    through nodes used once."""
+    uses = Counter(arg for node in topo(expr) for arg in node.args)
+    done: dict[Expr, Expr] = {}
+
+    def conjuncts(node: Expr, top: bool) -> list[Expr]:
+        if node.op == "and" and (top or uses[node] == 1):
+            return conjuncts(node.args[0], False) + conjuncts(node.args[1], False)
+        return [done[node]]
+
+    for node in topo(expr):
+        if node.op == "and":
+            parts = _paired_bounds(conjuncts(node, True))
+            result = parts[0]
+            for part in parts[1:]:
+                result = result & part
+            done[node] = result
+        else:
+            done[node] = E.rebuild(node, tuple(done[a] for a in node.args))
+    return done[expr]
+
+
 def _load(ref: TensorRef, indices: list[printer.Text], block: list[bool]) -> printer.Text:
     pointer = " + ".join(
         [f"{ref.name}_ptr"]
@@ -120,6 +187,9 @@ def _node_text(node: Expr, args: list[printer.Text], block: dict[Expr, bool]) ->
         return node.value, printer.ATOM
     if op == "load":
         return _load(node.value, args, [block[a] for a in node.args])
+    if op == "in_range":
+        difference = printer.infix("sub", args)[0]
+        return f"({difference}).to(tl.uint32, bitcast=True) <= {node.value}", printer.COMPARE
     if op in _TRUNCATING:
         like, symbol = _TRUNCATING[op]
         return printer.infix(like, args, symbol)
@@ -143,9 +213,9 @@ def _broadcastable(expr: Expr, text: str) -> str:
 
 
 def _prepare(expr: Expr) -> Expr:
-    """The passes before rendering: C-semantics division, then scalar bools kept as conditions."""
+    """The passes before rendering: C-semantics division, scalar bools kept as conditions, then range checks."""
     expr = lower_division(expr)
-    return scalar_bools_as_conditions(expr)
+    return range_checks(scalar_bools_as_conditions(expr))
 
 
 def render_triton(expr: Expr) -> str:
