@@ -159,9 +159,14 @@ def _memoised(
     backend: str,
 ) -> tuple[CompiledAttention, dict[str, torch.Tensor] | None]:
     """The compiled attention of this configuration (built on first use, kept in an LRU memo) and the
-    tensors its score_mod reads now."""
+    tensors its score_mod reads now.
+
+    Generated kernels depend on what the score_mod computes, not on the function object: a lambda made
+    anew on every call (in a module's forward) finds the kernels its first one built. The reference
+    backend calls the score_mod itself, so there the function is the key."""
     structure, captures = _traced_score_mod(score_mod, backend)
-    key = (pattern, canvas, kv_canvas, heads, kv_heads, head_dim, dtype, device.type, score_mod, backend, structure)
+    function = score_mod if backend == "reference" else None
+    key = (pattern, canvas, kv_canvas, heads, kv_heads, head_dim, dtype, device.type, function, backend, structure)
     compiled = _COMPILED.get(key)
     if compiled is None:
         compiled = compile(

@@ -221,6 +221,22 @@ def test_a_score_mod_that_builds_its_tensor_reuses_one_build():
     torch.testing.assert_close(out, expected.float(), atol=2e-3, rtol=0)
 
 
+def test_a_score_mod_made_anew_on_every_call_reuses_one_build_and_reads_its_own_tensor():
+    """A lambda written in a module's forward is a new function each call: one build, fresh tensors."""
+    from maskir.runtime import api
+
+    def forward(q, k, v, bias):
+        return maskir.attention(q, k, v, Window(5, 0), score_mod=lambda s, b, h, i, j: s + bias[j])
+
+    q, k, v = qkv()
+    before = {id(c) for c in api._COMPILED.values()}
+    for seed in range(3):
+        bias = torch.randn(64, generator=torch.Generator().manual_seed(seed))
+        expected = reference_attention(q, k, v, Window(5, 0), score_mod=lambda s, b, h, i, j: s + bias[j])  # noqa: B023
+        torch.testing.assert_close(forward(q, k, v, bias), expected.float(), atol=2e-3, rtol=0)
+    assert len({id(c) for c in api._COMPILED.values()} - before) == 1
+
+
 def test_the_reference_backend_runs_a_score_mod_maskir_cannot_trace():
     def softplus_bias(score, b, h, q_idx, kv_idx):
         return torch.nn.functional.softplus(score)
