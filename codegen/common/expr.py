@@ -404,7 +404,7 @@ def _binary(op: str, a: Operand, b: Operand) -> Expr:
     return _build(op, (a, b), dtype)
 
 
-def _offset(x: Expr) -> tuple[Expr, int]:
+def split_offset(x: Expr) -> tuple[Expr, int]:
     """An int x as (base, c) with x = base + c and c a constant (0 when x has no constant term)."""
     if x.op in ("add", "sub") and x.dtype == "int" and x.args[1].is_const:
         return x.args[0], x.args[1].value if x.op == "add" else -x.args[1].value
@@ -413,7 +413,7 @@ def _offset(x: Expr) -> tuple[Expr, int]:
 
 def _plus_constant(x: Expr, c: int) -> Expr:
     """x + c on ints with constants gathered: (y + 2) - 3 is y - 1."""
-    base, offset = _offset(x)
+    base, offset = split_offset(x)
     total = offset + c
     if total == 0:
         return base

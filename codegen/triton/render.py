@@ -109,7 +109,7 @@ def _width(low: Expr, high: Expr) -> int | None:
     """high - low when it is a constant (the same base plus constants), else None."""
     if low.is_const and high.is_const:
         return high.value - low.value
-    (low_base, low_offset), (high_base, high_offset) = E._offset(low), E._offset(high)
+    (low_base, low_offset), (high_base, high_offset) = E.split_offset(low), E.split_offset(high)
     return high_offset - low_offset if low_base == high_base else None
 
 
@@ -143,14 +143,19 @@ def range_checks(expr: Expr) -> Expr:
     uses = Counter(arg for node in topo(expr) for arg in node.args)
     done: dict[Expr, Expr] = {}
 
-    def conjuncts(node: Expr, top: bool) -> list[Expr]:
-        if node.op == "and" and (top or uses[node] == 1):
-            return conjuncts(node.args[0], False) + conjuncts(node.args[1], False)
-        return [done[node]]
+    def conjuncts(node: Expr) -> list[Expr]:
+        found, stack = [], list(node.args[::-1])
+        while stack:
+            item = stack.pop()
+            if item.op == "and" and uses[item] == 1:
+                stack += item.args[::-1]
+            else:
+                found.append(done[item])
+        return found
 
     for node in topo(expr):
         if node.op == "and":
-            parts = _paired_bounds(conjuncts(node, True))
+            parts = _paired_bounds(conjuncts(node))
             result = parts[0]
             for part in parts[1:]:
                 result = result & part
