@@ -128,7 +128,9 @@ def attention(
     call (well under a millisecond) so that what it reads now is used (a rebound name, a tensor it
     builds); hold a ``maskir.compile`` object to skip that. Under ``torch.compile(fullgraph=True)`` the
     kernels are planned and built while tracing (no eager call needed first; spec text and patterns
-    built inside the compiled function work) and the graph calls them through the ``maskir::`` ops.
+    built inside the compiled function work) and the graph calls them through the ``maskir::`` ops; a
+    score_mod there may read module-level tensors and numbers, not close over a tensor made inside the
+    compiled function (hold a ``maskir.compile`` object for that).
     """
     shapes = check_qkv(q, k, v, enable_gqa=enable_gqa)
     canvas = resolve_canvas(canvas, shapes.n_q, "canvas")

@@ -1,6 +1,7 @@
 """The ``maskir`` command line, its ASCII preview (maskir.viz) and the quickstart example."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,7 +169,7 @@ def test_save_mask_png_leaves_the_matplotlib_backend_alone(tmp_path):
     assert (tmp_path / "eye.png").stat().st_size > 0
 
 
-# -- the quickstart example ------------------------------------------------------------------------
+# -- the examples ----------------------------------------------------------------------------------
 
 
 def test_quickstart_example_runs(capsys):
@@ -179,6 +180,23 @@ def test_quickstart_example_runs(capsys):
     out = capsys.readouterr().out
     assert out.startswith("pattern: Neighborhood(7)  (parses back equal: True)")
     assert ascii_mask(reference_mask(quickstart.PATTERN, quickstart.CANVAS)) in out
+
+
+def test_compiled_block_example_trains_under_torch_compile_in_a_fresh_process(tmp_path):
+    """examples/compiled_block.py: fullgraph torch.compile builds the kernels while tracing; after three
+    SGD steps the compiled and the eager block give the same loss."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["MASKIR_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "compiled_block.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [float(word) for word in done.stdout.split("loss after training: ")[1].split(" vs ")]
+    assert len(done.stdout.splitlines()) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_plan_prints_blocks_layout_tiles_and_efficiency(capsys):
