@@ -300,7 +300,8 @@ def build_maskir(case: Case, inputs: Inputs) -> Impl:
         return compiled(inputs.q, inputs.k, inputs.v, **data)
 
     forward()
-    torch.cuda.synchronize()
+    if inputs.q.is_cuda:
+        torch.cuda.synchronize()
     layouts = "+".join(part.layout.name for part in compiled.plan.parts)
     extra = {
         "plan_ms": compiled.plan.plan_seconds * 1e3,

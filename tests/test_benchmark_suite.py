@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import suite
-from benchmarks.catalogue import cases
+from benchmarks.catalogue import case, cases
 
 ANCHORS = [
     # Rows of shared/anchors/h100_flex_sdpa.jsonl (N = 16384, H = 16, D = 128) and their allowed pairs.
@@ -109,3 +109,21 @@ def test_without_cuda_and_without_dry_run_the_suite_says_what_to_do(capsys):
         pytest.skip("a CUDA machine runs the suite for real")
     assert suite.main(["--only", "causal"]) == 2
     assert "--dry-run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["swa_causal_w1024", "documents16"])
+def test_an_entry_runs_through_maskir_and_compiled_flex_on_a_cpu(monkeypatch, name):
+    """The measuring flow of a GPU session (inputs with their run-time data, maskir's kernels, compiled
+    flex over to_mask_mod), on a CPU at the small size, forward only and untimed: both agree."""
+    monkeypatch.setattr(suite, "cuda_median_ms", lambda fn, warmup, iters: 0.0)
+    monkeypatch.setattr(suite, "DTYPE", torch.float32)
+    monkeypatch.setattr(suite, "HEADS", 2)
+    monkeypatch.setattr(suite, "HEAD_DIM", 32)
+    entry = case(name, "small")
+    inputs = suite.make_inputs(entry, torch.device("cpu"))
+    for tensor in (inputs.q, inputs.k, inputs.v):
+        tensor.requires_grad_(False)  # flex has no backward on a CPU
+    impls = [suite.build_maskir(entry, inputs), suite.build_flex(entry, inputs, iters=1)]
+    (ours,), (flex,) = (suite.results_of(impl, inputs, fwd_only=True) for impl in impls)
+    torch.testing.assert_close(ours, flex, atol=1e-5, rtol=0)
+    assert 0 < impls[1].extra["block_density"] < 1
