@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from string import Template
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ import torch
 import maskir
 from maskir.codegen.common.expr import Expr, TensorRef, topo
 from maskir.codegen.common.lowered import check_kernel_arguments, lower_plan
+from maskir.codegen.common.template import fill
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
 from maskir.codegen.triton.template_bwd import BACKWARD, SCORE_GRAD
@@ -307,23 +307,6 @@ def _tensor_args(names: tuple[str, ...], dims: tuple[int, ...]) -> str:
     return "".join(f", {name}_ptr" + "".join(f", {name}_stride{i}" for i in range(d)) for name, d in zip(names, dims))
 
 
-def _fill(template: str, **values: str) -> str:
-    """Substitute placeholders; a placeholder alone on a line takes that line's indentation (an empty value
-    drops the line)."""
-    lines = []
-    for line in template.splitlines():
-        name = line.strip().removeprefix("$")
-        if line.strip().startswith("$") and name in values:
-            indent = line[: len(line) - len(line.lstrip())]
-            lines += [indent + value_line for value_line in values[name].splitlines()]
-        else:
-            lines.append(line)
-    text = "\n".join(lines) + "\n"
-    while "$" in text:
-        text = Template(text).substitute(values)
-    return text
-
-
 def assemble_source(
     plan: Plan,
     functions: RenderedFunctions,
@@ -351,8 +334,8 @@ def assemble_source(
         *functions.allowed,
         _dispatch(len(functions.allowed), tensor_args),
         *([functions.score_mod, functions.score_mod_grad] if functions.score_mod else []),
-        _fill(HELPERS, **values),
-        _fill(FORWARD, **values),
-        _fill(BACKWARD, **values),
+        fill(HELPERS, values),
+        fill(FORWARD, values),
+        fill(BACKWARD, values),
     ]
     return "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"

@@ -13,16 +13,15 @@ in the dtypes of ``render.BUFFER_DTYPES``; the launcher converts them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from string import Template
 
 import torch
 
 import maskir
 from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan
+from maskir.codegen.common.template import fill
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
 from maskir.codegen.tvm.template import (
     COMMON_BUFFERS,
@@ -124,22 +123,6 @@ def _optional(expr: Expr | None, prefix: str, result: str, default: str) -> str:
     return f"{result} = {default}" if expr is None else _statements(expr, prefix, result)
 
 
-def _fill(template: str, values: dict[str, str]) -> str:
-    """Substitute placeholders; a placeholder alone on a line takes its indentation to every line of its value."""
-
-    def block(match: re.Match) -> str:
-        indent, name = match.group(1), match.group(2)
-        return "\n".join(indent + line for line in values[name].splitlines())
-
-    text = template
-    while "$" in text:
-        previous = None
-        while text != previous:  # blocks first, to a fixed point: a block may hold placeholders of its own
-            previous, text = text, re.sub(r"^( *)\$(\w+)$", block, text, flags=re.MULTILINE)
-        text = Template(text).substitute(values)
-    return text
-
-
 def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, target: str) -> str:
     heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
     kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
@@ -228,9 +211,9 @@ def generate_tvm_source(
         }
         walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
         functions += [
-            _fill(FORWARD, {**values, **walk_kv, "pair": FORWARD_PAIR}),
-            _fill(DQ, {**values, **walk_kv, "pair": DQ_PAIR}),
-            _fill(DKDV, {**values, **walk_q, "pair": DKDV_PAIR}),
+            fill(FORWARD, {**values, **walk_kv, "pair": FORWARD_PAIR}),
+            fill(DQ, {**values, **walk_kv, "pair": DQ_PAIR}),
+            fill(DKDV, {**values, **walk_q, "pair": DKDV_PAIR}),
         ]
     header = _header(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, target=target)
     source = header + "\n\n@I.ir_module\nclass Module:\n" + "\n".join(functions)
