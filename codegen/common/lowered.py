@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+import maskir
 from maskir.codegen.common.expr import Expr, TensorRef
 from maskir.codegen.common.lower import lower_predicate
 from maskir.codegen.common.score_grad import score_derivative
@@ -79,6 +80,17 @@ def check_kernel_arguments(
         raise ValueError(
             f"Key/value heads must evenly divide query heads, got heads_q={plan.heads}, heads_kv={kv_heads!r}."
         )
+
+
+def source_title(plan: Plan, *, head_dim: int, dtype_name: str, kv_heads: int) -> str:
+    """The first line of a generated module: maskir's version, the pattern on its canvases, dtype, head
+    dim and heads (each backend appends what it needs)."""
+    heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
+    kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
+    return (
+        f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
+        f"{dtype_name}, head_dim {head_dim}, {heads}"
+    )
 
 
 def lower_plan(plan: Plan, score_mod: Callable | None = None) -> LoweredPlan:

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import maskir
 from maskir.codegen.common.expr import Expr, TensorRef, topo
-from maskir.codegen.common.lowered import check_kernel_arguments, lower_plan
+from maskir.codegen.common.lowered import check_kernel_arguments, lower_plan, source_title
 from maskir.codegen.common.template import fill
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
@@ -205,12 +204,7 @@ def _tile_counts(plan: Plan, part_index: int) -> tuple[int, int, int]:
 
 
 def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, config: KernelConfig, interpret) -> str:
-    heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
-    kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
-    lines = [
-        f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
-        f"{DTYPE_NAMES[dtype]}, head_dim {head_dim}, {heads}",
-    ]
+    lines = [source_title(plan, head_dim=head_dim, dtype_name=DTYPE_NAMES[dtype], kv_heads=kv_heads)]
     for i, part in enumerate(plan.parts):
         full, partial, empty = _tile_counts(plan, i)
         per = "per head" if len(part.tables) == 1 else f"over {plan.heads} heads ({len(part.tables)} head groups)"

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-import maskir
 from maskir.codegen.common.expr import Expr
-from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan
+from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan, source_title
 from maskir.codegen.common.template import fill
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
 from maskir.codegen.tvm.template import (
@@ -124,12 +123,8 @@ def _optional(expr: Expr | None, prefix: str, result: str, default: str) -> str:
 
 
 def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, target: str) -> str:
-    heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
-    kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
-    lines = [
-        f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
-        f"{DTYPE_NAMES[dtype]}, head_dim {head_dim}, {heads}; TVM TensorIR for {target}",
-    ]
+    title = source_title(plan, head_dim=head_dim, dtype_name=DTYPE_NAMES[dtype], kv_heads=kv_heads)
+    lines = [f"{title}; TVM TensorIR for {target}"]
     for i, part in enumerate(plan.parts):
         lines.append(
             f"# part {i}: {part.pattern}, {plan.block_q}x{plan.block_kv} tiles, {part.layout.name} layout, "
