@@ -11,5 +11,6 @@ Pipeline, read top-down::
 ``expr.py`` defines the DAG and its builders, ``printer.py`` the operator text both ``str(expr)`` and the
 renderers use, ``division.py`` rewrites Python ``//`` ``%`` to C semantics for backends that divide that
 way (Triton), ``evaluate.py`` the numpy meaning of every op (tests, planner fallback), ``tables.py`` the
-host side every backend shares (tile tables as int32 tensors, call checks, the merge of plan parts).
+host side every backend shares (tile tables as int32 tensors, call checks, the merge of plan parts),
+``template.py`` the kernel-template filler both emitters use.
 """
