@@ -9,11 +9,20 @@ apart); maskir alone at 1M and 4M tokens, with 128 x 128 blocks and with its own
 launch pays; create_block_mask's time includes both directions too. Times are medians of ``--repeats``
 runs; maskir's memory is the peak traced by ``tracemalloc`` (numpy allocations) of one run with tables,
 create_block_mask's the peak RSS growth of a fresh process (torch allocates outside tracemalloc's view).
-Each row records the 1-minute load average, since other work on the machine slows the timings. Appends
-one JSON object per row to ``benchmarks/results/plan_speed_cpu.jsonl`` and prints a table.
+Each row records the 1-minute load average, since other work on the machine slows the timings.
+
+Data-dependent patterns plan per call: for the suite's ``documents16`` and ``routing_top8`` (16K tokens,
+16 heads, the suite's documents and routing choice), "maskir-per-call" times what a maskir call computes
+before its launches (run-time tensors and tile gates of both directions, ``CompiledAttention.tile_gates``;
+the static plan is built once) against create_block_mask over the same mask (``to_mask_mod``), which a
+flex user rebuilds for each new batch of documents or routing choice. Eager create_block_mask is skipped
+for the per-head routing mask (16 x N x N pairs at once).
+
+Appends one JSON object per row to ``benchmarks/results/plan_speed_cpu.jsonl`` and prints a table.
 
     python benchmarks/plan_speed.py                    # all rows; create_block_mask at 64K takes minutes
     python benchmarks/plan_speed.py --skip-flex-64k    # the quick version
+    python benchmarks/plan_speed.py --skip-per-call    # causal SWA only
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +51,46 @@ from maskir.planner import plan  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "plan_speed_cpu.jsonl"
 PATTERN = "swa_causal_w1024"
 WINDOW = 1024
+PER_CALL = ("documents16", "routing_top8")
+"""Data-dependent suite entries whose per-call planning is timed (16K tokens, B=1, H=16, D=128)."""
 
 FLEX_SCRIPT = """
-import resource, statistics, sys, time, torch
+import os, resource, statistics, sys, time, torch
 from torch.nn.attention.flex_attention import create_block_mask
-n, repeats, window, compiled = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "compiled"
-def swa(b, h, q, kv):
-    return (kv <= q) & (q - kv < window)
+sys.path.insert(0, os.getcwd())
+from benchmarks.plan_speed import flex_mask
+pattern, n, repeats, compiled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "compiled"
+mask_mod, batch, heads = flex_mask(pattern)
 create = torch.compile(create_block_mask) if compiled else create_block_mask
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 for _ in range(repeats + compiled):  # the compiled version's first call compiles: timed apart
     start = time.perf_counter()
-    mask = create(swa, None, None, n, n, device="cpu")
+    mask = create(mask_mod, batch, heads, n, n, device="cpu")
     times.append(time.perf_counter() - start)
     del mask
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 steady = times[compiled:]
 print(statistics.median(steady) * 1e3, (peak - before) / 1024, times[0] * 1e3)
 """
+
+
+def flex_mask(pattern: str) -> tuple[Callable, int | None, int | None]:
+    """(mask_mod, B, H) of create_block_mask for ``pattern``: causal SWA (``PATTERN``) written out by hand,
+    else a ``PER_CALL`` catalogue entry through ``to_mask_mod`` with the suite's run-time data (B / H only
+    where the mask reads them)."""
+    if pattern == PATTERN:
+        return (lambda b, h, q, kv: (kv <= q) & (q - kv < WINDOW)), None, None
+    import torch
+
+    from benchmarks import catalogue, suite
+    from maskir.codegen.flex import to_mask_mod
+
+    entry = catalogue.case(pattern)
+    inputs = suite.make_inputs(entry, torch.device("cpu"))
+    by_batch, by_head = suite.mask_depends_on(entry)
+    mask_mod = to_mask_mod(entry.pattern, entry.canvas, tensors=inputs.flex_tensors)
+    return mask_mod, catalogue.BATCH if by_batch else None, catalogue.HEADS if by_head else None
 
 
 def _environment() -> dict:
@@ -119,16 +151,60 @@ def time_maskir(n: int, repeats: int, block: int | None) -> dict:
     }
 
 
-def time_create_block_mask(n: int, repeats: int, compiled: bool) -> dict:
-    """Median create_block_mask time on CPU (eager, or ``torch.compile``d after a first compiling call)
-    and peak RSS growth, in a fresh process.
+def time_per_call(name: str, repeats: int) -> dict:
+    """Median time of maskir's per-call planning of suite entry ``name`` on CPU: the run-time tensors and
+    tile gates of both directions (``CompiledAttention.tile_gates``), what every call does before its
+    launches; the kernels are built (for the interpreter) but never run."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
 
-    Eager create_block_mask evaluates the mask on all N x N pairs at once: past the machine's memory it
-    fails, and the row records the error instead of a time.
+    import maskir
+    from benchmarks import catalogue, suite
+
+    entry = catalogue.case(name)
+    inputs = suite.make_inputs(entry, torch.device("cpu"))
+    compiled = maskir.compile(
+        entry.pattern,
+        entry.canvas,
+        heads=catalogue.HEADS,
+        head_dim=catalogue.HEAD_DIM,
+        dtype=catalogue.DTYPE,
+        device="cpu",
+        backend="triton",
+        quiet=True,
+    )
+    data = {"segments": inputs.segments, "routing": inputs.routing}
+    refine = partial(compiled.tile_gates, inputs.q, inputs.k, backward=True, **data)
+    times = []
+    for _ in range(repeats + 1):  # the first call builds the tables and gates: timed apart
+        start = time.perf_counter()
+        lists = refine()
+        times.append(time.perf_counter() - start)
+    forward = [part[0].open_tiles for part in lists if part is not None]
+    return {
+        "plan_ms": statistics.median(times[1:]) * 1e3,
+        "first_call_ms": times[0] * 1e3,
+        "blocks": f"{compiled.plan.block_q}x{compiled.plan.block_kv}",
+        "layout": "+".join(part.layout.name for part in compiled.plan.parts),
+        "tiles": compiled.plan.tile_counts.tiles,
+        "open_tiles": int(sum(int(t.sum()) * (catalogue.HEADS // t.shape[1]) for t in forward)),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def time_create_block_mask(pattern: str, n: int, repeats: int, compiled: bool) -> dict:
+    """Median create_block_mask time on CPU (eager, or ``torch.compile``d after a first compiling call)
+    and peak RSS growth, in a fresh process, for ``pattern`` (``flex_mask``).
+
+    Eager create_block_mask evaluates the mask on all B x H x N x N pairs at once: past the machine's
+    memory it fails, and the row records the error instead of a time.
     """
     mode = "compiled" if compiled else "eager"
     done = subprocess.run(
-        [sys.executable, "-c", FLEX_SCRIPT, str(n), str(repeats), str(WINDOW), mode], capture_output=True, text=True
+        [sys.executable, "-c", FLEX_SCRIPT, pattern, str(n), str(repeats), mode],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     row = {"blocks": "128x128", "layout": "identity", "load_average_1m": os.getloadavg()[0]}
     if done.returncode:
@@ -143,30 +219,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=21, help="maskir runs per size (median)")
     parser.add_argument("--flex-repeats", type=int, default=3, help="create_block_mask runs per size (median)")
     parser.add_argument("--skip-flex-64k", action="store_true", help="skip create_block_mask at 64K (minutes, or OOM)")
+    parser.add_argument(
+        "--skip-per-call", action="store_true", help=f"skip the per-call planning rows ({', '.join(PER_CALL)})"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON lines file to append to")
     args = parser.parse_args(argv)
 
     env = _environment()
     rows = []
+
+    def against_flex(maskir_row: dict, maskir_ms: float, eager: bool = True) -> None:
+        """Append ``maskir_row`` and create_block_mask's rows of the same pattern and size, with ratios."""
+        rows.append(maskir_row)
+        pattern, n = maskir_row["pattern"], maskir_row["N"]
+        for impl, compiled in (("create_block_mask", False), ("create_block_mask_compiled", True)):
+            if not compiled and not eager:
+                continue
+            flex_row = {"pattern": pattern, "impl": impl, "N": n}
+            flex_row |= time_create_block_mask(pattern, n, args.flex_repeats, compiled)
+            if "plan_ms" in flex_row:
+                maskir_row[f"speedup_vs_{impl}"] = flex_row["plan_ms"] / maskir_ms
+            rows.append(flex_row)
+
     for n in (16384, 65536):
         maskir_row = {"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)}
-        rows.append(maskir_row)
-        for compiled in (False, True):
-            if n == 65536 and args.skip_flex_64k:
-                continue
-            impl = "create_block_mask" + ("_compiled" if compiled else "")
-            flex_row = {
-                "pattern": PATTERN,
-                "impl": impl,
-                "N": n,
-                **time_create_block_mask(n, args.flex_repeats, compiled),
-            }
-            if "plan_ms" in flex_row:
-                maskir_row[f"speedup_vs_{impl}"] = flex_row["plan_ms"] / maskir_row["tables_ms"]
-            rows.append(flex_row)
+        if n == 65536 and args.skip_flex_64k:
+            rows.append(maskir_row)
+        else:
+            against_flex(maskir_row, maskir_row["tables_ms"])
     for n in (1 << 20, 1 << 22):
         rows.append({"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)})
         rows.append({"pattern": PATTERN, "impl": "maskir-auto", "N": n, **time_maskir(n, args.repeats, None)})
+    if not args.skip_per_call:
+        from benchmarks import catalogue, suite
+
+        for name in PER_CALL:
+            entry = catalogue.case(name)
+            maskir_row = {"pattern": name, "impl": "maskir-per-call", "N": entry.tokens}
+            maskir_row |= time_per_call(name, args.repeats)
+            # a per-head mask (routing) evaluated eagerly needs H x the N x N pairs at once: past this machine
+            against_flex(maskir_row, maskir_row["plan_ms"], eager=not suite.mask_depends_on(entry)[1])
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("a") as out:
@@ -182,9 +274,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         eager, compiled = (row.get(f"speedup_vs_create_block_mask{s}") for s in ("", "_compiled"))
         tables = f"{row['tables_ms']:.3f}" if "tables_ms" in row else ""
+        peak = f"{row['peak_mib']:.2f}" if "peak_mib" in row else ""
         print(
             f"{row['impl']:<27} {row['N']:>9} {row['blocks']:>8} {row['plan_ms']:>9.3f} {tables:>9} "
-            f"{row['peak_mib']:>9.2f}  {f'{eager:.0f}x' if eager else '':>9} {f'{compiled:.0f}x' if compiled else '':>11}"
+            f"{peak:>9}  {f'{eager:.0f}x' if eager else '':>9} {f'{compiled:.0f}x' if compiled else '':>11}"
             f" {row['load_average_1m']:>5.2f}  {row['layout']}"
         )
     print(f"appended {len(rows)} rows to {args.output}")

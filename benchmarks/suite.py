@@ -6,7 +6,8 @@ Run from the repository root:
     python -m benchmarks.suite --dry-run          # no GPU: configurations, plan stats, simulator predictions
 
 Per entry of ``benchmarks/catalogue.py`` (B=1, H=16, D=128, bf16 at the full size):
-- maskir: ``maskir.compile(..., backend="triton")`` called with the entry's run-time data;
+- maskir: ``maskir.compile(..., backend="triton")`` called with the entry's run-time data; for a
+  data-dependent entry the per-call planning (its run-time tile gates) is also timed alone (``per_call_ms``);
 - flex: ``torch.compile(flex_attention)`` with a block mask from ``torch.compile(create_block_mask)`` over
   ``maskir.codegen.flex.to_mask_mod`` (the same pattern, lowered by the same code); building the block
   mask is timed separately (``create_block_mask_ms``);
@@ -24,6 +25,7 @@ and the run's table is written to ``benchmarks/results/<device>_suite.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -259,7 +261,7 @@ def _without_grad(fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
-def _mask_depends_on(case: Case) -> tuple[bool, bool]:
+def mask_depends_on(case: Case) -> tuple[bool, bool]:
     """(batch, head): whether the lowered predicate reads b / h, i.e. the allowed set may differ between them."""
     from maskir.codegen.common.expr import topo
     from maskir.codegen.common.lower import lower_predicate
@@ -281,8 +283,11 @@ class Impl:
     extra: dict = field(default_factory=dict)
 
 
-def build_maskir(case: Case, inputs: Inputs) -> Impl:
-    """maskir.compile on the Triton backend; the first call (kernel compilation) is part of ``build_ms``."""
+def build_maskir(case: Case, inputs: Inputs, iters: int) -> Impl:
+    """maskir.compile on the Triton backend; the first call (kernel compilation) is part of ``build_ms``.
+    A data-dependent case also records ``per_call_ms``: the median of ``iters`` runs of the per-call
+    planning a call does before its launches (``CompiledAttention.tile_gates``, both directions), the
+    counterpart of flex's ``create_block_mask_ms``."""
     started = time.perf_counter()
     compiled = maskir.compile(
         case.pattern,
@@ -309,6 +314,9 @@ def build_maskir(case: Case, inputs: Inputs) -> Impl:
         "blocks": [int(compiled.plan.block_q), int(compiled.plan.block_kv)],
         "layout": layouts,
     }
+    if compiled.dynamic:
+        refine = functools.partial(compiled.tile_gates, inputs.q, inputs.k, backward=True, **data)
+        extra["per_call_ms"] = cuda_median_ms(refine, 1, iters)
     return Impl("maskir", forward, extra)
 
 
@@ -320,7 +328,7 @@ def build_flex(case: Case, inputs: Inputs, iters: int) -> Impl:
     from maskir.codegen.flex import to_mask_mod
 
     mask_mod = to_mask_mod(case.pattern, case.canvas, tensors=inputs.flex_tensors)
-    by_batch, by_head = _mask_depends_on(case)
+    by_batch, by_head = mask_depends_on(case)
     shape = (BATCH if by_batch else None, HEADS if by_head else None, case.tokens, case.tokens)
     make_block_mask = torch.compile(create_block_mask)
     block_mask = make_block_mask(mask_mod, *shape, device=inputs.q.device)
@@ -350,7 +358,7 @@ def mask_chunks(case: Case, inputs: Inputs, heads: int, rows: int = 1024):
 
 def count_allowed(case: Case, inputs: Inputs) -> int:
     """Allowed (q, kv) pairs summed over batch and heads, counted on the GPU with the inputs' data."""
-    heads = HEADS if _mask_depends_on(case)[1] else 1
+    heads = HEADS if mask_depends_on(case)[1] else 1
     return sum(int(chunk.sum()) for _, chunk in mask_chunks(case, inputs, heads)) * (HEADS // heads)
 
 
@@ -368,7 +376,7 @@ def build_sdpa(case: Case, inputs: Inputs) -> Impl | str:
                 return sdpa(q, k, v, is_causal=causal)
 
         return Impl("sdpa_flash", flash)
-    _, by_head = _mask_depends_on(case)
+    _, by_head = mask_depends_on(case)
     heads = HEADS if by_head else 1
     need = BATCH * heads * case.tokens**2 * (1 + torch.finfo(DTYPE).bits // 8)
     free, _ = torch.cuda.mem_get_info()
@@ -404,7 +412,7 @@ def measure_case(case: Case, args: argparse.Namespace, env: dict, hardware: str 
     prediction = predict(case, hardware) if hardware else None
     outputs, rows = {}, []
     for name, build in (
-        ("maskir", lambda: build_maskir(case, inputs)),
+        ("maskir", lambda: build_maskir(case, inputs, args.iters)),
         ("flex", lambda: build_flex(case, inputs, args.iters)),
         ("sdpa", lambda: build_sdpa(case, inputs)),
     ):
@@ -478,10 +486,11 @@ def markdown(rows: list[dict], title: str) -> str:
         "",
         "Times are medians of CUDA-event timings (ms). Useful TFLOP/s = 4·D·allowed pairs·H·B / time "
         f"(×{FWDBWD_WORK} for fwd+bwd). ratio = flex time / maskir time (> 1: maskir faster). "
-        "sim = the simulator's prediction for maskir.",
+        "sim = the simulator's prediction for maskir. per-call plan = maskir's run-time tile gates of a "
+        "data-dependent pattern (—: a static plan, nothing per call) / flex's create_block_mask.",
         "",
         "| pattern | N | density | pass | maskir ms | flex ms | ratio | SDPA ms | maskir TFLOP/s | flex TFLOP/s "
-        "| sim ms | efficiency | max err of out vs flex | create_block_mask ms |",
+        "| sim ms | efficiency | max err of out vs flex | per-call plan ms, maskir / flex |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_case: dict[str, list[dict]] = {}
@@ -502,7 +511,7 @@ def markdown(rows: list[dict], title: str) -> str:
                 f"| {_fmt(flex.get(key))} | {_fmt(ratio, 2)} | {_fmt(sdpa.get(key))} "
                 f"| {_fmt(ours.get('useful_tflops'), 0)} | {_fmt(flex.get('useful_tflops'), 0)} "
                 f"| {_fmt(ours.get('sim_ms'))} | {_fmt(ours.get('efficiency'))} "
-                f"| {_fmt(ours.get('max_abs_err_out_vs_flex'), 4)} | {_fmt(flex.get('create_block_mask_ms'), 1)} |"
+                f"| {_fmt(ours.get('max_abs_err_out_vs_flex'), 4)} | {_fmt(ours.get('per_call_ms'), 2)} / {_fmt(flex.get('create_block_mask_ms'), 1)} |"
             )
         notes += [f"- {name}, {row['impl']}: skipped ({row['skipped']})" for row in group if "skipped" in row]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import routing_map, routing_node
+
+if TYPE_CHECKING:
+    from maskir.codegen.common.gating import GatedLists
 
 BACKENDS = ("auto", "triton", "tvm", "reference")
 _HANDLES = itertools.count()
@@ -248,6 +252,24 @@ class CompiledAttention:
     def dynamic(self) -> bool:
         """True when the allowed set depends on per-call data (segments, routing)."""
         return is_dynamic(self.pattern)
+
+    def tile_gates(
+        self, q: torch.Tensor, k: torch.Tensor, *, segments=None, routing=None, backward: bool = False
+    ) -> list[tuple[GatedLists, ...] | None]:
+        """A call's per-call planning, without its kernels: per plan part, the lists of tiles this call's
+        ``segments``/``routing`` leave open (``GatedLists``: forward/dQ lists, and with ``backward`` the
+        dK/dV lists; ``.open_tiles`` [B, H or 1] counts them); None for a part without a gate.
+
+        Every Triton-backend call builds exactly these before it launches (O(N + entries) torch ops on
+        q's device, no synchronisation). ``routing`` as in ``__call__`` (None: scored from q and k)."""
+        if self.backend != "triton":
+            raise ValueError(f"tile_gates needs the Triton backend; this CompiledAttention runs {self.backend!r}.")
+        shapes = check_qkv(q, k, k, enable_gqa=self.kv_heads != self.heads)
+        if shapes.device.type != self.device.type:
+            raise ValueError(f"q is on {shapes.device.type}; this CompiledAttention was built for {self.device.type}.")
+        tensors = self._run_tensors(q, k, segments, routing)
+        parts = self.kernels.tables(q.device)
+        return [self.kernels.gate_lists(i, tables, tensors, backward=backward) for i, tables in enumerate(parts)]
 
     def source(self) -> str:
         """The generated kernel source (as stored in the cache)."""

@@ -58,7 +58,7 @@ def test_markdown_puts_maskir_flex_and_sdpa_of_a_pass_on_one_line_with_the_ratio
     ]
     text = suite.markdown(rows, "test run")
     fwd = next(line for line in text.splitlines() if "| fwd |" in line)
-    assert "| 0.100 | 0.600 | 6.00 | — | 140 | 14 | 0.090 | 1.000 | 0.0020 | 36.9 |" in fwd
+    assert "| 0.100 | 0.600 | 6.00 | — | 140 | 14 | 0.090 | 1.000 | 0.0020 | — / 36.9 |" in fwd
     fwdbwd = next(line for line in text.splitlines() if "| fwd+bwd |" in line)
     assert "| 0.400 | 2.000 | 5.00 |" in fwdbwd
     assert "- swin_128x128_w8, sdpa: skipped (too big)" in text
@@ -115,7 +115,7 @@ def test_without_cuda_and_without_dry_run_the_suite_says_what_to_do(capsys):
 def test_an_entry_runs_through_maskir_and_compiled_flex_on_a_cpu(monkeypatch, name):
     """The measuring flow of a GPU session (inputs with their run-time data, maskir's kernels, compiled
     flex over to_mask_mod), on a CPU at the small size, forward only and untimed: both agree."""
-    monkeypatch.setattr(suite, "cuda_median_ms", lambda fn, warmup, iters: 0.0)
+    monkeypatch.setattr(suite, "cuda_median_ms", lambda fn, warmup, iters: (fn(), 0.0)[1])  # run once, untimed
     monkeypatch.setattr(suite, "DTYPE", torch.float32)
     monkeypatch.setattr(suite, "HEADS", 2)
     monkeypatch.setattr(suite, "HEAD_DIM", 32)
@@ -123,7 +123,8 @@ def test_an_entry_runs_through_maskir_and_compiled_flex_on_a_cpu(monkeypatch, na
     inputs = suite.make_inputs(entry, torch.device("cpu"))
     for tensor in (inputs.q, inputs.k, inputs.v):
         tensor.requires_grad_(False)  # flex has no backward on a CPU
-    impls = [suite.build_maskir(entry, inputs), suite.build_flex(entry, inputs, iters=1)]
+    impls = [suite.build_maskir(entry, inputs, iters=1), suite.build_flex(entry, inputs, iters=1)]
     (ours,), (flex,) = (suite.results_of(impl, inputs, fwd_only=True) for impl in impls)
     torch.testing.assert_close(ours, flex, atol=1e-5, rtol=0)
     assert 0 < impls[1].extra["block_density"] < 1
+    assert ("per_call_ms" in impls[0].extra) == bool(entry.documents)  # only a data-dependent plan works per call

@@ -100,3 +100,51 @@ def test_routing_closes_exactly_the_unchosen_aligned_tiles():
         assert np.array_equal(forward[0, head].numpy() != 0, want)
         got_back = backward[0, head].numpy() != 0
         assert not (_tile_has_pair(planned, tables, mask, tables.q_index, tables.q_rows) & ~got_back).any()
+
+
+def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
+    """``CompiledAttention.tile_gates``: per part, the lists a call builds before its launches."""
+    import maskir
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    compiled = maskir.compile(
+        Segments() & Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, block_kv=64
+    )
+    q = torch.randn(1, 2, 256, 16)
+    documents = torch.arange(256, dtype=torch.int32)[None] // 64  # four documents, one per tile
+    ((forward, backward),) = compiled.tile_gates(q, q, segments=documents, backward=True)
+    assert compiled.plan.tile_counts.tiles == 2 * 10  # the static plan: causal tiles, both heads
+    assert forward.open_tiles.tolist() == backward.open_tiles.tolist() == [[4]]  # the diagonal, any head
+    ((one_document,),) = compiled.tile_gates(q, q, segments=torch.zeros(1, 256, dtype=torch.int32))
+    assert one_document.open_tiles.tolist() == [[10]]
+    with pytest.raises(ValueError, match="segments"):
+        compiled.tile_gates(q, q)
+    static = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64)
+    assert static.tile_gates(q, q) == [None]
+    reference = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, backend="reference")
+    with pytest.raises(ValueError, match="Triton backend"):
+        reference.tile_gates(q, q)
+
+
+def test_compact_packs_each_rows_open_entries_at_its_start_in_order_and_keeps_full_entries():
+    from maskir.codegen.common.gating import ListShape, compact
+
+    # two head groups of two rows each: group 0 rows [0, 3) [3, 5), group 1 rows [5, 6) [6, 9)
+    starts = [np.array([0, 3, 5]), np.array([0, 1, 4])]  # per group, as in TileTable
+    full_counts = [np.array([1, 0]), np.array([0, 2])]  # the first entry of row 0, two of the last row
+    start = torch.tensor([0, 3, 5, 5, 6, 9], dtype=torch.int32)  # stacked, as in PartTables
+    index = torch.tensor([7, 1, 2, 4, 5, 6, 3, 8, 9], dtype=torch.int32)
+    shape = ListShape.build(start, index, starts, full_counts)
+    flags = torch.tensor([[[0, 1, 0, 0, 1, 0, 0, 0, 1]], [[1, 1, 1, 1, 1, 1, 1, 1, 1]]], dtype=torch.int8)
+    gated = compact(flags, shape)
+    rows = [0, 1, 3, 4]  # stacked row pointers that open a row (2 is group 0's end)
+    for b, want in enumerate(
+        [
+            [[7, 1], [5], [], [3, 8, 9]],  # FULL entries 7, 3, 8 stay; open PARTIAL entries 1, 5, 9 follow
+            [[7, 1, 2], [4, 5], [6], [3, 8, 9]],
+        ]
+    ):
+        opened = gated.buffer[b, 0, gated.open_at :]  # open entries before each row pointer
+        ends = [int(start[row] + opened[row + 1] - opened[row]) for row in rows]
+        assert [gated.buffer[b, 0, start[row] : end].tolist() for row, end in zip(rows, ends)] == want, b
+    assert gated.open_tiles.tolist() == [[6], [9]]

@@ -45,6 +45,8 @@ from maskir.ir import (
     Dilated,
     Neighborhood,
     PerHead,
+    Routing,
+    Segments,
     Sink,
     Window,
 )
@@ -195,6 +197,22 @@ def test_explicit_layout_gathers_rows_by_token_table(tmp_path, case, layout):
     planned = plan(case.pattern, Canvas(case.shape), heads=2, layout=layout)
     assert planned.layout.q_tokens is not None and planned.layout.kv_tokens is not None
     check(run(case, planned, tmp_path), torch.float32)
+
+
+@pytest.mark.parametrize(
+    "case, kv_heads",
+    [
+        (Case(Segments() & Causal(), (256,), batch=2), None),
+        (Case(Segments() | Causal(), (128,), batch=2), None),  # FULL causal entries stay in the gated lists
+        (Case(Routing(32, 2) & Causal(), (256,), heads=4, batch=2), 2),  # per-head lists, GQA 4:2
+    ],
+    ids=["documents", "documents-or-causal", "routing-gqa"],
+)
+def test_run_time_gates_walk_only_the_open_tiles(tmp_path, case, kv_heads):
+    """Per call, the kernels walk compacted lists (codegen.common.gating.compact) of the tiles the data
+    leaves open; FULL entries and the per-head routing choice must survive the compaction."""
+    planned = plan(case.pattern, Canvas(case.shape), heads=case.heads, block_q=32, block_kv=32)
+    check(run(case, planned, tmp_path, kv_heads=kv_heads), torch.float32)
 
 
 def test_union_of_parts_merges_by_log_sum_exp(tmp_path):

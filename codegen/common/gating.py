@@ -1,4 +1,4 @@
-"""Run-time tile gates of data-dependent patterns: skip the listed tiles this call's data leaves empty.
+"""Run-time tile gates of data-dependent patterns: per call, lists of only the tiles its data leaves open.
 
 A plan of a pattern with ``Segments()`` or ``Routing`` holds a static superset: every tile the rest of the
 pattern allows is PARTIAL, whatever the documents or the routing choice. Per call, from the run-time
@@ -14,8 +14,12 @@ flags of its other side; a static subtree under ``|`` (``(Routing(128, 8) & Caus
 Causal())``: the diagonal blocks are always kept) contributes the tiles its own plan lists (computed
 once, identity layouts only); static top-level conjuncts are implied by the plan's entries and left out;
 anything else over run-time data (``~``, PerHead, a Predicate) closes nothing. Flags are [B, H, entries],
-H being 1 (broadcast) when no leaf depends on the head. The per-call cost is O(N + entries + routing
-blocks) torch operations on the device: no host work, no synchronisation.
+H being 1 (broadcast) when no leaf depends on the head.
+
+``compact`` then packs each CSR row's open entries at the row's start (``GatedLists``), so a kernel walks
+only the open tiles of its row: skipping closed entries one by one would cost a dependent load per
+listed tile (a documents plan lists every causal tile, most of them closed). The per-call cost is
+O(N + entries + routing blocks) torch operations on the device: no host work, no synchronisation.
 """
 
 from __future__ import annotations
@@ -138,12 +142,82 @@ def _host_entries(part: PlanPart) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @dataclass(frozen=True)
+class ListShape:
+    """One direction's stacked CSR lists as ``compact`` needs them: ``start`` (row pointers, every head
+    group's rows), ``index`` (the entries), ``row_start[e]`` (the start of entry e's row) and ``full[e]``
+    (entry e is a FULL tile, which the kernels run without a gate), on one device."""
+
+    start: torch.Tensor  # int64
+    index: torch.Tensor  # int32
+    row_start: torch.Tensor  # int64
+    full: torch.Tensor | None  # bool, None when the lists hold no FULL entry
+
+    @classmethod
+    def build(
+        cls, start: torch.Tensor, index: torch.Tensor, starts: list[np.ndarray], full_counts: list[np.ndarray]
+    ) -> ListShape:
+        """From one direction's stacked device arrays (``PartTables``: ``start``, ``index``) and the head
+        groups' host CSR arrays (row pointers and FULL counts per row, as in ``TileTable``)."""
+        row_start, full, offset = [], [], 0
+        for pointers, counts in zip(starts, full_counts):
+            lengths = np.diff(pointers)
+            row_start.append(np.repeat(pointers[:-1].astype(np.int64) + offset, lengths))
+            full.append(np.arange(lengths.sum()) - np.repeat(pointers[:-1], lengths) < np.repeat(counts, lengths))
+            offset += int(pointers[-1])
+        row_start, full = np.concatenate(row_start), np.concatenate(full)
+        device = index.device
+        return cls(
+            start.to(torch.int64),
+            index[: row_start.size],
+            torch.as_tensor(row_start, device=device),
+            torch.as_tensor(full, device=device) if full.any() else None,
+        )
+
+
+@dataclass(frozen=True)
+class GatedLists:
+    """One direction's lists for one call, as the kernels read them (``GATED``): ``buffer`` int32
+    [B, H or 1, entries + rows + 2] holds, per (b, h), each CSR row's open entries packed at the row's
+    start in list order (FULL entries first, never closed), then from ``open_at`` on the running count of
+    open entries before each row pointer: row r runs entries [start[r], start[r] + open[r + 1] - open[r]).
+    The kernels then walk only the tiles this call's data leaves open."""
+
+    buffer: torch.Tensor
+    open_at: int
+
+    @property
+    def open_tiles(self) -> torch.Tensor:
+        """[B, H or 1]: the open entries of all rows."""
+        return self.buffer[..., -1]
+
+
+def compact(flags: torch.Tensor, lists: ListShape) -> GatedLists:
+    """``GatedLists`` from ``flags`` [B, H or 1, entries] (0: closed): O(entries) torch ops, no sync.
+
+    With c the exclusive running count of open entries, an open entry e goes to
+    ``row_start[e] + c[e] - c[row_start[e]]``; closed entries go to a spare slot past the entries."""
+    n_entries = lists.row_start.numel()
+    opened = flags != 0 if lists.full is None else (flags != 0) | lists.full
+    before = torch.nn.functional.pad(opened.to(torch.int32).cumsum(-1, dtype=torch.int32), (1, 0))
+    position = lists.row_start + (before[..., :-1] - before[..., lists.row_start])
+    buffer = torch.empty(
+        (*flags.shape[:2], n_entries + 1 + lists.start.numel()), dtype=torch.int32, device=flags.device
+    )
+    spare = torch.where(opened, position, n_entries)
+    buffer[..., : n_entries + 1].scatter_(-1, spare, lists.index.expand(*flags.shape[:2], -1))
+    buffer[..., n_entries + 1 :] = before[..., lists.start]
+    return GatedLists(buffer, n_entries + 1)
+
+
+@dataclass(frozen=True)
 class PartGate:
-    """The gate of one plan part on one device: its tree, and each static subtree's flags per list entry
-    (forward/dQ lists, dK/dV lists). ``build`` returns None when the part cannot be gated."""
+    """The gate of one plan part on one device: its tree, each static subtree's flags per list entry
+    (forward/dQ lists, dK/dV lists) and the lists' shapes for ``compact``. ``build`` returns None when
+    the part cannot be gated."""
 
     tree: Gate
     static: dict[Pattern, tuple[torch.Tensor, torch.Tensor]]
+    shapes: tuple[ListShape, ListShape]
 
     @classmethod
     def build(cls, plan: Plan, part: PlanPart, tables: PartTables) -> PartGate | None:
@@ -160,7 +234,28 @@ class PartGate:
             if flags[0] is None:
                 return None
             static[sub] = tuple(torch.as_tensor(f, device=tables.kv_index.device)[None, None] for f in flags)
-        return cls(tree, static)
+        shapes = (
+            ListShape.build(
+                tables.kv_start, tables.kv_index, [t.kv_start for t in part.tables], [t.kv_full for t in part.tables]
+            ),
+            ListShape.build(
+                tables.q_start, tables.q_index, [t.q_start for t in part.tables], [t.q_full for t in part.tables]
+            ),
+        )
+        return cls(tree, static, shapes)
+
+    def lists(
+        self,
+        tables: PartTables,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        blocks: tuple[int, int],
+        sizes: tuple[int, int],
+        backward: bool = True,
+    ) -> tuple[GatedLists, ...]:
+        """This call's ``GatedLists`` of the forward/dQ lists and, with ``backward``, of the dK/dV lists."""
+        flags = self.flags(tables, tensors, blocks=blocks, sizes=sizes, backward=backward)
+        return tuple(compact(f, shape) for f, shape in zip(flags, self.shapes))
 
     def flags(
         self,

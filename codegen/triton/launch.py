@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from maskir.codegen.common.gating import PartGate
+from maskir.codegen.common.gating import GatedLists, PartGate
 from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
 from maskir.planner.plan import Plan
@@ -90,28 +90,44 @@ class TritonAttention:
             "KV_GATHER": tables.kv_gather,
         }
 
-    def _gates(
+    def gate_lists(
         self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool
-    ) -> tuple[dict, ...]:
-        """Kernel arguments of the run-time tile gates of part ``part``: for the forward/dQ lists and, with
-        ``backward``, the dK/dV lists (``codegen.common.gating``); a part without a gate has GATED=False."""
+    ) -> tuple[GatedLists, ...] | None:
+        """This call's lists of part ``part`` (``codegen.common.gating``): only the entries the run-time data
+        leaves open, for the forward/dQ lists and, with ``backward``, the dK/dV lists; None for a part
+        without a gate (its kernels walk the plan's lists)."""
         key = (tables.kv_index.device.type, tables.kv_index.device.index, part)
         if key not in self._part_gates:
             self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[part], tables)
         gate = self._part_gates[key]
         if gate is None:
-            closed = {"GATE": tables.kv_index, "stride_gb": 0, "stride_gh": 0, "GATED": False}
-            return (closed, closed) if backward else (closed,)
-        flags = gate.flags(
+            return None
+        return gate.lists(
             tables,
             dict(zip(self.generated.tensor_names, tensors)),
             blocks=(self.plan.block_q, self.plan.block_kv),
             sizes=(self.plan.canvas.size, self.plan.kv_canvas.size),
             backward=backward,
         )
+
+    def _gates(
+        self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool
+    ) -> tuple[dict, ...]:
+        """Kernel arguments of part ``part``'s per-call lists (``gate_lists``); a part without a gate has
+        GATED=False."""
+        lists = self.gate_lists(part, tables, tensors, backward=backward)
+        if lists is None:
+            closed = {"GATE": tables.kv_index, "stride_gb": 0, "stride_gh": 0, "gate_open_at": 0, "GATED": False}
+            return (closed, closed) if backward else (closed,)
         return tuple(
-            {"GATE": f, "stride_gb": f.stride(0), "stride_gh": f.stride(1) if f.shape[1] > 1 else 0, "GATED": True}
-            for f in flags
+            {
+                "GATE": gated.buffer,
+                "stride_gb": gated.buffer.stride(0),
+                "stride_gh": gated.buffer.stride(1) if gated.buffer.shape[1] > 1 else 0,
+                "gate_open_at": gated.open_at,
+                "GATED": True,
+            }
+            for gated in lists
         )
 
     def launch(self, name: str, grid: tuple[int, int], args: dict[str, Any]) -> None:

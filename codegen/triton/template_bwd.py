@@ -55,8 +55,8 @@ def _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head
 def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh,
             stride_dqn, n_q, n_kv, sm_scale, KV_START, KV_FULL, KV_INDEX, HEAD_TABLE, Q_TOKENS, KV_TOKENS,
-            n_q_tiles, GATE, stride_gb, stride_gh$tensor_args, PART: tl.constexpr, Q_GATHER: tl.constexpr,
-            KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr, GATED: tl.constexpr):
+            n_q_tiles, GATE, stride_gb, stride_gh, gate_open_at$tensor_args, PART: tl.constexpr,
+            Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr, GATED: tl.constexpr):
     """dQ of DQ_ROWS rows of one q tile of one (batch, head), over the same kv list as the forward."""
     q_tile = tl.program_id(0) // DQ_SPLIT
     first_q = q_tile * BLOCK_M + (tl.program_id(0) - q_tile * DQ_SPLIT) * DQ_ROWS
@@ -65,8 +65,7 @@ def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride
     h = bh % N_HEADS
     group = tl.load(HEAD_TABLE + h)
     row = group * (n_q_tiles + 1) + q_tile
-    start = tl.load(KV_START + row)
-    end = tl.load(KV_START + row + 1)
+    start, end, ENTRIES = _list_row(KV_START, KV_INDEX, row, GATE, stride_gb, stride_gh, gate_open_at, b, h, GATED)
     full_end = start + tl.load(KV_FULL + group * n_q_tiles + q_tile)
 
     q_tok, q_valid = _tile_tokens(first_q, n_q, Q_TOKENS, DQ_ROWS, Q_GATHER)
@@ -82,16 +81,15 @@ def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride
     # -- FULL tiles: no predicate --
     for step in range(start * DQ_CHUNKS, full_end * DQ_CHUNKS):
         tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
-        first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
+        first_kv = tl.load(ENTRIES + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
         dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
                       KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=True)
     # -- PARTIAL tiles: predicate inlined below --
     for step in range(full_end * DQ_CHUNKS, end * DQ_CHUNKS):
         tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
-        if _gate_open(GATE, stride_gb, stride_gh, b, h, tile, GATED):
-            first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
-            dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
-                          KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
+        first_kv = tl.load(ENTRIES + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
+        dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
+                      KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
     # -- epilogue --
     DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
     _store_rows(DQ_head, q_tok, q_valid, stride_dqn, dq * sm_scale)
@@ -139,7 +137,7 @@ def _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_he
 def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
               stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh,
               stride_dkn, stride_dvb, stride_dvh, stride_dvn, n_q, n_kv, sm_scale, Q_START, Q_FULL, Q_INDEX,
-              HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_kv_tiles, GATE, stride_gb, stride_gh$tensor_args,
+              HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_kv_tiles, GATE, stride_gb, stride_gh, gate_open_at$tensor_args,
               PART: tl.constexpr, Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr, GATED: tl.constexpr):
     """dK and dV of DKDV_ROWS rows of one kv tile of one (batch, kv head): for each query head of its GQA
     group, the transposed list (q tiles of this kv tile, FULL first)."""
@@ -162,8 +160,8 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, 
         h = kv_head * GQA_GROUP + member
         group = tl.load(HEAD_TABLE + h)
         row = group * (n_kv_tiles + 1) + kv_tile
-        start = tl.load(Q_START + row)
-        end = tl.load(Q_START + row + 1)
+        start, end, ENTRIES = _list_row(Q_START, Q_INDEX, row, GATE, stride_gb, stride_gh, gate_open_at, b, h,
+                                        GATED)
         full_end = start + tl.load(Q_FULL + group * n_kv_tiles + kv_tile)
         Q_head = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
@@ -172,18 +170,17 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, 
         # -- FULL tiles: no predicate --
         for step in range(start * DKDV_CHUNKS, full_end * DKDV_CHUNKS):
             tile = step // DKDV_CHUNKS  # list entry, then the chunk within its tile
-            first_q = tl.load(Q_INDEX + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
+            first_q = tl.load(ENTRIES + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
             dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
                                 stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
                                 IS_FULL_TILE=True)
         # -- PARTIAL tiles: predicate inlined below --
         for step in range(full_end * DKDV_CHUNKS, end * DKDV_CHUNKS):
             tile = step // DKDV_CHUNKS  # list entry, then the chunk within its tile
-            if _gate_open(GATE, stride_gb, stride_gh, b, h, tile, GATED):
-                first_q = tl.load(Q_INDEX + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
-                dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
-                                    stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
-                                    IS_FULL_TILE=False)
+            first_q = tl.load(ENTRIES + tile) * BLOCK_M + (step - tile * DKDV_CHUNKS) * DKDV_CHUNK_M
+            dk, dv = _dkdv_step(dk, dv, k, v, b, h, kv_tok, kv_valid, first_q, n_q, Q_head, DO_head, stride_qn,
+                                stride_don, LSE_head, DELTA_head, Q_TOKENS, sm_scale$tensor_args, PART, Q_GATHER,
+                                IS_FULL_TILE=False)
     # -- epilogue --
     if DKDV_SWAP_AB:
         dk = tl.trans(dk)

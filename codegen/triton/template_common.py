@@ -32,13 +32,17 @@ def _tile_tokens(first, n_tokens, TOKENS, SIZE: tl.constexpr, GATHER: tl.constex
 
 
 @triton.jit
-def _gate_open(GATE, stride_gb, stride_gh, b, h, entry, GATED: tl.constexpr):
-    """Whether list entry ``entry`` may hold an allowed pair for (b, h) this call (codegen.common.gating):
-    GATE[b, h, entry] != 0 when GATED, else always (static patterns carry no gate)."""
+def _list_row(START, INDEX, row, GATE, stride_gb, stride_gh, gate_open_at, b, h, GATED: tl.constexpr):
+    """(first entry, end, entry table) of CSR row ``row``: the plan's list or, with GATED, this call's list
+    of (b, h) (codegen.common.gating.GatedLists): only the entries its data leaves open, packed at the
+    row's start in the same order (FULL entries first, never closed)."""
+    start = tl.load(START + row)
     if GATED:
-        return tl.load(GATE + b.to(tl.int64) * stride_gb + h * stride_gh + entry) != 0
+        lists = GATE + b.to(tl.int64) * stride_gb + h * stride_gh
+        end = start + (tl.load(lists + gate_open_at + row + 1) - tl.load(lists + gate_open_at + row))
+        return start, end, lists
     else:
-        return True
+        return start, tl.load(START + row + 1), INDEX
 
 
 @triton.jit

@@ -34,7 +34,8 @@ def _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, str
 @triton.jit
 def _fwd(Q, K, V, O, LSE, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb,
          stride_vh, stride_vn, stride_ob, stride_oh, stride_on, n_q, n_kv, sm_scale, KV_START, KV_FULL, KV_INDEX,
-         HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_q_tiles, GATE, stride_gb, stride_gh$tensor_args, PART: tl.constexpr,
+         HEAD_TABLE, Q_TOKENS, KV_TOKENS, n_q_tiles, GATE, stride_gb, stride_gh, gate_open_at$tensor_args,
+         PART: tl.constexpr,
          Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr, GATED: tl.constexpr):
     """O and LSE of FWD_ROWS rows of one q tile of one (batch, head): the tile's FULL kv tiles, then its
     PARTIAL kv tiles. FWD_SPLIT programs share a q tile (and its list) when FWD_ROWS < BLOCK_M."""
@@ -46,8 +47,7 @@ def _fwd(Q, K, V, O, LSE, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
     # this q tile's kv list: CSR row of the head's group, FULL tiles first
     group = tl.load(HEAD_TABLE + h)
     row = group * (n_q_tiles + 1) + q_tile
-    start = tl.load(KV_START + row)
-    end = tl.load(KV_START + row + 1)
+    start, end, ENTRIES = _list_row(KV_START, KV_INDEX, row, GATE, stride_gb, stride_gh, gate_open_at, b, h, GATED)
     full_end = start + tl.load(KV_FULL + group * n_q_tiles + q_tile)
 
     q_tok, q_valid = _tile_tokens(first_q, n_q, Q_TOKENS, FWD_ROWS, Q_GATHER)
@@ -62,18 +62,17 @@ def _fwd(Q, K, V, O, LSE, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
     # -- FULL tiles: no predicate --
     for step in range(start * FWD_CHUNKS, full_end * FWD_CHUNKS):
         tile = step // FWD_CHUNKS  # list entry, then the chunk within its tile
-        first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * FWD_CHUNKS) * FWD_CHUNK_N
+        first_kv = tl.load(ENTRIES + tile) * BLOCK_N + (step - tile * FWD_CHUNKS) * FWD_CHUNK_N
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn,
                                   stride_vn, KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED,
                                   IS_FULL_TILE=True)
-    # -- PARTIAL tiles: predicate inlined below; with GATED, tiles this call's data leaves empty are skipped --
+    # -- PARTIAL tiles: predicate inlined below --
     for step in range(full_end * FWD_CHUNKS, end * FWD_CHUNKS):
         tile = step // FWD_CHUNKS  # list entry, then the chunk within its tile
-        if _gate_open(GATE, stride_gb, stride_gh, b, h, tile, GATED):
-            first_kv = tl.load(KV_INDEX + tile) * BLOCK_N + (step - tile * FWD_CHUNKS) * FWD_CHUNK_N
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn,
-                                      stride_vn, KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED,
-                                      IS_FULL_TILE=False)
+        first_kv = tl.load(ENTRIES + tile) * BLOCK_N + (step - tile * FWD_CHUNKS) * FWD_CHUNK_N
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn,
+                                  stride_vn, KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED,
+                                  IS_FULL_TILE=False)
 
     # -- epilogue: normalise; a row with no allowed key gives 0 and lse -inf, never NaN --
     has_keys = l_i > 0.0
