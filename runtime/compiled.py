@@ -19,7 +19,7 @@ from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_k
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
-from maskir.runtime.routing import routing_map, routing_node
+from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
 
 if TYPE_CHECKING:
     from maskir.codegen.common.gating import GatedLists
@@ -197,8 +197,12 @@ class CompiledAttention:
         if self._routing is not None:
             from maskir.reference import routing_indices
 
-            indices = routing if routing is not None else routing_indices(q.detach(), k.detach(), self._routing)
-            named["routing_map"] = routing_map(q, k, self._routing, indices)
+            if routing is None:  # the scorer's top-k: valid by construction, no synchronisation
+                indices = routing_indices(q.detach(), k.detach(), self._routing)
+            else:
+                check_routing_indices(routing, q, k, self._routing)
+                indices = routing
+            named["routing_map"] = scatter_routing(indices, q, k, self._routing)
             named["routing_indices"] = indices.to(q.device)
         elif routing is not None:
             raise ValueError("routing was given but the pattern has no Routing node.")

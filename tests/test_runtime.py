@@ -399,3 +399,19 @@ def test_an_entry_edited_on_disk_is_replaced_by_the_generated_source(tmp_path):
     assert second.source() == first.source() and source_path.read_text() == first.source()
     q, k, v = qkv()
     torch.testing.assert_close(second(q, k, v), reference_attention(q, k, v, Causal()).float(), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "routing, error, needle",
+    [
+        (torch.zeros(1, 2, 4, 2), TypeError, "integer tensor"),
+        (torch.zeros(1, 2, 3, 2, dtype=torch.int64), ValueError, r"shape \[B=1, H=2, 4, topk\]"),
+        (torch.full((1, 2, 4, 2), 4), ValueError, r"lie in \[0, 4\).*got \[4, 4\]"),
+        (torch.full((1, 2, 4, 2), -1), ValueError, r"lie in \[0, 4\)"),
+    ],
+    ids=["float", "shape", "past the last block", "negative"],
+)
+def test_bad_routing_indices_raise_naming_the_problem(routing, error, needle):
+    q, k, v = qkv()
+    with pytest.raises(error, match=needle):
+        maskir.attention(q, k, v, Routing(16, 2), backend="reference", routing=routing)
