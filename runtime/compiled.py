@@ -265,7 +265,9 @@ class CompiledAttention:
         dK/dV lists; ``.open_tiles`` [B, H or 1] counts them); None for a part without a gate.
 
         Every Triton-backend call builds exactly these before it launches (O(N + entries) torch ops on
-        q's device, no synchronisation). ``routing`` as in ``__call__`` (None: scored from q and k)."""
+        q's device, no synchronisation), unless its run-time tensors are those of the call before (the
+        backward of a forward, layers sharing this object and one batch): then it reuses them. Here they are
+        always built anew. ``routing`` as in ``__call__`` (None: scored from q and k)."""
         if self.backend != "triton":
             raise ValueError(f"tile_gates needs the Triton backend; this CompiledAttention runs {self.backend!r}.")
         shapes = check_qkv(q, k, k, enable_gqa=self.kv_heads != self.heads)
@@ -273,7 +275,9 @@ class CompiledAttention:
             raise ValueError(f"q is on {shapes.device.type}; this CompiledAttention was built for {self.device.type}.")
         tensors = self._run_tensors(q, k, segments, routing)
         parts = self.kernels.tables(q.device)
-        return [self.kernels.gate_lists(i, tables, tensors, backward=backward) for i, tables in enumerate(parts)]
+        return [
+            self.kernels.gate_lists(i, tables, tensors, backward=backward, fresh=True) for i, tables in enumerate(parts)
+        ]
 
     def source(self) -> str:
         """The generated kernel source (as stored in the cache)."""

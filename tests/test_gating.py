@@ -148,3 +148,29 @@ def test_compact_packs_each_rows_open_entries_at_its_start_in_order_and_keeps_fu
         ends = [int(start[row] + opened[row + 1] - opened[row]) for row in rows]
         assert [gated.buffer[b, 0, start[row] : end].tolist() for row, end in zip(rows, ends)] == want, b
     assert gated.open_tiles.tolist() == [[6], [9]]
+
+
+def test_a_call_reuses_the_lists_of_the_call_before_on_the_same_unchanged_data(monkeypatch):
+    """The backward reuses its forward's lists, and layers sharing a CompiledAttention and one batch of
+    documents build them once; new or changed (in place) segment ids rebuild them."""
+    import maskir
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    compiled = maskir.compile(Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+    built = []
+    lists = PartGate.lists
+    monkeypatch.setattr(
+        PartGate, "lists", lambda self, *a, **kw: built.append(kw["directions"]) or lists(self, *a, **kw)
+    )
+    q, k, v = (torch.randn(1, 2, 128, 16, requires_grad=True) for _ in range(3))
+    documents = torch.arange(128, dtype=torch.int32)[None] // 48
+    for _ in range(2):  # two layers
+        out = compiled(q, k, v, segments=documents)
+        out.sum().backward()
+    assert built == [(0,), (1,)]  # forward lists once, dK/dV lists once
+    documents[0, 100:] = 7  # in place: the version counter moves
+    compiled(q, k, v, segments=documents)
+    compiled(q, k, v, segments=documents.clone())
+    assert built == [(0,), (1,), (0,), (0,)]
+    want = maskir.attention(q, k, v, Segments() & Causal(), backend="reference", segments=documents)
+    torch.testing.assert_close(compiled(q, k, v, segments=documents), want, atol=2e-5, rtol=0)

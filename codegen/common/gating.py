@@ -97,9 +97,13 @@ def _listed(sub: Pattern, plan: Plan, q_tile: np.ndarray, kv_tile: np.ndarray) -
     return np.isin(q_tile.astype(np.int64) * n_kv + kv_tile, listed_q * n_kv + listed_kv)
 
 
-def tile_ranges(values: torch.Tensor, tokens: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tile_ranges(values: torch.Tensor, tokens: torch.Tensor | None, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) [B, tiles]: min and max of ``values`` [B, N] over each tile's tokens (padding slots, -1,
-    left out; a tile without tokens gets lo > hi)."""
+    left out; a tile without tokens gets lo > hi). ``tokens`` None: slot p is token p and N is a whole
+    number of tiles (one reduction, no gather)."""
+    if tokens is None:
+        lo, hi = torch.aminmax(values.view(values.shape[0], -1, block), dim=-1)
+        return lo, hi
     valid = tokens >= 0
     gathered = values.to(torch.int64)[:, tokens.clamp(min=0).to(torch.int64)]
     lo = torch.where(valid, gathered, _FAR).view(values.shape[0], -1, block).amin(-1)
@@ -118,8 +122,11 @@ def _routing_gate(block_map, routing_block, q_side, kv_side, q_tile, kv_tile) ->
     batch, heads, q_blocks, kv_blocks = block_map.shape
     ranges = []
     for (tokens, block), n_blocks, tile in ((q_side, q_blocks, q_tile), (kv_side, kv_blocks, kv_tile)):
-        lo, hi = tile_ranges((tokens.clamp(min=0).to(torch.int64) // routing_block)[None], tokens, block)
-        lo, hi = lo[0, tile], hi[0, tile]
+        if tokens is None:  # tile t holds tokens [t * block, (t + 1) * block)
+            lo, hi = tile * block // routing_block, (tile * block + block - 1) // routing_block
+        else:
+            lo, hi = tile_ranges((tokens.clamp(min=0).to(torch.int64) // routing_block)[None], tokens, block)
+            lo, hi = lo[0, tile], hi[0, tile]
         ranges.append((lo.clamp(0, n_blocks - 1), hi.clamp(0, n_blocks - 1), lo <= hi))
     (q_lo, q_hi, q_ok), (kv_lo, kv_hi, kv_ok) = ranges
     prefix = torch.zeros(batch, heads, q_blocks + 1, kv_blocks + 1, dtype=torch.int32, device=block_map.device)
@@ -251,11 +258,11 @@ class PartGate:
         *,
         blocks: tuple[int, int],
         sizes: tuple[int, int],
-        backward: bool = True,
+        directions: tuple[int, ...] = (0, 1),
     ) -> tuple[GatedLists, ...]:
-        """This call's ``GatedLists`` of the forward/dQ lists and, with ``backward``, of the dK/dV lists."""
-        flags = self.flags(tables, tensors, blocks=blocks, sizes=sizes, backward=backward)
-        return tuple(compact(f, shape) for f, shape in zip(flags, self.shapes))
+        """This call's ``GatedLists`` of each of ``directions`` (as in ``flags``)."""
+        flags = self.flags(tables, tensors, blocks=blocks, sizes=sizes, directions=directions)
+        return tuple(compact(f, self.shapes[d]) for f, d in zip(flags, directions))
 
     def flags(
         self,
@@ -264,20 +271,24 @@ class PartGate:
         *,
         blocks: tuple[int, int],
         sizes: tuple[int, int],
-        backward: bool = True,
+        directions: tuple[int, ...] = (0, 1),
     ) -> tuple[torch.Tensor, ...]:
-        """int8 [B, H or 1, entries] of the forward/dQ lists (entries of ``kv_index``) and, with ``backward``,
-        of the dK/dV lists (entries of ``q_index``): 0 where this call's data proves the entry's tile empty.
+        """int8 [B, H or 1, entries] per direction: 0 the forward/dQ lists (entries of ``kv_index``), 1 the
+        dK/dV lists (entries of ``q_index``); 0 where this call's data proves the entry's tile empty.
         ``blocks`` and ``sizes``: (q, kv) tile sizes and token counts; ``tensors``: the run-time tensors."""
         (block_q, block_kv), (n_q, n_kv) = blocks, sizes
         device = tables.kv_index.device
-        q_tokens = tables.q_tokens if tables.q_gather else identity_tokens(tables.n_q_tiles, block_q, n_q, device)
-        kv_tokens = tables.kv_tokens if tables.kv_gather else identity_tokens(tables.n_kv_tiles, block_kv, n_kv, device)
-        sides = ((q_tokens, block_q), (kv_tokens, block_kv))
-        lists = [(tables.kv_rows, tables.kv_index), (tables.q_index, tables.q_rows)][: 2 if backward else 1]
+        sides = tuple(
+            (gathered if gather else None if n % block == 0 else identity_tokens(n_tiles, block, n, device), block)
+            for gathered, gather, n_tiles, block, n in (
+                (tables.q_tokens, tables.q_gather, tables.n_q_tiles, block_q, n_q),
+                (tables.kv_tokens, tables.kv_gather, tables.n_kv_tiles, block_kv, n_kv),
+            )
+        )
+        lists = [(tables.kv_rows, tables.kv_index), (tables.q_index, tables.q_rows)]
         return tuple(
-            self._evaluate(self.tree, tensors, sides, q.to(torch.int64), kv.to(torch.int64), which).to(torch.int8)
-            for which, (q, kv) in enumerate(lists)
+            self._evaluate(self.tree, tensors, sides, *(t.to(torch.int64) for t in lists[which]), which).to(torch.int8)
+            for which in directions
         )
 
     def _evaluate(self, gate: Gate, tensors, sides, q_tile, kv_tile, which: int) -> torch.Tensor:
@@ -310,7 +321,7 @@ def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 
             cpu,
             blocks=(plan.block_q, plan.block_kv),
             sizes=(plan.canvas.size, plan.kv_canvas.size),
-            backward=False,
+            directions=(0,),
         )
         keep = flags[batch, min(head, flags.shape[1] - 1)].numpy() != 0
         gated, offset = [], 0

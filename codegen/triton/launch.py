@@ -51,6 +51,7 @@ class TritonAttention:
         self._tables: dict[tuple[str, int | None], list[PartTables]] = {}
         self._static: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
         self._part_gates: dict[tuple[str, int | None, int], PartGate | None] = {}
+        self._recent_lists: tuple[tuple, tuple[torch.Tensor, ...], dict] = ((), (), {})
 
     # -- device data -------------------------------------------------------------------------------
 
@@ -91,24 +92,39 @@ class TritonAttention:
         }
 
     def gate_lists(
-        self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool
+        self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool, fresh: bool = False
     ) -> tuple[GatedLists, ...] | None:
         """This call's lists of part ``part`` (``codegen.common.gating``): only the entries the run-time data
         leaves open, for the forward/dQ lists and, with ``backward``, the dK/dV lists; None for a part
-        without a gate (its kernels walk the plan's lists)."""
+        without a gate (its kernels walk the plan's lists).
+
+        Lists are kept for the run-time tensors of the latest call (held, so no other tensor can take their
+        identity; keyed on their identity and version counter, so an in-place change rebuilds them): the
+        backward reuses its forward's lists, and layers sharing one CompiledAttention and one batch of
+        documents build them once per step. ``fresh``: build them anew and keep nothing (what timing the
+        per-call planning needs)."""
         key = (tables.kv_index.device.type, tables.kv_index.device.index, part)
         if key not in self._part_gates:
             self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[part], tables)
         gate = self._part_gates[key]
         if gate is None:
             return None
-        return gate.lists(
-            tables,
-            dict(zip(self.generated.tensor_names, tensors)),
-            blocks=(self.plan.block_q, self.plan.block_kv),
-            sizes=(self.plan.canvas.size, self.plan.kv_canvas.size),
-            backward=backward,
-        )
+        data = tuple((id(t), t._version) for t in tensors)
+        if not fresh and self._recent_lists[0] != data:
+            self._recent_lists = (data, tuple(tensors), {})
+        memo = {} if fresh else self._recent_lists[2]
+        wanted = (0, 1) if backward else (0,)
+        missing = tuple(d for d in wanted if (key, d) not in memo)
+        if missing:
+            built = gate.lists(
+                tables,
+                dict(zip(self.generated.tensor_names, tensors)),
+                blocks=(self.plan.block_q, self.plan.block_kv),
+                sizes=(self.plan.canvas.size, self.plan.kv_canvas.size),
+                directions=missing,
+            )
+            memo.update({(key, d): lists for d, lists in zip(missing, built)})
+        return tuple(memo[key, d] for d in wanted)
 
     def _gates(
         self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool
