@@ -158,21 +158,11 @@ def time_per_call(name: str, repeats: int) -> dict:
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
-    import maskir
     from benchmarks import catalogue, suite
 
     entry = catalogue.case(name)
     inputs = suite.make_inputs(entry, torch.device("cpu"))
-    compiled = maskir.compile(
-        entry.pattern,
-        entry.canvas,
-        heads=catalogue.HEADS,
-        head_dim=catalogue.HEAD_DIM,
-        dtype=catalogue.DTYPE,
-        device="cpu",
-        backend="triton",
-        quiet=True,
-    )
+    compiled = suite.compile_maskir(entry, torch.device("cpu"))
     data = {"segments": inputs.segments, "routing": inputs.routing}
     refine = partial(compiled.tile_gates, inputs.q, inputs.k, backward=True, **data)
     times = []

@@ -283,22 +283,27 @@ class Impl:
     extra: dict = field(default_factory=dict)
 
 
+def compile_maskir(case: Case, device: torch.device) -> maskir.CompiledAttention:
+    """``maskir.compile`` of ``case`` on the Triton backend at the suite's shape (HEADS, HEAD_DIM, DTYPE)."""
+    return maskir.compile(
+        case.pattern,
+        case.canvas,
+        heads=HEADS,
+        head_dim=HEAD_DIM,
+        dtype=DTYPE,
+        device=device,
+        backend="triton",
+        quiet=True,
+    )
+
+
 def build_maskir(case: Case, inputs: Inputs, iters: int) -> Impl:
     """maskir.compile on the Triton backend; the first call (kernel compilation) is part of ``build_ms``.
     A data-dependent case also records ``per_call_ms``: the median of ``iters`` runs of the per-call
     planning a call does before its launches (``CompiledAttention.tile_gates``, both directions), the
     counterpart of flex's ``create_block_mask_ms``."""
     started = time.perf_counter()
-    compiled = maskir.compile(
-        case.pattern,
-        case.canvas,
-        heads=HEADS,
-        head_dim=HEAD_DIM,
-        dtype=DTYPE,
-        device=inputs.q.device,
-        backend="triton",
-        quiet=True,
-    )
+    compiled = compile_maskir(case, inputs.q.device)
     data = {"segments": inputs.segments, "routing": inputs.routing}
 
     def forward():

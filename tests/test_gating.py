@@ -46,9 +46,7 @@ def _tile_has_pair(planned, tables, mask, q_tile, kv_tile) -> np.ndarray:
 def _flags(planned, tensors):
     tables = part_tables(planned, planned.parts[0], "cpu")
     gate = PartGate.build(planned, planned.parts[0], tables)
-    forward, backward = gate.flags(
-        tables, tensors, blocks=(planned.block_q, planned.block_kv), sizes=(planned.canvas.size, planned.kv_canvas.size)
-    )
+    forward, backward = gate.flags(tables, tensors)
     return tables, forward, backward
 
 

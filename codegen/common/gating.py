@@ -225,6 +225,8 @@ class PartGate:
     tree: Gate
     static: dict[Pattern, tuple[torch.Tensor, torch.Tensor]]
     shapes: tuple[ListShape, ListShape]
+    blocks: tuple[int, int]  # the plan's (q, kv) tile sizes
+    sizes: tuple[int, int]  # its (q, kv) token counts
 
     @classmethod
     def build(cls, plan: Plan, part: PlanPart, tables: PartTables) -> PartGate | None:
@@ -249,34 +251,22 @@ class PartGate:
                 tables.q_start, tables.q_index, [t.q_start for t in part.tables], [t.q_full for t in part.tables]
             ),
         )
-        return cls(tree, static, shapes)
+        return cls(tree, static, shapes, (plan.block_q, plan.block_kv), (plan.canvas.size, plan.kv_canvas.size))
 
     def lists(
-        self,
-        tables: PartTables,
-        tensors: Mapping[str, torch.Tensor],
-        *,
-        blocks: tuple[int, int],
-        sizes: tuple[int, int],
-        directions: tuple[int, ...] = (0, 1),
+        self, tables: PartTables, tensors: Mapping[str, torch.Tensor], *, directions: tuple[int, ...] = (0, 1)
     ) -> tuple[GatedLists, ...]:
         """This call's ``GatedLists`` of each of ``directions`` (as in ``flags``)."""
-        flags = self.flags(tables, tensors, blocks=blocks, sizes=sizes, directions=directions)
+        flags = self.flags(tables, tensors, directions=directions)
         return tuple(compact(f, self.shapes[d]) for f, d in zip(flags, directions))
 
     def flags(
-        self,
-        tables: PartTables,
-        tensors: Mapping[str, torch.Tensor],
-        *,
-        blocks: tuple[int, int],
-        sizes: tuple[int, int],
-        directions: tuple[int, ...] = (0, 1),
+        self, tables: PartTables, tensors: Mapping[str, torch.Tensor], *, directions: tuple[int, ...] = (0, 1)
     ) -> tuple[torch.Tensor, ...]:
         """int8 [B, H or 1, entries] per direction: 0 the forward/dQ lists (entries of ``kv_index``), 1 the
         dK/dV lists (entries of ``q_index``); 0 where this call's data proves the entry's tile empty.
-        ``blocks`` and ``sizes``: (q, kv) tile sizes and token counts; ``tensors``: the run-time tensors."""
-        (block_q, block_kv), (n_q, n_kv) = blocks, sizes
+        ``tensors``: the run-time tensors by name."""
+        (block_q, block_kv), (n_q, n_kv) = self.blocks, self.sizes
         device = tables.kv_index.device
         sides = tuple(
             (gathered if gather else None if n % block == 0 else identity_tokens(n_tiles, block, n, device), block)
@@ -316,13 +306,7 @@ def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 
         if gate is None:
             parts.append(part)
             continue
-        (flags,) = gate.flags(
-            tables,
-            cpu,
-            blocks=(plan.block_q, plan.block_kv),
-            sizes=(plan.canvas.size, plan.kv_canvas.size),
-            directions=(0,),
-        )
+        (flags,) = gate.flags(tables, cpu, directions=(0,))
         keep = flags[batch, min(head, flags.shape[1] - 1)].numpy() != 0
         gated, offset = [], 0
         for table in part.tables:

@@ -116,13 +116,7 @@ class TritonAttention:
         wanted = (0, 1) if backward else (0,)
         missing = tuple(d for d in wanted if (key, d) not in memo)
         if missing:
-            built = gate.lists(
-                tables,
-                dict(zip(self.generated.tensor_names, tensors)),
-                blocks=(self.plan.block_q, self.plan.block_kv),
-                sizes=(self.plan.canvas.size, self.plan.kv_canvas.size),
-                directions=missing,
-            )
+            built = gate.lists(tables, dict(zip(self.generated.tensor_names, tensors)), directions=missing)
             memo.update({(key, d): lists for d, lists in zip(missing, built)})
         return tuple(memo[key, d] for d in wanted)
 
