@@ -20,6 +20,7 @@ from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
+from maskir.runtime.target import device_spec
 
 if TYPE_CHECKING:
     from maskir.codegen.common.gating import GatedLists
@@ -104,8 +105,11 @@ class CompiledAttention:
         self.dtype, self.device = dtype, torch.device(device)
         self.score_mod = score_mod
         self.backend = resolve_backend(backend, self.device)
+        self.spec = device_spec(
+            self.device, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod is not None
+        )
         self.plan: Plan = plan(
-            pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout
+            pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout, spec=self.spec
         )
         self._routing = routing_node(pattern)
         fields = {
@@ -119,7 +123,7 @@ class CompiledAttention:
             "blocks": (self.plan.block_q, self.plan.block_kv),
             "layouts": [part.layout.name for part in self.plan.parts],
             "backend": self.backend,
-            "device": _device_capability(self.device),
+            "device": self.device.type if self.spec.capability is None else f"cuda:{self.spec.arch}",
             "score_mod": getattr(score_mod, "__qualname__", None),
         }
         self.handle = cache_key({**fields, "object": next(_HANDLES)})  # unique even after an id is reused
@@ -163,6 +167,8 @@ class CompiledAttention:
             kv_heads=self.kv_heads,
             score_mod=self.score_mod,
             interpret=interpret,
+            capability=self.spec.capability or (9, 0),
+            shared_memory_per_block=self.spec.shared_memory_per_block or None,
         )
         entry = self._cached(cache, fields, generated.source, score_mod=generated.score_mod_text, interpret=interpret)
         self._source = entry.source
@@ -305,10 +311,3 @@ def _traceable_captures(score_mod: Callable | None) -> dict[str, torch.Tensor]:
     except Exception:  # any failure of user code under tracing: the reference backend does not need it
         return {}
     return {ref.name: ref.data for ref in traced.tensors() if ref.data is not None}
-
-
-def _device_capability(device: torch.device) -> str:
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return f"cuda:sm_{major}{minor}"
-    return device.type

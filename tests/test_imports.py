@@ -10,11 +10,12 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.canvas                            | nothing                                               |
 | maskir.reference, maskir.patterns        | maskir (package), maskir.canvas, maskir.ir            |
 | maskir.spec                              | those, and maskir.patterns                            |
-| maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost |
+| maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost, maskir.sim.target |
 | maskir.sim.{hardware,schedule}           | nothing (numpy only)                                  |
 | maskir.sim.cost                          | maskir.sim.hardware, maskir.sim.schedule              |
+| maskir.sim.target                        | maskir.sim.hardware                                   |
 | maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the three above |
-| maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.codegen.common |
+| maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.sim.target, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
@@ -49,7 +50,7 @@ ROOT_PACKAGE = "maskir.__init__"
 _BASE = ("maskir.canvas",)
 _IR = (ROOT_PACKAGE, *_BASE, "maskir.ir")
 _FIRST = (*_IR, "maskir.reference", "maskir.patterns", "maskir.spec")
-_CODEGEN = (*_IR, "maskir.planner", "maskir.codegen.common")
+_CODEGEN = (*_IR, "maskir.planner", "maskir.sim.target", "maskir.codegen.common")
 ALLOWED: dict[str, tuple[str, ...]] = {
     ROOT_PACKAGE: (*_BASE, "maskir.ir"),
     "maskir.canvas": (),
@@ -57,10 +58,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.reference": _IR,
     "maskir.patterns": _IR,
     "maskir.spec": (*_IR, "maskir.patterns"),
-    "maskir.planner": (*_FIRST, "maskir.sim.cost"),
+    "maskir.planner": (*_FIRST, "maskir.sim.cost", "maskir.sim.target"),
     "maskir.sim.hardware": (),
     "maskir.sim.schedule": (),
     "maskir.sim.cost": ("maskir.sim.hardware", "maskir.sim.schedule"),
+    "maskir.sim.target": ("maskir.sim.hardware",),
     "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule"),
     "maskir.codegen": _CODEGEN,
     "maskir.codegen.common": _CODEGEN,
