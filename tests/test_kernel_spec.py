@@ -102,6 +102,7 @@ def test_plan_rejects_a_spec_of_the_wrong_type():
 
 def test_cpu_device_spec_is_priced_like_the_planner_default():
     spec = device_spec(torch.device("cpu"), head_dim=32, dtype=torch.float32, kv_heads=2)
+    assert cost_for(spec) is plan_cost
     assert (spec.device, spec.capability, spec.hardware.name) == ("cpu", None, "h100")
     assert (spec.head_dim, spec.dtype, spec.kv_heads, spec.arch) == (32, "fp32", 2, "cpu")
 

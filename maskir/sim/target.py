@@ -114,8 +114,8 @@ class KernelSpec:
 
     @classmethod
     def for_cpu(cls, *, hw: str | Hardware = "h100", **sizes) -> KernelSpec:
-        """A CPU target (the Triton interpreter, TVM's llvm build, the reference); plans are priced as
-        ``hw`` (default H100: the GPU maskir's tile sizes are chosen for when none is present)."""
+        """A CPU target (the Triton interpreter, TVM's llvm build, the reference). ``hw`` is what the
+        simulator would price; the planner prices a CPU target like no spec at all (``cost_for``)."""
         return cls("cpu", None, get_hardware(hw), 0, **sizes)
 
     def __str__(self) -> str:
