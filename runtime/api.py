@@ -9,6 +9,7 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, node_from_tree, node_tree
+from maskir.planner import Plan
 from maskir.runtime.checks import check_qkv, resolve_canvas
 from maskir.runtime.compiled import CompiledAttention
 
@@ -65,6 +66,7 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     layout: str = "auto",
     backend: str = "auto",
     quiet: bool = False,
+    plan: Plan | None = None,
 ) -> CompiledAttention:
     """Plan ``pattern`` and build its kernels once; call the result in a training loop.
 
@@ -73,6 +75,8 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     "reference" (float64 dense, for checking). ``device`` defaults to CUDA when there is one (CPU for
     backend "tvm"). ``pattern`` may be spec text (``maskir.parse``). Tensors a ``score_mod`` reads are
     captured now: in-place updates are seen by later calls, a rebound name needs a new compile.
+    ``plan``: a prebuilt plan of ``pattern`` on these canvases and heads to run instead of planning (e.g. a
+    context-parallel rank's sub-plan from ``maskir.distributed``); block_q, block_kv and layout are then unused.
     """
     pattern = _pattern(pattern)
     if device is None:
@@ -100,6 +104,7 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
         layout=layout,
         backend=backend,
         quiet=quiet,
+        plan=plan,
     )
 
 

@@ -17,6 +17,7 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
+| maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
 | maskir.cli, maskir.__main__              | everything                                            |
 
@@ -69,6 +70,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.codegen.flex": _CODEGEN,
     "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
     "maskir.viz": (*_IR, "maskir.planner"),
+    "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
 }
 """Group (longest matching prefix of a module name) -> modules it may import besides its own group."""
 ALLOWED["maskir.cli"] = ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")
