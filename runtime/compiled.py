@@ -107,7 +107,10 @@ class CompiledAttention:
         self.score_mod = score_mod
         self.backend = resolve_backend(backend, self.device)
         if plan is not None and (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (
-            pattern, canvas, kv_canvas, heads
+            pattern,
+            canvas,
+            kv_canvas,
+            heads,
         ):
             raise ValueError(
                 f"plan was made for {plan.pattern} on {plan.canvas} x {plan.kv_canvas} with {plan.heads} heads, "

@@ -28,9 +28,7 @@ from maskir.planner import Plan
 from maskir.runtime import CompiledAttention
 from maskir.runtime import compile as compile_attention
 
-_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, CompiledAttention]] = (
-    weakref.WeakKeyDictionary()
-)
+_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, CompiledAttention]] = weakref.WeakKeyDictionary()
 """Per context-parallel plan: the compiled sub-plan of each (rank, heads, kv heads, head dim, dtype,
 device, backend, score_mod) it ran, freed with the plan."""
 
@@ -54,7 +52,9 @@ def _for_heads(plan: Plan, heads: int) -> Plan:
             f"{plan.pattern} gives heads different tables and cp_plan was sharded for {plan.heads} heads, but q has "
             f"{heads}: shard(..., heads={heads})."
         )
-    parts = tuple(dataclasses.replace(part, head_table=np.zeros(heads, dtype=part.head_table.dtype)) for part in plan.parts)
+    parts = tuple(
+        dataclasses.replace(part, head_table=np.zeros(heads, dtype=part.head_table.dtype)) for part in plan.parts
+    )
     return dataclasses.replace(plan, heads=heads, parts=parts)
 
 
@@ -151,7 +151,9 @@ def attention(
     return out_full.index_select(2, q_at)
 
 
-def scatter(full: torch.Tensor, cp_plan: ContextParallelPlan, rank: int, *, kv: bool = False, dim: int = 2) -> torch.Tensor:
+def scatter(
+    full: torch.Tensor, cp_plan: ContextParallelPlan, rank: int, *, kv: bool = False, dim: int = 2
+) -> torch.Tensor:
     """Rank ``rank``'s rows of a whole tensor (tokens along ``dim``), in its order: q tokens, or k/v tokens
     with ``kv=True``."""
     index = cp_plan.kv_token_indices(rank) if kv else cp_plan.token_indices(rank)

@@ -156,20 +156,21 @@ def _sub_table(table: TileTable, mapping: tuple[np.ndarray, np.ndarray], n_local
 
 
 def sub_plan(plan: Plan, tiles: np.ndarray, name: str) -> Plan:
-    """``plan`` restricted to the main layout's q tiles ``tiles`` (local tile j = tiles[j]); see the module."""
+    """``plan`` restricted to the main layout's q tiles ``tiles`` (local tile j = tiles[j]); see the module.
+    A rank without tiles gets one tile of padding slots and no entries (a plan has at least one q tile)."""
     main_slots, _ = _part_sides(plan, plan.parts[0])
-    local_slots = main_slots[tiles]
+    local_slots = main_slots[tiles] if tiles.size else np.full((1, plan.block_q), -1, dtype=np.int64)
     tokens = local_slots[local_slots >= 0]
-    local_of_token = np.repeat(np.arange(tiles.size), (local_slots >= 0).sum(axis=1))
+    local_of_token = np.repeat(np.arange(local_slots.shape[0]), (local_slots >= 0).sum(axis=1))
     parts = []
     for part in plan.parts:
         q_slots, _ = _part_sides(plan, part)
         part_tile = _tile_of_token(q_slots, plan.canvas.size)[tokens]
         keys = np.unique(local_of_token * part.n_q_tiles + part_tile)
         mapping = (keys // part.n_q_tiles, keys % part.n_q_tiles)
-        tables = tuple(_sub_table(t, mapping, tiles.size, part.n_kv_tiles) for t in part.tables)
+        tables = tuple(_sub_table(t, mapping, local_slots.shape[0], part.n_kv_tiles) for t in part.tables)
         layout = Layout(f"{name}: {part.layout.name}", local_slots.reshape(-1), part.layout.kv_tokens)
-        parts.append(dataclasses.replace(part, layout=layout, tables=tables, n_q_tiles=int(tiles.size)))
+        parts.append(dataclasses.replace(part, layout=layout, tables=tables, n_q_tiles=local_slots.shape[0]))
     return dataclasses.replace(plan, parts=tuple(parts))
 
 
@@ -259,7 +260,9 @@ class ContextParallelPlan:
 
     def bytes_moved(self, head_dim: int, dtype, *, kv_heads: int | None = None, batch: int = 1) -> int:
         """Bytes of k and v all ranks fetch per forward."""
-        return sum(self.bytes_received(r, head_dim, dtype, kv_heads=kv_heads, batch=batch) for r in range(self.world_size))
+        return sum(
+            self.bytes_received(r, head_dim, dtype, kv_heads=kv_heads, batch=batch) for r in range(self.world_size)
+        )
 
     def all_gather_bytes(self, head_dim: int, dtype, *, kv_heads: int | None = None, batch: int = 1) -> int:
         """Bytes a plain ring all-gather of K/V moves: every rank receives every other rank's k/v rows."""
@@ -326,7 +329,16 @@ def shard(
         q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
         needed = needed_kv(full, q_owner, world_size)
         kv_owner = q_owner if self_attention else _place_kv(full, needed, world_size)
-        scored.append((imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner), name, tile_owner, q_owner, kv_owner))
+        scored.append(
+            (
+                imbalance(work, tile_owner, world_size),
+                _fetched_bytes(needed, kv_owner),
+                name,
+                tile_owner,
+                q_owner,
+                kv_owner,
+            )
+        )
     best = min(s[0] for s in scored)
     bar = max(BALANCE_GOAL, best + BALANCE_SLACK)
     _, _, name, tile_owner, q_owner, kv_owner = min((s for s in scored if s[0] <= bar), key=lambda s: (s[1], s[0]))
@@ -340,7 +352,9 @@ def _token_owner(main_slots: np.ndarray, tile_owner: np.ndarray, size: int) -> n
     return owner
 
 
-def _build(full: Plan, ranks: int, self_attention: bool, name: str, tile_owner, q_owner, kv_owner) -> ContextParallelPlan:
+def _build(
+    full: Plan, ranks: int, self_attention: bool, name: str, tile_owner, q_owner, kv_owner
+) -> ContextParallelPlan:
     main_slots, main_kv_slots = _part_sides(full, full.parts[0])
     rank_tiles = tuple(np.flatnonzero(tile_owner == r) for r in range(ranks))
     q_tokens = tuple(main_slots[t][main_slots[t] >= 0] for t in rank_tiles)
