@@ -271,7 +271,7 @@ class CompiledAttention:
             )
         scale = self.head_dim**-0.5 if scale is None else float(scale)
         tensors = self._run_tensors(q, k, segments, routing, captures)
-        if self._decode.applies(q, k, v):  # few queries, no gradient: the decode kernels (runtime/decode.py)
+        if self._decode.applies(q, k, v, tensors):  # few queries, no gradient: the decode kernels (runtime/decode.py)
             out, lse = self._decode(q, k, v, scale, dict(zip(self.tensor_names, tensors)))
             return (out, lse) if return_lse else out
         out, lse = ops.AttentionFunction.apply(

@@ -325,11 +325,12 @@ class LocalDecode:
         self.compiled = compiled
         self.attention: DecodeAttention | None = None
 
-    def applies(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    def applies(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
+        """Whether this call takes the decode kernels (``tensors``: its run-time tensors, a trainable bias too)."""
         c = self.compiled
         if c.backend != "triton" or torch.compiler.is_compiling():
             return False
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors)):
             return False
         return prefers_decode(
             c.pattern, c.canvas, c.kv_canvas, batch=q.shape[0], heads=c.heads, sms=device_sms(q.device)

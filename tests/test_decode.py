@@ -226,10 +226,10 @@ def test_compiled_attention_takes_the_decode_kernels_for_few_queries():
     q, k, v = tensors(2, 4, 2, 3, 300)
     pattern = Causal(offset=150) & ~Window(20, 20)
     compiled = maskir.compile(pattern, 3, kv_canvas=300, heads=4, kv_heads=2, head_dim=32, dtype=torch.float32)
-    assert compiled._decode.applies(q, k, v)
+    assert compiled._decode.applies(q, k, v, [])
     got = compiled(q, k, v, return_lse=True)
     want = maskir.reference_attention(q.double(), k.double(), v.double(), pattern, 3, kv_canvas=300, return_lse=True)
     check_close(got, want, torch.float32)
     trained = compiled(q.clone().requires_grad_(), k, v)  # needs a gradient: the training kernels
-    assert not compiled._decode.applies(q.clone().requires_grad_(), k, v)
+    assert not compiled._decode.applies(q.clone().requires_grad_(), k, v, [])
     torch.testing.assert_close(trained.detach(), got[0], rtol=0, atol=1e-5)
