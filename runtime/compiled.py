@@ -18,6 +18,7 @@ from maskir.planner import plan as plan_pattern
 from maskir.runtime import ops
 from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_key, source_digest
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
+from maskir.runtime.decode import LocalDecode
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
@@ -154,6 +155,7 @@ class CompiledAttention:
         else:
             self._build_triton(fields, cache)
         ops.register(self.handle, self.kernels)
+        self._decode = LocalDecode(self)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
 
     def _cached(self, cache: KernelCache, fields: dict, source: str, **extra) -> CacheEntry:
@@ -281,6 +283,9 @@ class CompiledAttention:
             )
         scale = self.head_dim**-0.5 if scale is None else float(scale)
         tensors = self._run_tensors(q, k, segments, routing, captures)
+        if self._decode.applies(q, k, v, tensors):  # few queries, no gradient: the decode kernels (runtime/decode.py)
+            out, lse = self._decode(q, k, v, scale, dict(zip(self.tensor_names, tensors)))
+            return (out, lse) if return_lse else out
         out, lse = ops.AttentionFunction.apply(
             q.contiguous(), k.contiguous(), v.contiguous(), self.handle, scale, *tensors
         )
