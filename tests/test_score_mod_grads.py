@@ -104,20 +104,17 @@ def test_trained_tensor_gradients_equal_float64_autograd(pattern, canvas, make, 
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_a_union_plan_of_two_parts_sums_the_table_gradients_of_both(backend, monkeypatch):
+def test_a_union_plan_of_two_parts_sums_the_table_gradients_of_both(backend):
     """Local + columns planned as a band part and a gathered-columns part (forced by ranking on computed
     pairs, as tests/test_triton_kernels.py does): each part adds its pairs' table gradients."""
     from maskir.planner import plan
-    from maskir.runtime import compiled as compiled_module
 
-    monkeypatch.setattr(
-        compiled_module, "plan", lambda *a, **kw: plan(*a, **kw, cost=lambda p: p.tile_counts.computed_pairs)
-    )
     pattern, n = (Window(15, 0) | Columns(16, 1)) & Causal(), 128
+    two_parts = plan(pattern, Canvas((n,)), heads=HEADS, cost=lambda p: p.tile_counts.computed_pairs)
     table = torch.randn(8, HEADS, generator=torch.Generator().manual_seed(6), requires_grad=True)
     attend = maskir.compile(
         pattern, n, heads=HEADS, head_dim=DIM, dtype=torch.float32, device="cpu", score_mod=bucket_bias(table),
-        backend=backend,
+        backend=backend, plan=two_parts,
     )  # fmt: skip
     assert len(attend.plan.parts) == 2
     q, k, v = qkv(n)
