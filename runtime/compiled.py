@@ -13,7 +13,8 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
-from maskir.planner import Plan, plan
+from maskir.planner import Plan
+from maskir.planner import plan as plan_pattern
 from maskir.runtime import ops
 from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_key, source_digest
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
@@ -91,6 +92,7 @@ class CompiledAttention:
         backend: str = "auto",
         cache: KernelCache = DEFAULT_CACHE,
         quiet: bool = False,
+        plan: Plan | None = None,
     ):
         if not isinstance(pattern, Pattern):
             raise TypeError(
@@ -106,7 +108,17 @@ class CompiledAttention:
         self.dtype, self.device = dtype, torch.device(device)
         self.score_mod = score_mod
         self.backend = resolve_backend(backend, self.device)
-        self.plan: Plan = plan(
+        if plan is not None and (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (
+            pattern,
+            canvas,
+            kv_canvas,
+            heads,
+        ):
+            raise ValueError(
+                f"plan was made for {plan.pattern} on {plan.canvas} x {plan.kv_canvas} with {plan.heads} heads, "
+                f"not for {pattern} on {canvas} x {kv_canvas} with {heads} heads: pass a plan of this pattern."
+            )
+        self.plan: Plan = plan or plan_pattern(
             pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout
         )
         self._routing = routing_node(pattern)
