@@ -9,6 +9,9 @@ parameter equal eager's (and sdpa's where it applies), with left padding, and wi
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -20,6 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 import maskir.integrations.transformers as integration  # noqa: E402 (after the importorskip)
 
+ROOT = Path(__file__).resolve().parents[1]
 VOCAB, LENGTH = 64, 16
 COMMON = dict(
     vocab_size=VOCAB,
@@ -204,3 +208,18 @@ def test_a_mask_maskir_cannot_express_is_refused():
     overlay = or_masks(causal_mask_function, lambda b, h, q, kv: q // 5 == kv // 5)
     with pytest.raises(ValueError, match="cannot express"):
         integration.maskir_mask(1, 16, 16, mask_function=overlay)
+
+
+def test_packed_training_example_lowers_the_loss_through_maskir():
+    """examples/transformers_packed.py: a tiny Llama trained for a few steps on packed documents."""
+    spec = importlib.util.spec_from_file_location("transformers_packed", ROOT / "examples" / "transformers_packed.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    AttentionInterface.register("maskir", _spy)  # count the calls of the name the example uses
+    try:
+        CALLS.clear()
+        losses = example.main()
+    finally:
+        integration.register()
+    assert len(CALLS) == 2 * example.STEPS
+    assert losses[-1] < 0.85 * losses[0]
