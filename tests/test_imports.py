@@ -18,6 +18,7 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
+| maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
 | maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime |
 | maskir.integrations (transformers, ...)  | the same as maskir.nn                                  |
@@ -73,6 +74,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.codegen.flex": _CODEGEN,
     "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
     "maskir.viz": (*_IR, "maskir.planner"),
+    "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime"),
     "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime"),
 }
