@@ -165,6 +165,16 @@ def test_ring_buffer_window_equals_full_cache_window():
     torch.testing.assert_close(paged_ring, full[0], rtol=0, atol=1e-6)
 
 
+def test_ring_buffer_refuses_a_pattern_that_needs_evicted_keys():
+    q, k, v = tensors(1, 2, 2, 1, 96)
+    with pytest.raises(ValueError, match="no longer holds key 0 "):
+        maskir.decode(q, k, v, (Window(50, 0) & Causal()) | Sink(3), kv_lens=[500], ring=True)
+    with pytest.raises(ValueError, match="cannot hold what"):
+        maskir.decode(
+            q, k, v, Segments() & Causal(), kv_lens=[500], ring=True, segments=torch.zeros(1, 500, dtype=torch.int32)
+        )
+
+
 def test_decode_plans_are_cached_per_kv_bucket():
     attn = maskir.compile_decode("Causal()", heads=2, head_dim=32, dtype=torch.float32, device="cpu")
     q, k, v = tensors(1, 2, 2, 1, 400)
