@@ -31,6 +31,7 @@ from maskir.ir import Grid, Neighborhood, Pattern, Routing
 from maskir.planner.build import plan as make_plan
 from maskir.planner.kinds import FULL
 from maskir.planner.plan import Plan
+from maskir.reference import evaluate_pairs
 
 DECODE_BLOCK_Q = 16
 """q positions per tile of a decode plan: a row block's queries fall in at most two of them."""
@@ -212,6 +213,40 @@ def decode_lists(
     return DecodeLists(start.astype(np.int32), np.asarray(fulls, dtype=np.int32), index.astype(np.int32))
 
 
+def check_ring(plan: Plan, q_offsets: np.ndarray, n_q: int, kv_lens: np.ndarray, ring: int) -> None:
+    """ValueError when a query may see a key a ring buffer of ``ring`` positions no longer holds (positions
+    < kv_len - ring): the listed tiles below the ring are evaluated exactly (a data-dependent pattern that
+    lists any cannot be checked and is refused)."""
+    part = plan.parts[0]
+    heads = [int(np.flatnonzero(part.head_table == g)[0]) for g in range(len(part.tables))]
+    for b, (offset, gone) in enumerate(zip(q_offsets.tolist(), (kv_lens - ring).tolist())):
+        if gone <= 0:
+            continue
+        q_pos = offset + np.arange(n_q)
+        for table, head in zip(part.tables, heads):
+            tiles = []
+            for q_tile in range(q_pos[0] // DECODE_BLOCK_Q, q_pos[-1] // DECODE_BLOCK_Q + 1):
+                listed, _ = _row_list(table.runs, q_tile, 0, -(-gone // DECODE_BLOCK_KV))
+                tiles.append(listed)
+            kv_pos = (np.concatenate(tiles)[:, None] * DECODE_BLOCK_KV + np.arange(DECODE_BLOCK_KV)).ravel()
+            kv_pos = np.unique(kv_pos[kv_pos < gone])
+            if kv_pos.size == 0:
+                continue
+            if part.dynamic:
+                raise ValueError(
+                    f"A ring buffer of {ring} positions cannot hold what {part.pattern} may allow (its run-time data "
+                    f"can reach keys before position {gone}): use a full cache."
+                )
+            allowed = evaluate_pairs(part.pattern, plan.canvas, plan.canvas, q_pos, kv_pos, batch=b, head=head)
+            if allowed.any():
+                i, j = np.argwhere(allowed)[0]
+                raise ValueError(
+                    f"A ring buffer of {ring} positions no longer holds key {kv_pos[j]} (< kv_len - ring = {gone}) that "
+                    f"{part.pattern} allows for the query at {q_pos[i]} (batch {b}): keep more positions, or keep "
+                    "those keys in a full cache."
+                )
+
+
 def decode_grid(
     plan: Plan,
     kv_heads: int,
@@ -225,12 +260,14 @@ def decode_grid(
 ) -> tuple[DecodeGrid, DecodeLists, np.ndarray]:
     """The grid and lists of one call, and the head group of each head pack's first head.
 
-    ``splits`` None: ``choose_splits`` from the lists' lengths and ``sms``.
+    ``splits`` None: ``choose_splits`` from the lists' lengths and ``sms``. ``ring``: ``check_ring`` first.
     """
     batch = int(q_offsets.shape[0])
     pack = head_pack(plan, kv_heads)
     rows, row_blocks = decode_rows(n_q, pack)
     first_q_tiles, slots = query_tiles(q_offsets, n_q, pack, rows, row_blocks)
+    if ring is not None:
+        check_ring(plan, q_offsets, n_q, kv_lens, ring)
     grid = DecodeGrid(batch, plan.heads, n_q, pack, rows, row_blocks, slots, 1)
     lists = decode_lists(plan, grid, first_q_tiles, kv_lens, ring)
     chosen = choose_splits(lists.count, grid.programs, sms) if splits is None else splits
