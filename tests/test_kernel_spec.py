@@ -155,3 +155,51 @@ def test_runtime_on_an_ampere_or_ada_device_generates_kernels_that_fit(tmp_path,
     assert all(limit == shared for _, _, limit, _, _ in found["reports"])
     assert [row for row in found["reports"] if not row[-1]] == []
     assert found["options"]["_fwd"]["num_stages"] == 2
+
+
+def test_cli_source_configures_the_triton_module_for_the_arch(capsys):
+    from maskir.cli import main
+
+    launch = {}
+    for arch in ("sm_89", "sm_90"):
+        assert main(["source", "Causal()", "--canvas", "1024", "--arch", arch]) == 0
+        text = capsys.readouterr().out
+        launch[arch] = text[text.index("LAUNCH_OPTIONS") :].splitlines()[1].strip()
+    assert launch == {
+        "sm_89": "'_fwd': {'num_warps': 4, 'num_stages': 2},",
+        "sm_90": "'_fwd': {'num_warps': 4, 'num_stages': 3},",
+    }
+
+
+def test_cli_plan_and_simulate_price_the_chosen_hardware(capsys):
+    from maskir.cli import main
+
+    assert main(["simulate", "Causal()", "--canvas", "4096", "--arch", "sm_89", "--hw", "rtx4090"]) == 0
+    assert "rtx4090" in capsys.readouterr().out
+    assert main(["plan", "Causal()", "--canvas", "4096", "--arch", "sm_100"]) == 0
+    assert "plan of Causal()" in capsys.readouterr().out
+    assert main(["plan", "Causal()", "--canvas", "64", "--hw", "h1000"]) == 2
+    assert "Unknown hardware 'h1000'" in capsys.readouterr().err
+
+
+def test_cli_check_refuses_the_interpreter(monkeypatch, capsys):
+    from maskir.cli import main
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert main(["check", "Causal()", "--canvas", "256", "--arch", "sm_89"]) == 2
+    assert "run it without TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+def test_cli_check_prints_the_table_and_exits_0_when_every_kernel_fits():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env.update(TRITON_DEFAULT_FP_FUSION="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "maskir", "check", "Window(64, 0)", "--canvas", "1024", "--arch", "sm_89",
+         "--heads", "2", "--head-dim", "64"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("sm_89")]
+    assert {row[1] for row in rows} == {"_fwd", "_bwd_preprocess", "_bwd_dq", "_bwd_dkdv"}
+    assert all(row[-1] == "yes" for row in rows)
+    assert "sm_89 priced as l40s, head_dim 64, bf16" in done.stdout

@@ -22,6 +22,9 @@ SHARED_MEMORY_BYTES = {arch.capability: arch.shared_memory_per_block for arch in
 THREE_STAGE_SHARED_BYTES = 200 * 1024
 """Per-block shared memory from which K/V loads run three stages deep (sm_90 suite: 131,072 B at most);
 below it (sm_8x, sm_120's 99 KiB) two stages: the causal forward needed 114,688 B at three on sm_89."""
+BLACKWELL_NARROW_PAIR_OPS = 5
+"""On sm_100 (tcgen05) forwards whose predicate has this many pair operations step 32 kv positions: the
+dilated window and NA2D (5 and 7 operations) spilled 16 B at 64-wide steps with triton 3.9."""
 MMA_SYNC_ROW_ELEMENTS = 64 * 128
 """Before sm_90 (``mma.sync``: operands and accumulators in registers), dQ programs whose rows x head dim
 reach this run 8 warps, dK/dV programs own at most 64 kv rows on 8 warps, and the forward steps 32 kv
@@ -121,6 +124,7 @@ def choose_config(
     heavy = row_bytes >= 512  # 16-bit head dim 256, fp32 head dim >= 128: split tiles, narrow steps
     narrow = heavy or pair_loads > 0 or pair_ops > HEAVY_PAIR_OPS
     mma_sync = capability[0] < 9
+    narrow_fwd = narrow or mma_sync or (capability[0] >= 10 and pair_ops >= BLACKWELL_NARROW_PAIR_OPS)
     stages = 3 if not heavy and capability[0] >= 9 and shared_memory_per_block >= THREE_STAGE_SHARED_BYTES else 2
     fwd_rows = dq_rows = _chunk(block_q, 32 if heavy and fp32 else 128)
     dkdv_rows = _chunk(block_kv, 32 if heavy else 64 if mma_sync else 128)
@@ -139,7 +143,7 @@ def choose_config(
     dkdv_warps = 8 if mma_sync or dkdv_rows * head_dim_pad >= DKDV_ELEMENTS_FOR_8_WARPS else warps(dkdv_rows)
 
     return KernelConfig(
-        fwd_chunk_n=_chunk(block_kv, 32 if narrow or mma_sync else 64 if row_bytes > 128 or fp32 else 128),
+        fwd_chunk_n=_chunk(block_kv, 32 if narrow_fwd else 64 if row_bytes > 128 or fp32 else 128),
         dq_chunk_n=_chunk(block_kv, 16 if narrow else 32),
         dkdv_chunk_m=_chunk(block_q, WGMMA_MIN_M if swap else 16 if narrow else 32),
         preprocess_rows=32 if heavy else 64,
