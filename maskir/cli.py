@@ -182,6 +182,14 @@ def cmd_show(args: argparse.Namespace) -> None:
     KV_CANVAS,
     argument("--hw", default="h100", help="hardware model: h100, h100-pcie, h200, a100, b200, l40s, rtx4090"),
     argument("--heads", type=int, default=16, help="query heads (default 16)"),
+    argument("--kv-heads", type=int, default=None, help="kv heads (GQA; default: --heads)"),
+    argument("--q-offset", type=int, default=0, help="absolute position of the first query (decode; default 0)"),
+    argument(
+        "--kernels",
+        choices=("auto", "decode", "training"),
+        default="auto",
+        help="decode or training kernels (auto: decode for few queries against a long 1-D kv canvas)",
+    ),
     argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
     argument("--batch", type=int, default=1, help="batch size (default 1)"),
     argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type (default bf16)"),
@@ -202,7 +210,12 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "backward": args.backward,
         "kv_canvas": kv_canvas,
     }
-    print(simulate(pattern, canvas, **options))
+    decode = {
+        "kv_heads": args.kv_heads,
+        "q_offset": args.q_offset,
+        "decode": {"auto": None, "decode": True}.get(args.kernels, False),
+    }
+    print(simulate(pattern, canvas, **options, **decode))
     if args.compare == "flex":
         print()
         print(simulate(pattern, canvas, kernel="flex", **options))

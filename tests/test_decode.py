@@ -198,3 +198,23 @@ def test_decode_rejects_small_pages_routing_and_gradients():
         maskir.decode(q, k, v, Routing(16, 2))
     with pytest.raises(ValueError, match="forward only"):
         maskir.decode(q.requires_grad_(), k, v, "Causal()")
+
+
+def test_merge_kernel_is_merge_lse_fused():
+    """The decode module's ``_merge`` computes ``tables.merge_lse`` (the merge of a plan's parts), -inf rows too."""
+    from maskir.codegen.common.tables import merge_lse
+
+    attn = maskir.compile_decode("Full()", heads=2, head_dim=24, dtype=torch.float32, device="cpu")
+    kernels = attn.kernels(3, 100)
+    g = torch.Generator().manual_seed(1)
+    o_part = torch.randn(5, 2, 2, 3, 24, generator=g)
+    lse_part = torch.randn(5, 2, 2, 3, generator=g) * 4
+    lse_part[:, 0, 1, 2] = float("-inf")  # a row no partial saw
+    lse_part[1:3, 1] = float("-inf")
+    out, lse = torch.empty(2, 2, 3, 24), torch.empty(2, 2, 3)
+    args = {"O_PART": o_part, "LSE_PART": lse_part, "OUT": out, "LSE": lse, "n_partials": 5, "n_rows": 12}
+    kernels.launch("_merge", (1,), args)
+    want_out, want_lse = merge_lse(o_part, lse_part, torch.float32)
+    torch.testing.assert_close(out, want_out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=1e-5)
+    assert out[0, 1, 2].abs().max() == 0 and lse[0, 1, 2] == float("-inf")

@@ -405,7 +405,7 @@ def test_an_entry_edited_on_disk_is_replaced_by_the_generated_source(tmp_path):
     "routing, error, needle",
     [
         (torch.zeros(1, 2, 4, 2), TypeError, "integer tensor"),
-        (torch.zeros(1, 2, 3, 2, dtype=torch.int64), ValueError, r"shape \[B=1, H=2, 4, topk\]"),
+        (torch.zeros(1, 2, 3, 2, dtype=torch.int64), ValueError, r"shape \[B=1, H=2, 4, topk=2\]"),
         (torch.full((1, 2, 4, 2), 4), ValueError, r"lie in \[0, 4\).*got \[4, 4\]"),
         (torch.full((1, 2, 4, 2), -1), ValueError, r"lie in \[0, 4\)"),
     ],

@@ -21,12 +21,14 @@ from maskir.codegen.triton.emit import (
     render_functions,
 )
 from maskir.codegen.triton.template_common import HELPERS, PRELUDE, SCORE_MODDED, SCORE_PLAIN
-from maskir.codegen.triton.template_decode import DECODE
+from maskir.codegen.triton.template_decode import DECODE, MERGE
 from maskir.planner.decode import DECODE_BLOCK_KV, DECODE_BLOCK_Q, decode_rows, head_pack
 from maskir.planner.plan import Plan
 
 DECODE_CHUNK_N = 64
 """kv positions per decode step on a GPU (a 64 x D tile of K and of V); the interpreter takes whole tiles."""
+MERGE_ROWS = 16
+"""Rows of [B * H * N_Q] per program of the merge kernel."""
 
 
 def decode_launch_options(head_dim_pad: int, dtype: torch.dtype, interpret: bool) -> LaunchOptions:
@@ -75,6 +77,7 @@ def generate_decode_source(
         ("ROW_BLOCKS", row_blocks, "programs over the packed rows of one head pack"),
         ("DECODE_CHUNK_N", chunk, "kv positions per step (divides BLOCK_N)"),
         ("DECODE_CHUNKS", plan.block_kv // chunk, "steps per kv tile"),
+        ("MERGE_ROWS", MERGE_ROWS, "rows per program of _merge"),
         ("UPCAST", interpret and dtype != torch.float32, "cast tiles to fp32 before tl.dot (interpreter only)"),
         ("DOT_PRECISION", "tf32x3" if dtype == torch.float32 else "tf32", "fp32 inputs: 3xTF32"),
         ("LOG2E", math.log2(math.e), ""),
@@ -101,7 +104,10 @@ def generate_decode_source(
     )
     tensor_args = _tensor_args(functions.tensor_names, functions.tensor_dims)
     fills = {"tensor_args": tensor_args, "score_line": SCORE_MODDED if functions.score_mod else SCORE_PLAIN}
-    launch = f"LAUNCH_OPTIONS = {{'_decode': {{'num_warps': {options.num_warps}, 'num_stages': {options.num_stages}}}}}"
+    launch = (
+        f"LAUNCH_OPTIONS = {{'_decode': {{'num_warps': {options.num_warps}, 'num_stages': {options.num_stages}}}, "
+        "'_merge': {'num_warps': 4, 'num_stages': 1}}"
+    )
     blocks = [
         header,
         PRELUDE,
@@ -112,6 +118,7 @@ def generate_decode_source(
         *([functions.score_mod] if functions.score_mod else []),
         fill(HELPERS, fills),
         fill(DECODE, fills),
+        MERGE,
     ]
     source = "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"
     return GeneratedSource(

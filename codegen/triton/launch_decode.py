@@ -3,7 +3,7 @@
 The lists (``maskir.planner.decode.decode_grid``) depend on the call only through the q tiles its queries
 fall in and each batch's valid kv tiles; they are kept on the device per such key (a generation loop
 builds them once every ``DECODE_BLOCK_Q`` tokens, not per token). The partials of all (split, slot)
-programs merge with ``tables.merge_lse``, the merge of a plan's parts.
+programs merge in one ``_merge`` launch: ``tables.merge_lse`` (the merge of a plan's parts) fused.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskir.codegen.common.tables import merge_lse
 from maskir.codegen.triton.emit import GeneratedSource
 from maskir.planner.decode import DecodeGrid, decode_grid, query_tiles, valid_tiles
 from maskir.planner.plan import Plan
@@ -110,11 +109,16 @@ class TritonDecode:
             **self._tensor_args(tensors),
             "PAGED": block_table is not None, "PAGE_SIZE": page_size, "RING_SLOTS": ring or 0,
         }  # fmt: skip
-        self.launch((partials, batch * grid.head_packs * grid.row_blocks), args)
+        self.launch("_decode", (partials, batch * grid.head_packs * grid.row_blocks), args)
         if partials == 1:
             return o_part[0].to(q.dtype), lse_part[0]
-        return merge_lse(o_part, lse_part, q.dtype)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        rows = out.numel() // self.head_dim
+        merge = {"O_PART": o_part, "LSE_PART": lse_part, "OUT": out, "LSE": lse, "n_partials": partials, "n_rows": rows}
+        self.launch("_merge", (-(-rows // int(self.module.MERGE_ROWS)),), merge)
+        return out, lse
 
-    def launch(self, grid: tuple[int, int], args: dict[str, Any]) -> None:
-        """Run ``_decode`` on ``grid`` with keyword ``args`` and its launch options."""
-        self.module._decode[grid](**args, **self.module.LAUNCH_OPTIONS["_decode"])
+    def launch(self, name: str, grid: tuple[int, ...], args: dict[str, Any]) -> None:
+        """Run kernel ``name`` of the module on ``grid`` with keyword ``args`` and its launch options."""
+        getattr(self.module, name)[grid](**args, **self.module.LAUNCH_OPTIONS[name])

@@ -144,3 +144,34 @@ def _decode(Q, K, V, O_PART, LSE_PART, stride_qb, stride_qh, stride_qn, stride_k
     tl.store(O_PART + row_out[:, None] * HEAD_DIM + dim[None, :], out, mask=stored[:, None] & (dim[None, :] < HEAD_DIM))
     tl.store(LSE_PART + row_out, lse, mask=stored)
 '''
+
+MERGE = '''\
+# -- merge: the (split, slot) partials by log-sum-exp ------------------------------------------------
+
+
+@triton.jit
+def _merge(O_PART, LSE_PART, OUT, LSE, n_partials, n_rows):
+    """out = sum_p exp(lse_p - lse) out_p, lse = logsumexp_p lse_p over MERGE_ROWS rows of [B * H * N_Q]
+    (tables.merge_lse's formula, fused); a row no partial saw stays 0 with lse -inf."""
+    rows = tl.program_id(0) * MERGE_ROWS + tl.arange(0, MERGE_ROWS)
+    valid = rows < n_rows
+    dim = tl.arange(0, HEAD_DIM_PAD)
+    m = tl.full([MERGE_ROWS], float("-inf"), tl.float32)
+    for p in range(n_partials):
+        m = tl.maximum(m, tl.load(LSE_PART + p * n_rows + rows, mask=valid, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros([MERGE_ROWS], tl.float32)
+    acc = tl.zeros([MERGE_ROWS, HEAD_DIM_PAD], tl.float32)
+    for p in range(n_partials):
+        weight = tl.exp(tl.load(LSE_PART + p * n_rows + rows, mask=valid, other=float("-inf")) - m_safe)
+        part = tl.load(O_PART + (p * n_rows + rows)[:, None].to(tl.int64) * HEAD_DIM + dim[None, :],
+                       mask=valid[:, None] & (dim[None, :] < HEAD_DIM), other=0.0)
+        total += weight
+        acc += weight[:, None] * part
+    seen = total > 0.0
+    total_safe = tl.where(seen, total, 1.0)
+    out = acc / total_safe[:, None]
+    tl.store(OUT + rows[:, None].to(tl.int64) * HEAD_DIM + dim[None, :], out.to(OUT.dtype.element_ty),
+             mask=valid[:, None] & (dim[None, :] < HEAD_DIM))
+    tl.store(LSE + rows, tl.where(seen, m_safe + tl.log(total_safe), float("-inf")), mask=valid)
+'''

@@ -40,6 +40,9 @@ MIN_DECODE_ROWS, MAX_DECODE_ROWS = 16, 64
 """Packed rows per program: at least a tensor-core product's 16, at most 64 (16 queries x 4 heads)."""
 DECODE_MAX_Q = 16
 """Query rows per head up to which ``maskir.attention`` / ``CompiledAttention`` take the decode kernels."""
+MAX_FEW_Q, FEW_Q_KV_RATIO = 128, 8
+"""Beyond DECODE_MAX_Q, up to MAX_FEW_Q queries take the decode kernels when their q tiles cannot fill the
+GPU and the keys outnumber them FEW_Q_KV_RATIO to one (a chunk of a prompt against a long cache)."""
 MIN_BUCKET = 256
 """Smallest kv length bucket (the plan's canvas): buckets are powers of two from here."""
 TARGET_WAVES = 2
@@ -47,6 +50,24 @@ TARGET_WAVES = 2
 UNSUPPORTED = (Routing, Neighborhood, Grid)
 """Nodes the decode path does not run: routing scores whole q tiles; neighborhoods and grids depend on the
 canvas extent, which differs between a decode plan's square canvas and the training canvas."""
+
+
+def decodable(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas) -> bool:
+    """The decode path runs this pattern on these canvases: both 1-D, no ``UNSUPPORTED`` node."""
+    flat = len(canvas.shape) == 1 and len(kv_canvas.shape) == 1
+    return flat and not any(isinstance(node, UNSUPPORTED) for node in pattern.walk())
+
+
+def prefers_decode(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas, *, batch: int, heads: int, sms: int) -> bool:
+    """Whether a forward of this shape takes the decode kernels (``maskir.attention``, ``CompiledAttention``,
+    ``maskir.simulate`` all ask this): a decodable pattern with at most ``DECODE_MAX_Q`` queries per head, or
+    at most ``MAX_FEW_Q`` queries against at least ``FEW_Q_KV_RATIO`` times as many keys whose 64-row q tiles,
+    over batch and heads, are fewer than the SMs."""
+    if not decodable(pattern, canvas, kv_canvas):
+        return False
+    n_q = canvas.size
+    few_tiles = batch * heads * -(-n_q // 64) < sms and kv_canvas.size >= FEW_Q_KV_RATIO * n_q
+    return n_q <= DECODE_MAX_Q or (n_q <= MAX_FEW_Q and few_tiles)
 
 
 def kv_bucket(positions: int) -> int:
