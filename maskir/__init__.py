@@ -45,6 +45,7 @@ _LAZY = {
     "reference_mask": "maskir.reference",
     "reference_attention": "maskir.reference",
     "patterns": "maskir.patterns",
+    "score_mods": "maskir.score_mods",
     "plan": "maskir.planner",
     "Plan": "maskir.planner",
     "simulate": "maskir.sim",

@@ -9,6 +9,7 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir (package), maskir.ir              | maskir.canvas                                         |
 | maskir.canvas                            | nothing                                               |
 | maskir.reference, maskir.patterns        | maskir (package), maskir.canvas, maskir.ir            |
+| maskir.score_mods                        | maskir.canvas                                         |
 | maskir.spec                              | those, and maskir.patterns                            |
 | maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost |
 | maskir.sim.{hardware,schedule}           | nothing (numpy only)                                  |
@@ -58,6 +59,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.ir": _BASE,
     "maskir.reference": _IR,
     "maskir.patterns": _IR,
+    "maskir.score_mods": _BASE,
     "maskir.spec": (*_IR, "maskir.patterns"),
     "maskir.planner": (*_FIRST, "maskir.sim.cost"),
     "maskir.sim.hardware": (),

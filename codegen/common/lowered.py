@@ -18,6 +18,7 @@ from maskir.codegen.common.expr import Expr, TensorRef
 from maskir.codegen.common.lower import lower_predicate
 from maskir.codegen.common.score_grad import score_derivative
 from maskir.codegen.common.score_mod import trace_score_mod
+from maskir.codegen.common.source_text import check_identifier, comment_text
 from maskir.planner.plan import Plan
 
 
@@ -84,10 +85,10 @@ def check_kernel_arguments(
 
 def source_title(plan: Plan, *, head_dim: int, dtype_name: str, kv_heads: int) -> str:
     """The first line of a generated module: maskir's version, the pattern on its canvases, dtype, head
-    dim and heads (each backend appends what it needs)."""
+    dim and heads (each backend appends what it needs), escaped to one line of printable ASCII."""
     heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
     kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
-    return (
+    return comment_text(
         f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
         f"{dtype_name}, head_dim {head_dim}, {heads}"
     )
@@ -101,6 +102,7 @@ def lower_plan(plan: Plan, score_mod: Callable | None = None) -> LoweredPlan:
     refs: dict[str, TensorRef] = {}
     for expr in [*predicates, *([score, grad] if score is not None else [])]:
         for ref in expr.tensors():
+            check_identifier(ref.name, "a tensor name")
             if refs.setdefault(ref.name, ref) != ref:
                 raise ValueError(f"Two different tensors are both named {ref.name!r}: {refs[ref.name]} and {ref}.")
     return LoweredPlan(predicates, score, grad, refs)

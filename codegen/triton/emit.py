@@ -25,6 +25,7 @@ import torch
 
 from maskir.codegen.common.expr import Expr, TensorRef, topo
 from maskir.codegen.common.lowered import check_kernel_arguments, lower_plan, source_title
+from maskir.codegen.common.source_text import comment_lines
 from maskir.codegen.common.template import fill
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
@@ -232,7 +233,7 @@ def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, con
         "#     group, stacked; HEAD_TABLE[h] is the group of head h.",
         "#   s: scores in log2 units, s = q.k * scale * log2(e) (+ score_mod), so exp2 replaces exp.",
     ]
-    return "\n".join(lines) + "\n"
+    return comment_lines(lines)
 
 
 def _constexprs(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, interpret, config) -> str:
