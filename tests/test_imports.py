@@ -19,7 +19,7 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
-| maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime |
+| maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime, maskir.score_mods |
 | maskir.integrations                      | those, and maskir.nn                                  |
 | maskir.cli, maskir.__main__              | everything                                            |
 
@@ -73,8 +73,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.codegen.flex": _CODEGEN,
     "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
     "maskir.viz": (*_IR, "maskir.planner"),
-    "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime"),
-    "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.nn"),
+    "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods"),
+    "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods", "maskir.nn"),
 }
 """Group (longest matching prefix of a module name) -> modules it may import besides its own group."""
 ALLOWED["maskir.cli"] = ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")
