@@ -9,6 +9,7 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, node_from_tree, node_tree
+from maskir.planner import Plan
 from maskir.runtime.checks import check_qkv, resolve_canvas
 from maskir.runtime.compiled import CompiledAttention
 
@@ -71,6 +72,7 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     layout: str = "auto",
     backend: str = "auto",
     quiet: bool = False,
+    plan: Plan | None = None,
 ) -> CompiledAttention:
     """Plan ``pattern`` and build its kernels once; call the result in a training loop.
 
@@ -82,6 +84,8 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     compile. Floating ones that require grad get gradients (``maskir.score_mods`` has bias tables, ALiBi
     slopes, T5 buckets); then the score_mod is traced again on each call, so a tensor it derives from a
     trained one (``log_slopes.exp()``) is rebuilt each step.
+    ``plan``: a prebuilt plan of ``pattern`` on these canvases and heads to run instead of planning (e.g. a
+    context-parallel rank's sub-plan from ``maskir.distributed``); block_q, block_kv and layout are then unused.
     """
     pattern = _pattern(pattern)
     if device is None:
@@ -109,6 +113,7 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
         layout=layout,
         backend=backend,
         quiet=quiet,
+        plan=plan,
     )
 
 

@@ -13,10 +13,12 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
-from maskir.planner import Plan, plan
+from maskir.planner import Plan
+from maskir.planner import plan as plan_pattern
 from maskir.runtime import ops
 from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_key, source_digest
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
+from maskir.runtime.decode import LocalDecode
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
@@ -90,6 +92,7 @@ class CompiledAttention:
         backend: str = "auto",
         cache: KernelCache = DEFAULT_CACHE,
         quiet: bool = False,
+        plan: Plan | None = None,
     ):
         if not isinstance(pattern, Pattern):
             raise TypeError(
@@ -105,7 +108,17 @@ class CompiledAttention:
         self.dtype, self.device = dtype, torch.device(device)
         self.score_mod = score_mod
         self.backend = resolve_backend(backend, self.device)
-        self.plan: Plan = plan(
+        if plan is not None and (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (
+            pattern,
+            canvas,
+            kv_canvas,
+            heads,
+        ):
+            raise ValueError(
+                f"plan was made for {plan.pattern} on {plan.canvas} x {plan.kv_canvas} with {plan.heads} heads, "
+                f"not for {pattern} on {canvas} x {kv_canvas} with {heads} heads: pass a plan of this pattern."
+            )
+        self.plan: Plan = plan or plan_pattern(
             pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout
         )
         self._routing = routing_node(pattern)
@@ -142,6 +155,7 @@ class CompiledAttention:
         else:
             self._build_triton(fields, cache)
         ops.register(self.handle, self.kernels)
+        self._decode = LocalDecode(self)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
 
     def _cached(self, cache: KernelCache, fields: dict, source: str, **extra) -> CacheEntry:
@@ -269,6 +283,9 @@ class CompiledAttention:
             )
         scale = self.head_dim**-0.5 if scale is None else float(scale)
         tensors = self._run_tensors(q, k, segments, routing, captures)
+        if self._decode.applies(q, k, v, tensors):  # few queries, no gradient: the decode kernels (runtime/decode.py)
+            out, lse = self._decode(q, k, v, scale, dict(zip(self.tensor_names, tensors)))
+            return (out, lse) if return_lse else out
         out, lse = ops.AttentionFunction.apply(
             q.contiguous(), k.contiguous(), v.contiguous(), self.handle, scale, *tensors
         )

@@ -9,7 +9,7 @@ and documents mean what they meant in training. Caches:
 - paged (vLLM / FlashInfer "NHD"): a pool ``[pages, page_size, Hkv, D]`` and ``block_table`` ``[B, max_pages]``
   (int32): position p of batch b is row p % page_size of page ``block_table[b, p // page_size]``;
 - ``ring=True``: the cache (either kind) holds the last S positions only, position p at slot p % S (a
-  sliding-window cache); keys older than kv_len - S are gone, so the pattern must not need them.
+  sliding-window cache); keys older than kv_len - S are gone: a pattern that allows one is refused.
 
 Plans are cached per (pattern, heads, kv length bucket) and kernels per (number of queries, bucket): a
 generation loop never re-plans (``maskir.planner.decode``). Kernels: ``codegen.triton.launch_decode``.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from maskir.ir import Pattern, Segments
-from maskir.planner.decode import check_decodable, decode_plan, kv_bucket
+from maskir.planner.decode import check_decodable, decode_plan, kv_bucket, prefers_decode
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, source_digest
 from maskir.runtime.checks import DTYPES
 
@@ -190,22 +190,18 @@ class DecodeAttention:
                 "maskir.decode is forward only: run it under torch.no_grad() (generation), or use maskir.attention "
                 "for gradients."
             )
-        positions = int(max(lens.max(), (offsets + n_q).max()))
-        kernels = self.kernels(n_q, positions)
-        tensors = self._run_tensors(kernels, segments, batch, positions, q.device)
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else CPU_SMS
-        out, lse = kernels.forward(
-            q if q.stride(-1) == 1 else q.contiguous(),
+        named = self._segment_tensors(segments, batch, int(max(lens.max(), (offsets + n_q).max())), q.device)
+        out, lse = self.run(
+            q,
             k_cache,
             v_cache,
-            scale=self.head_dim**-0.5 if scale is None else float(scale),
-            tensors=tensors,
-            q_offsets=offsets,
+            scale=scale,
+            named=named,
             kv_lens=lens,
+            q_offsets=offsets,
             block_table=block_table.to(torch.int32) if paged else None,
             ring=capacity if ring else None,
-            sms=sms,
-            splits=num_splits,
+            num_splits=num_splits,
         )
         return (out, lse) if return_lse else out
 
@@ -255,7 +251,41 @@ class DecodeAttention:
             raise ValueError(f"block_table must be an integer tensor on {self.device.type}, got {block_table.dtype}.")
         return int(block_table.shape[1]) * page_size
 
-    def _run_tensors(self, kernels, segments, batch: int, positions: int, device) -> list[torch.Tensor]:
+    def run(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        scale: float | None,
+        named: dict[str, torch.Tensor],
+        kv_lens: np.ndarray,
+        q_offsets: np.ndarray,
+        block_table: torch.Tensor | None = None,
+        ring: int | None = None,
+        num_splits: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, lse) of checked arguments: ``named`` run-time tensors by kernel argument name (segment ids;
+        a score_mod's tensors default to those it read when traced), host ``kv_lens`` and ``q_offsets``."""
+        n_q = q.shape[2]
+        kernels = self.kernels(n_q, int(max(kv_lens.max(), (q_offsets + n_q).max())))
+        static = {name: t.to(q.device) for name, t in kernels.generated.static_tensors.items()}
+        tensors = [{**static, **named}[name] for name in kernels.generated.tensor_names]
+        return kernels.forward(
+            q if q.stride(-1) == 1 else q.contiguous(),
+            k,
+            v,
+            scale=self.head_dim**-0.5 if scale is None else float(scale),
+            tensors=tensors,
+            q_offsets=q_offsets,
+            kv_lens=kv_lens,
+            block_table=block_table,
+            ring=ring,
+            sms=device_sms(q.device),
+            splits=num_splits,
+        )
+
+    def _segment_tensors(self, segments, batch: int, positions: int, device) -> dict[str, torch.Tensor]:
         named: dict[str, torch.Tensor] = {}
         if self._segments:
             if segments is None:
@@ -278,8 +308,50 @@ class DecodeAttention:
             named["segments_q"] = named["segments_kv"] = ids
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
-        named.update({name: t.to(device) for name, t in kernels.generated.static_tensors.items()})
-        return [named[name] for name in kernels.generated.tensor_names]
+        return named
+
+
+def device_sms(device: torch.device) -> int:
+    """SMs the split count aims at: the GPU's, or ``CPU_SMS`` for the interpreter."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else CPU_SMS
+
+
+class LocalDecode:
+    """A ``CompiledAttention``'s forward on decode shapes (``prefers_decode``), in its canvases' coordinates:
+    queries at 0..N_q-1, keys 0..N_kv-1 (q offset 0), so it equals the training kernels' forward. Taken for
+    Triton-backend eager calls that need no gradient; the decode kernels are built on first use."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.attention: DecodeAttention | None = None
+
+    def applies(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
+        """Whether this call takes the decode kernels (``tensors``: its run-time tensors, a trainable bias too)."""
+        c = self.compiled
+        if c.backend != "triton" or torch.compiler.is_compiling():
+            return False
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors)):
+            return False
+        return prefers_decode(
+            c.pattern, c.canvas, c.kv_canvas, batch=q.shape[0], heads=c.heads, sms=device_sms(q.device)
+        )
+
+    def __call__(self, q, k, v, scale: float, named: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.compiled
+        if self.attention is None:
+            self.attention = DecodeAttention(
+                c.pattern,
+                heads=c.heads,
+                kv_heads=c.kv_heads,
+                head_dim=c.head_dim,
+                dtype=c.dtype,
+                device=c.device,
+                score_mod=c.score_mod,
+            )
+        batch = q.shape[0]
+        lens, offsets = np.full(batch, c.kv_canvas.size, dtype=np.int64), np.zeros(batch, dtype=np.int64)
+        k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+        return self.attention.run(q, k, v, scale=scale, named=named, kv_lens=lens, q_offsets=offsets)
 
 
 def compile_decode(
@@ -337,7 +409,8 @@ def decode(
     - ``q_offsets`` ([B]): absolute position of each batch's first query (default ``kv_lens - N_q``: the new
       tokens are the cache's last ones). ``pattern`` and ``score_mod`` see absolute positions.
     - ``ring``: the cache is a ring buffer of its capacity C (S, or max_pages * page_size): position p at
-      slot p % C, only positions >= kv_len - C present (sliding-window caches); ``kv_lens`` may exceed C.
+      slot p % C, only positions >= kv_len - C present (sliding-window caches); ``kv_lens`` may exceed C; a
+      pattern allowing an evicted key is a ValueError (``planner.decode.check_ring``).
     - ``segments``: with a ``Segments()`` pattern, int ids [B, >= positions] of every absolute position.
     - ``num_splits``: kv splits per tile list (default: from the lists' lengths and the SM count).
 

@@ -1,1 +1,1 @@
-"""Integrations with model libraries (above the runtime; each imports its library on its own import)."""
+"""Integrations with other libraries (above the runtime, using only maskir's public API)."""
