@@ -44,9 +44,9 @@ class TritonDecode:
         self, q_offsets: np.ndarray, kv_lens: np.ndarray, *, ring: int | None, sms: int, splits: int | None, device
     ) -> tuple[DecodeGrid, dict[str, torch.Tensor]]:
         """The grid and device lists of a call (memoised on what they depend on)."""
-        first_q, slots = query_tiles(q_offsets, self.n_q, self.pack, self.rows, self.row_blocks)
+        first_q, last_q = query_tiles(q_offsets, self.n_q, self.pack, self.rows, self.row_blocks)
         first_kv, stop_kv = valid_tiles(kv_lens, ring)
-        key = (first_q.tobytes(), slots, first_kv.tobytes(), stop_kv.tobytes(), sms, splits, str(device))
+        key = (first_q.tobytes(), last_q.tobytes(), first_kv.tobytes(), stop_kv.tobytes(), sms, splits, str(device))
         if key in self._lists:
             self._lists.move_to_end(key)
         else:
