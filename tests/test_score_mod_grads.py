@@ -5,6 +5,8 @@ The float64 truth calls the same score_mod on dense index tensors (``maskir.refe
 as a float64 leaf, so it shares no code with maskir's tracing or kernels.
 """
 
+from importlib.util import find_spec
+
 import pytest
 import torch
 
@@ -13,8 +15,11 @@ from maskir import Blocks, Canvas, Causal, Columns, Neighborhood, Segments, Wind
 from maskir.reference import reference_attention
 
 HEADS, DIM = 4, 16
-KERNEL_BACKENDS = ["triton"]
-BACKENDS = ["reference", *KERNEL_BACKENDS]
+TVM = pytest.param("tvm", marks=pytest.mark.skipif(find_spec("tvm") is None, reason="apache-tvm not installed"))
+KERNEL_BACKENDS = ["triton", TVM]
+BACKENDS = ["reference", "triton"]
+"""The runtime's plumbing (compile, optimizer steps, torch.compile) is the same for every backend: TVM runs
+the kernel cases only (each TVM build takes seconds)."""
 
 
 def qkv(n, heads=HEADS, kv_heads=HEADS, seed=0):
@@ -97,10 +102,19 @@ CASES = [
 ]
 
 
+TVM_CASES = ("gqa", "masked-rows", "segments")  # 2-D tables on TVM: tests/test_score_mods.py
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pattern, canvas, make, trained, kwargs", CASES)
 def test_trained_tensor_gradients_equal_float64_autograd(pattern, canvas, make, trained, kwargs, backend):
     check_grads(pattern, canvas, make, trained, backend, **kwargs)
+
+
+@pytest.mark.skipif(find_spec("tvm") is None, reason="apache-tvm not installed")
+@pytest.mark.parametrize("pattern, canvas, make, trained, kwargs", [c for c in CASES if c.id in TVM_CASES])
+def test_trained_tensor_gradients_on_tvm_equal_float64_autograd(pattern, canvas, make, trained, kwargs):
+    check_grads(pattern, canvas, make, trained, "tvm", **kwargs)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
