@@ -138,13 +138,15 @@ def decode_rows(n_q: int, pack: int) -> tuple[int, int]:
     return rows, -(-packed // rows)
 
 
-def query_tiles(q_offsets: np.ndarray, n_q: int, pack: int, rows: int, row_blocks: int) -> tuple[np.ndarray, int]:
-    """(first q tile [B, row_blocks] of each row block's queries, slots = most q tiles a row block spans)."""
+def query_tiles(
+    q_offsets: np.ndarray, n_q: int, pack: int, rows: int, row_blocks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) q tile [B, row_blocks] of each row block's queries; slots = max(last - first) + 1."""
     first = np.arange(row_blocks) * rows // pack  # packed row r = i * pack + g
     last = np.minimum(n_q - 1, (np.arange(1, row_blocks + 1) * rows - 1) // pack)
     lo = (q_offsets[:, None] + first[None, :]) // DECODE_BLOCK_Q
     hi = (q_offsets[:, None] + last[None, :]) // DECODE_BLOCK_Q
-    return lo, int((hi - lo).max()) + 1
+    return lo, hi
 
 
 def choose_splits(tiles: np.ndarray, programs_per_list: np.ndarray, sms: int) -> int:
@@ -206,14 +208,21 @@ def valid_tiles(kv_lens: np.ndarray, ring: int | None) -> tuple[np.ndarray, np.n
 
 
 def decode_lists(
-    plan: Plan, grid: DecodeGrid, first_q_tiles: np.ndarray, kv_lens: np.ndarray, ring: int | None = None
+    plan: Plan,
+    grid: DecodeGrid,
+    first_q_tiles: np.ndarray,
+    last_q_tiles: np.ndarray,
+    kv_lens: np.ndarray,
+    ring: int | None = None,
 ) -> DecodeLists:
-    """The lists a call walks (``DecodeLists``): rows of the plan's tables, cut to each batch's valid tiles."""
+    """The lists a call walks (``DecodeLists``): rows of the plan's tables, cut to each batch's valid tiles;
+    a slot past the last q tile of its row block's queries gets an empty list (its rows are all masked)."""
     first_kv, stop_kv = valid_tiles(kv_lens, ring)
     shape = (grid.batch, grid.row_blocks, grid.slots)  # list order within a head group
-    q_tiles = (first_q_tiles[:, :, None] + np.arange(grid.slots)).ravel()
+    q_tiles = first_q_tiles[:, :, None] + np.arange(grid.slots)
     first = np.broadcast_to(first_kv[:, None, None], shape).ravel()
-    stop = np.broadcast_to(stop_kv[:, None, None], shape).ravel()
+    stop = np.where(q_tiles <= last_q_tiles[:, :, None], stop_kv[:, None, None], 0).ravel()
+    q_tiles = q_tiles.ravel()
     lists = [row_lists(table.runs, q_tiles, first, stop) for table in plan.parts[0].tables]
     start = np.zeros(len(lists) * q_tiles.size + 1, dtype=np.int64)
     start[1:] = np.cumsum(np.concatenate([tiles for tiles, _, _ in lists]))
@@ -273,11 +282,12 @@ def decode_grid(
     batch = int(q_offsets.shape[0])
     pack = head_pack(plan, kv_heads)
     rows, row_blocks = decode_rows(n_q, pack)
-    first_q_tiles, slots = query_tiles(q_offsets, n_q, pack, rows, row_blocks)
+    first_q_tiles, last_q_tiles = query_tiles(q_offsets, n_q, pack, rows, row_blocks)
     if ring is not None:
         check_ring(plan, q_offsets, n_q, kv_lens, ring)
+    slots = int((last_q_tiles - first_q_tiles).max()) + 1
     grid = DecodeGrid(batch, plan.heads, n_q, pack, rows, row_blocks, slots, 1)
-    lists = decode_lists(plan, grid, first_q_tiles, kv_lens, ring)
+    lists = decode_lists(plan, grid, first_q_tiles, last_q_tiles, kv_lens, ring)
     groups = np.asarray(plan.parts[0].head_table)[:: grid.pack]
     packs = np.bincount(groups, minlength=len(plan.parts[0].tables))  # programs walking each group's lists
     if splits is None:
