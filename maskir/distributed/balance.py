@@ -10,7 +10,8 @@ plan's layout order. Output: ``owner[i]``, the rank of tile i. The imbalance of 
   by bisection over the bottleneck with a greedy fill): neighbours stay together, so local patterns move
   only their halo.
 - ``grouped_lpt(g)``: LPT over runs of ``g`` consecutive tiles: between the two.
-- ``chunks(k)``: optimal contiguous chains, k per rank, dealt out by LPT and swaps.
+- ``chunks(k)``: k contiguous equal-work chunks per rank, dealt out by LPT and swaps.
+- ``...+swaps``: chains or chunks, then single tiles moved or swapped off the most loaded rank.
 - ``lpt+swaps``: LPT, then moves and swaps off the most loaded rank while they lower the maximum.
 - ``snake``: torch's PTRR rule on tiles (round robin by decreasing work, reversed every round), so the
   best candidate is never worse than PTRR on the same tiles.
@@ -128,10 +129,17 @@ def snake(work: np.ndarray, ranks: int) -> np.ndarray:
 
 
 def chunked(work: np.ndarray, ranks: int, chunks_per_rank: int) -> np.ndarray:
-    """``chains`` into ``chunks_per_rank * ranks`` contiguous chunks, then LPT and swaps over the chunks:
-    near-perfect balance, each rank holding a few contiguous runs."""
-    chunk = chains(work, chunks_per_rank * ranks)
-    chunk_work = np.bincount(chunk, weights=work)
+    """The layout order cut at equal-work quantiles into ``chunks_per_rank * ranks`` contiguous chunks (a
+    tile goes to the chunk holding its midpoint), dealt out by LPT and swaps: near-perfect balance, each
+    rank holding a few contiguous runs."""
+    work = np.asarray(work, dtype=np.float64)
+    count = chunks_per_rank * ranks
+    total = work.sum()
+    if total == 0:
+        return np.arange(work.size) * ranks // max(work.size, 1)
+    middle = np.cumsum(work) - work / 2
+    chunk = np.minimum((middle * count / total).astype(np.int64), count - 1)
+    chunk_work = np.bincount(chunk, weights=work, minlength=count)
     return refine(chunk_work, lpt(chunk_work, ranks), ranks)[chunk]
 
 
@@ -142,10 +150,14 @@ def candidates(work: np.ndarray, ranks: int) -> Iterator[tuple[str, np.ndarray]]
     yield "lpt", greedy
     yield "lpt+swaps", refine(work, greedy, ranks)
     yield "snake", snake(work, ranks)
-    yield "chains", chains(work, ranks)
+    contiguous = chains(work, ranks)
+    yield "chains", contiguous
+    yield "chains+swaps", refine(work, contiguous, ranks)
     per_rank = work.size // max(ranks, 1)
     group = 2
     while group < per_rank:
         yield f"lpt{group}", grouped_lpt(work, ranks, group)
-        yield f"chunks{group}", chunked(work, ranks, group)
+        runs = chunked(work, ranks, group)
+        yield f"chunks{group}", runs
+        yield f"chunks{group}+swaps", refine(work, runs, ranks)
         group *= 2

@@ -31,8 +31,9 @@ from maskir.planner.runs import ragged_arange
 
 BALANCE_GOAL = 1.05
 SNAKE_SLACK = 0.02
-"""Assignments within BALANCE_GOAL and within SNAKE_SLACK of PTRR's rule on the same tiles compete on bytes."""
-TILES_PER_RANK = 8
+"""Assignments within BALANCE_GOAL (or SNAKE_SLACK of the best imbalance found, when no assignment reaches
+the goal) and within SNAKE_SLACK of PTRR's rule on the same tiles compete on bytes."""
+TILES_PER_RANK = 16
 FINER_BLOCKS = (64, 32)
 """q tile sizes that also compete when the planner's tiles are too few for the ranks (see ``_plans``)."""
 
@@ -281,8 +282,8 @@ class ContextParallelPlan:
         """Per rank: tokens, tiles, computed pairs and rows fetched; then balance and traffic."""
         lines = [
             f"context-parallel plan of {self.plan.pattern} on {self.plan.canvas} over {self.world_size} ranks "
-            f"({'self' if self.self_attention else 'cross'}-attention, balancer {self.strategy}, "
-            f"{self.plan.parts[0].n_q_tiles} q tiles of {self.plan.block_q}, layout {self.plan.layout.name})"
+            f"({'self' if self.self_attention else 'cross'}-attention, balancer {self.strategy}: "
+            f"{self.plan.parts[0].n_q_tiles} q tiles, layout {self.plan.layout.name})"
         ]
         for r in range(self.world_size):
             fetched = self.received_tokens(r)
@@ -316,10 +317,10 @@ def shard(
     """Plan ``pattern`` and split its q tiles over ``world_size`` ranks by computed work.
 
     The balancers of ``maskir.distributed.balance`` (LPT, PTRR's snake, contiguous chains, LPT over runs
-    of tiles), on the planner's q tiles and, when those are fewer than 8 per rank, on finer ones, are
+    of tiles), on the planner's q tiles and, when those are fewer than 16 per rank, on finer ones, are
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
-    rows fetched. Those within 1.05 and within 0.02 of the snake (PTRR's rule) on their tiles -- or, when
-    none is, those with the best imbalance -- compete on k/v rows fetched; the fewest wins. ``plan_options`` go to ``maskir.plan`` (block_q,
+    rows fetched. Those within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and
+    within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins. ``plan_options`` go to ``maskir.plan`` (block_q,
     block_kv, layout). Patterns with ``Segments`` are sharded by their static superset; ``Routing``
     (chosen from all tokens' pooled q.k at run time) is refused.
     """
@@ -344,9 +345,9 @@ def shard(
             score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner), load)
             found.append((score, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner)))
         snake = min(score[0] for score, (_, name, *_) in found if name.startswith("snake"))
-        scored += [(score, min(BALANCE_GOAL, snake + SNAKE_SLACK), chosen) for score, chosen in found]
-    best = min(score[0] for score, _, _ in scored)
-    allowed = [(score[1:], chosen) for score, bar, chosen in scored if score[0] <= max(best * (1 + 1e-9), bar)]
+        scored += [(score, snake + SNAKE_SLACK, chosen) for score, chosen in found]
+    goal = max(BALANCE_GOAL, min(score[0] for score, _, _ in scored) + SNAKE_SLACK)
+    allowed = [(score[1:], chosen) for score, snake_bar, chosen in scored if score[0] <= min(goal, snake_bar)]
     _, chosen = min(allowed, key=lambda s: s[0])
     full, name, tile_owner, q_owner, kv_owner = chosen
     return _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
