@@ -9,7 +9,7 @@ and documents mean what they meant in training. Caches:
 - paged (vLLM / FlashInfer "NHD"): a pool ``[pages, page_size, Hkv, D]`` and ``block_table`` ``[B, max_pages]``
   (int32): position p of batch b is row p % page_size of page ``block_table[b, p // page_size]``;
 - ``ring=True``: the cache (either kind) holds the last S positions only, position p at slot p % S (a
-  sliding-window cache); keys older than kv_len - S are gone, so the pattern must not need them.
+  sliding-window cache); keys older than kv_len - S are gone: a pattern that allows one is refused.
 
 Plans are cached per (pattern, heads, kv length bucket) and kernels per (number of queries, bucket): a
 generation loop never re-plans (``maskir.planner.decode``). Kernels: ``codegen.triton.launch_decode``.
@@ -409,7 +409,8 @@ def decode(
     - ``q_offsets`` ([B]): absolute position of each batch's first query (default ``kv_lens - N_q``: the new
       tokens are the cache's last ones). ``pattern`` and ``score_mod`` see absolute positions.
     - ``ring``: the cache is a ring buffer of its capacity C (S, or max_pages * page_size): position p at
-      slot p % C, only positions >= kv_len - C present (sliding-window caches); ``kv_lens`` may exceed C.
+      slot p % C, only positions >= kv_len - C present (sliding-window caches); ``kv_lens`` may exceed C; a
+      pattern allowing an evicted key is a ValueError (``planner.decode.check_ring``).
     - ``segments``: with a ``Segments()`` pattern, int ids [B, >= positions] of every absolute position.
     - ``num_splits``: kv splits per tile list (default: from the lists' lengths and the SM count).
 

@@ -165,6 +165,16 @@ def test_ring_buffer_window_equals_full_cache_window():
     torch.testing.assert_close(paged_ring, full[0], rtol=0, atol=1e-6)
 
 
+def test_ring_buffer_refuses_a_pattern_that_needs_evicted_keys():
+    q, k, v = tensors(1, 2, 2, 1, 96)
+    with pytest.raises(ValueError, match="no longer holds key 0 "):
+        maskir.decode(q, k, v, (Window(50, 0) & Causal()) | Sink(3), kv_lens=[500], ring=True)
+    with pytest.raises(ValueError, match="cannot hold what"):
+        maskir.decode(
+            q, k, v, Segments() & Causal(), kv_lens=[500], ring=True, segments=torch.zeros(1, 500, dtype=torch.int32)
+        )
+
+
 def test_decode_plans_are_cached_per_kv_bucket():
     attn = maskir.compile_decode("Causal()", heads=2, head_dim=32, dtype=torch.float32, device="cpu")
     q, k, v = tensors(1, 2, 2, 1, 400)
@@ -233,3 +243,24 @@ def test_compiled_attention_takes_the_decode_kernels_for_few_queries():
     trained = compiled(q.clone().requires_grad_(), k, v)  # needs a gradient: the training kernels
     assert not compiled._decode.applies(q.clone().requires_grad_(), k, v, [])
     torch.testing.assert_close(trained.detach(), got[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "pattern", [Full(), Causal(), SWA_SINKS, PerHead([Causal(), Window(30, 70)]), Segments() & Causal()]
+)
+def test_decode_lists_are_the_plan_rows_cut_to_the_valid_tiles(pattern):
+    """row_lists (vectorised over lists) gives the plan's own CSR rows (FULL first), cut to [first, stop)."""
+    from maskir.planner.decode import decode_plan, row_lists
+
+    planned = decode_plan(pattern, 1024, 2)
+    rng = np.random.default_rng(0)
+    for table in planned.parts[0].tables:
+        q_tiles = rng.integers(0, planned.parts[0].n_q_tiles, 40)
+        first, stop = rng.integers(0, 8, 40), rng.integers(4, 17, 40)
+        tiles, full, index = row_lists(table.runs, q_tiles, first, stop)
+        bounds = np.concatenate([[0], np.cumsum(tiles)])
+        for r, t in enumerate(q_tiles):
+            row = table.kv_index[table.kv_start[t] : table.kv_start[t + 1]]
+            kept = (row >= first[r]) & (row < stop[r])
+            assert index[bounds[r] : bounds[r + 1]].tolist() == row[kept].tolist()
+            assert full[r] == kept[: table.kv_full[t]].sum()

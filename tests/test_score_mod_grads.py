@@ -5,15 +5,21 @@ The float64 truth calls the same score_mod on dense index tensors (``maskir.refe
 as a float64 leaf, so it shares no code with maskir's tracing or kernels.
 """
 
+from importlib.util import find_spec
+
 import pytest
 import torch
 
 import maskir
-from maskir import Blocks, Canvas, Causal, Neighborhood, Segments, Window
+from maskir import Blocks, Canvas, Causal, Columns, Neighborhood, Segments, Window
 from maskir.reference import reference_attention
 
 HEADS, DIM = 4, 16
-BACKENDS = ["reference"]
+TVM = pytest.param("tvm", marks=pytest.mark.skipif(find_spec("tvm") is None, reason="apache-tvm not installed"))
+KERNEL_BACKENDS = ["triton", TVM]
+BACKENDS = ["reference", "triton"]
+"""The runtime's plumbing (compile, optimizer steps, torch.compile) is the same for every backend: TVM runs
+the kernel cases only (each TVM build takes seconds)."""
 
 
 def qkv(n, heads=HEADS, kv_heads=HEADS, seed=0):
@@ -96,10 +102,42 @@ CASES = [
 ]
 
 
+TVM_CASES = ("gqa", "masked-rows", "segments")  # 2-D tables on TVM: tests/test_score_mods.py
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pattern, canvas, make, trained, kwargs", CASES)
 def test_trained_tensor_gradients_equal_float64_autograd(pattern, canvas, make, trained, kwargs, backend):
     check_grads(pattern, canvas, make, trained, backend, **kwargs)
+
+
+@pytest.mark.skipif(find_spec("tvm") is None, reason="apache-tvm not installed")
+@pytest.mark.parametrize("pattern, canvas, make, trained, kwargs", [c for c in CASES if c.id in TVM_CASES])
+def test_trained_tensor_gradients_on_tvm_equal_float64_autograd(pattern, canvas, make, trained, kwargs):
+    check_grads(pattern, canvas, make, trained, "tvm", **kwargs)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_a_union_plan_of_two_parts_sums_the_table_gradients_of_both(backend):
+    """Local + columns planned as a band part and a gathered-columns part (forced by ranking on computed
+    pairs, as tests/test_triton_kernels.py does): each part adds its pairs' table gradients."""
+    from maskir.planner import plan
+
+    pattern, n = (Window(15, 0) | Columns(16, 1)) & Causal(), 128
+    two_parts = plan(pattern, Canvas((n,)), heads=HEADS, cost=lambda p: p.tile_counts.computed_pairs)
+    table = torch.randn(8, HEADS, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    attend = maskir.compile(
+        pattern, n, heads=HEADS, head_dim=DIM, dtype=torch.float32, device="cpu", score_mod=bucket_bias(table),
+        backend=backend, plan=two_parts,
+    )  # fmt: skip
+    assert len(attend.plan.parts) == 2
+    q, k, v = qkv(n)
+    got = torch.autograd.grad(attend(q, k, v).square().sum(), (q, k, v, table))
+    leaf = table.detach().double().requires_grad_()
+    expected = reference_attention(q, k, v, pattern, score_mod=bucket_bias(leaf))
+    want = torch.autograd.grad(expected.square().sum(), (q, k, v, leaf))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), atol=5e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -169,3 +207,21 @@ def test_no_gradient_is_computed_for_a_table_that_does_not_require_grad():
     assert out.grad_fn is not None and len(torch.autograd.grad(out.sum(), (q,))) == 1
     with torch.no_grad():
         assert maskir.attention(q, k, v, Neighborhood(3), (8, 8), score_mod=coordinate_bias(table, 8)).grad_fn is None
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_two_backward_runs_give_bitwise_identical_gradients(backend):
+    table, slopes = table_2d(), torch.tensor([0.5, 0.25, 0.125, 1.0], requires_grad=True)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return coordinate_bias(table, 8)(score, b, h, q_idx, kv_idx) - slopes[h] * (q_idx - kv_idx).abs()
+
+    q, k, v = qkv(64, kv_heads=2)
+    runs = []
+    for _ in range(2):
+        out = maskir.attention(
+            q, k, v, Neighborhood(5) | Blocks(4), (8, 8), score_mod=score_mod, enable_gqa=True, backend=backend
+        )
+        runs.append(torch.autograd.grad(out.square().sum(), (q, k, v, table, slopes)))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)

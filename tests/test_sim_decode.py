@@ -68,3 +68,14 @@ def test_cli_simulate_prints_the_decode_grid(capsys):
     main(["simulate", "Causal()", "--canvas", "1", "--kv-canvas", "4096", "--heads", "8", "--kv-heads", "2"])
     out = capsys.readouterr().out
     assert "maskir decode" in out and "4 query heads packed per program" in out and "HBM floor" in out
+
+
+def test_splits_cut_the_longest_list_to_a_share_of_the_work():
+    from maskir.planner.decode import choose_splits
+
+    ragged = np.array([2048, 10, 10, 10])  # one long sequence in a batch of short ones, on 4 SMs
+    splits = choose_splits(ragged, np.ones(4), sms=4)
+    assert -(-2048 // splits) <= -(-int(ragged.sum()) // 8) and -(-2048 // (splits - 1)) > -(-int(ragged.sum()) // 8)
+    assert choose_splits(np.full(600, 50), np.ones(600), sms=132) == 1  # enough programs already
+    assert choose_splits(np.array([3]), np.ones(1), sms=132) == 3  # never more splits than tiles
+    assert choose_splits(np.zeros(2, dtype=int), np.ones(2), sms=132) == 1

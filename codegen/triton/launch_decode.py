@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from maskir.codegen.triton.emit import GeneratedSource
+from maskir.codegen.triton.interpreter_lock import run_kernel
 from maskir.planner.decode import DecodeGrid, decode_grid, query_tiles, valid_tiles
 from maskir.planner.plan import Plan
 
@@ -121,4 +122,4 @@ class TritonDecode:
 
     def launch(self, name: str, grid: tuple[int, ...], args: dict[str, Any]) -> None:
         """Run kernel ``name`` of the module on ``grid`` with keyword ``args`` and its launch options."""
-        getattr(self.module, name)[grid](**args, **self.module.LAUNCH_OPTIONS[name])
+        run_kernel(self.module, name, grid, args)

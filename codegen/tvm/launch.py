@@ -78,8 +78,8 @@ class TvmAttention:
 
     def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
-        if self._tables is None:
-            self._tables = []
+        if self._tables is None:  # built whole, then published: a concurrent call never sees it half made
+            built = []
             for part in self.plan.parts:
                 tables = part_tables(self.plan, part, "cpu")
                 q_tokens = (
@@ -92,7 +92,8 @@ class TvmAttention:
                     if tables.kv_gather
                     else identity_tokens(tables.n_kv_tiles, self.plan.block_kv, self.plan.kv_canvas.size, "cpu")
                 )
-                self._tables.append((tables, q_tokens, kv_tokens))
+                built.append((tables, q_tokens, kv_tokens))
+            self._tables = built
         return self._tables
 
     def static_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
@@ -154,11 +155,14 @@ class TvmAttention:
         trained: Sequence[int] = (),
     ) -> tuple[torch.Tensor, ...]:
         """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
-        if trained:
-            raise ValueError(
-                "This backend does not yet differentiate the tensors a score_mod reads; use backend='reference'."
-            )
         self._check(q, k, v, tensors)
+        table_grads = self.generated.table_grads
+        names = [self.generated.tensor_names[i] for i in trained]
+        if names and (table_grads is None or not set(names) <= table_grads.offsets.keys()):
+            raise ValueError(f"Only float tensors a score_mod reads get gradients, not {names}.")
+        # one row of table gradients per batch x head (the parallel loop of the llvm kernels), summed in order
+        partial = torch.zeros((q.shape[0] * q.shape[1], table_grads.entries)) if table_grads is not None else None
+        table_args = () if partial is None else (partial, int(bool(names)))
         q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
         lse = lse.to(torch.float32).contiguous()
         delta = (out.to(torch.float32) * dout.to(torch.float32)).sum(-1).contiguous()
@@ -170,11 +174,16 @@ class TvmAttention:
             dv = torch.zeros(v.shape, dtype=torch.float32)
             common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
             self._call(
-                f"dq_{index}", *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale)
-            )
+                f"dq_{index}",
+                *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale), *table_args,
+            )  # fmt: skip
             self._call(
                 f"dkdv_{index}",
                 *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, *buffers, float(scale),
             )  # fmt: skip
             grads.append((dq, dk, dv))
-        return sum_part_grads(grads, (q, k, v))
+        summed = sum_part_grads(grads, (q, k, v))
+        if not names:
+            return summed
+        table = partial.sum(0)  # every part added into the same rows, each row in its own order
+        return (*summed, *(table_grads.gradient(table, name).to(tensors[i].dtype) for i, name in zip(trained, names)))

@@ -17,7 +17,8 @@ Grid (``DecodeGrid``), one program per (split, slot, batch, head pack, row block
   walks the list of the j-th and masks the rows of the other;
 - **splits**: a list of T kv tiles is cut into ``splits`` chunks of ceil(T / splits) tiles, each a program
   writing a partial output and log-sum-exp; the partials merge by log-sum-exp (``tables.merge_lse``).
-  ``choose_splits`` takes enough splits for ``TARGET_WAVES`` programs per SM, never more than the tiles.
+  ``choose_splits`` cuts the longest list into chunks of at most ceil(work / (TARGET_WAVES x SMs)) tiles
+  (work: the tiles all programs walk), so one long list of a ragged batch cannot outlast the others.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import numpy as np
 from maskir.canvas import Canvas
 from maskir.ir import Grid, Neighborhood, Pattern, Routing
 from maskir.planner.build import plan as make_plan
-from maskir.planner.kinds import FULL
+from maskir.planner.kinds import EMPTY, FULL
 from maskir.planner.plan import Plan
+from maskir.planner.runs import TileRuns, ragged_arange
+from maskir.reference import evaluate_pairs
 
 DECODE_BLOCK_Q = 16
 """q positions per tile of a decode plan: a row block's queries fall in at most two of them."""
@@ -46,7 +49,7 @@ GPU and the keys outnumber them FEW_Q_KV_RATIO to one (a chunk of a prompt again
 MIN_BUCKET = 256
 """Smallest kv length bucket (the plan's canvas): buckets are powers of two from here."""
 TARGET_WAVES = 2
-"""Splits aim at this many programs per SM (``choose_splits``)."""
+"""Splits aim at chunks of 1 / (TARGET_WAVES x SMs) of a call's work (``choose_splits``)."""
 UNSUPPORTED = (Routing, Neighborhood, Grid)
 """Nodes the decode path does not run: routing scores whole q tiles; neighborhoods and grids depend on the
 canvas extent, which differs between a decode plan's square canvas and the training canvas."""
@@ -144,11 +147,14 @@ def query_tiles(q_offsets: np.ndarray, n_q: int, pack: int, rows: int, row_block
     return lo, int((hi - lo).max()) + 1
 
 
-def choose_splits(tiles: np.ndarray, base_programs: int, sms: int) -> int:
-    """Splits per list: enough for TARGET_WAVES programs per SM, at most the longest list's tiles, >= 1."""
+def choose_splits(tiles: np.ndarray, programs_per_list: np.ndarray, sms: int) -> int:
+    """Splits per list (one for the whole call): the longest list in chunks of at most ceil(work /
+    (TARGET_WAVES x sms)) tiles, where work = sum of tiles x the programs walking each list; between 1 and
+    the longest list's tiles. Equal lists on few programs get TARGET_WAVES programs per SM."""
     longest = int(np.max(tiles, initial=0))
-    wanted = -(-TARGET_WAVES * sms // max(1, base_programs))
-    return max(1, min(wanted, longest))
+    work = int(np.dot(tiles, programs_per_list))
+    chunk = max(1, -(-work // (TARGET_WAVES * sms)))
+    return max(1, min(-(-longest // chunk), longest))
 
 
 @dataclass(frozen=True)
@@ -165,21 +171,30 @@ class DecodeLists:
         return np.diff(self.start)
 
 
-def _row_list(runs, q_tile: int, first_tile: int, stop_tile: int) -> tuple[np.ndarray, int]:
-    """(kv tiles of q tile ``q_tile`` within [first_tile, stop_tile), FULL first; number of FULL ones)."""
-    if q_tile >= runs.n_rows or stop_tile <= first_tile:
-        return np.zeros(0, dtype=np.int64), 0
-    _, first, stop, kind = runs.rows_between(q_tile, q_tile + 1).listed()
-    first, stop = np.maximum(first, first_tile), np.minimum(stop, stop_tile)
-    keep = stop > first
-    first, stop, kind = first[keep], stop[keep], kind[keep]
-    full = kind == FULL
-    tiles = [
-        np.arange(a, b)
-        for a, b in zip(np.concatenate([first[full], first[~full]]), np.concatenate([stop[full], stop[~full]]))
-    ]
-    flat = np.concatenate(tiles) if tiles else np.zeros(0, dtype=np.int64)
-    return flat, int((stop[full] - first[full]).sum())
+def row_lists(
+    runs: TileRuns, q_tiles: np.ndarray, first_tile: np.ndarray, stop_tile: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tiles, FULL tiles, kv tile index) of the lists of q tiles ``q_tiles[r]`` cut to kv tiles
+    [first_tile[r], stop_tile[r]): each list FULL tiles first, then PARTIAL, each ascending; lists
+    concatenated in the order of ``q_tiles``. Vectorised over the lists: O(runs of the rows read)."""
+    q_tiles = np.asarray(q_tiles, dtype=np.int64)
+    inside = q_tiles < runs.n_rows
+    base = np.minimum(q_tiles, runs.n_rows - 1) * runs.n_cols
+    lo = np.searchsorted(runs.key, base)  # every row start is a key: the row's first run
+    hi = np.where(inside, np.searchsorted(runs.key, base + runs.n_cols), lo)
+    run = ragged_arange(lo, hi - lo)
+    row = np.repeat(np.arange(q_tiles.size), hi - lo)
+    first = np.maximum(runs.key[run] - base[row], np.asarray(first_tile)[row])
+    stop = np.minimum(runs.stop[run] - base[row], np.asarray(stop_tile)[row])
+    kind = runs.kind[run]
+    keep = (stop > first) & (kind != EMPTY)
+    first, stop, row, partial = first[keep], stop[keep], row[keep], kind[keep] != FULL
+    order = np.lexsort((first, partial, row))
+    first, stop, row, partial = first[order], stop[order], row[order], partial[order]
+    length = stop - first
+    tiles = np.bincount(row, weights=length, minlength=q_tiles.size).astype(np.int64)
+    full = np.bincount(row, weights=np.where(partial, 0, length), minlength=q_tiles.size).astype(np.int64)
+    return tiles, full, ragged_arange(first, length)
 
 
 def valid_tiles(kv_lens: np.ndarray, ring: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -194,22 +209,50 @@ def decode_lists(
     plan: Plan, grid: DecodeGrid, first_q_tiles: np.ndarray, kv_lens: np.ndarray, ring: int | None = None
 ) -> DecodeLists:
     """The lists a call walks (``DecodeLists``): rows of the plan's tables, cut to each batch's valid tiles."""
-    part = plan.parts[0]
     first_kv, stop_kv = valid_tiles(kv_lens, ring)
-    lists, fulls = [], []
-    for table in part.tables:
-        for b in range(grid.batch):
-            for rb in range(grid.row_blocks):
-                for slot in range(grid.slots):
-                    tiles, full = _row_list(
-                        table.runs, int(first_q_tiles[b, rb]) + slot, int(first_kv[b]), int(stop_kv[b])
-                    )
-                    lists.append(tiles)
-                    fulls.append(full)
-    start = np.zeros(len(lists) + 1, dtype=np.int64)
-    start[1:] = np.cumsum([t.size for t in lists])
-    index = np.concatenate(lists) if start[-1] else np.zeros(1, dtype=np.int64)
-    return DecodeLists(start.astype(np.int32), np.asarray(fulls, dtype=np.int32), index.astype(np.int32))
+    shape = (grid.batch, grid.row_blocks, grid.slots)  # list order within a head group
+    q_tiles = (first_q_tiles[:, :, None] + np.arange(grid.slots)).ravel()
+    first = np.broadcast_to(first_kv[:, None, None], shape).ravel()
+    stop = np.broadcast_to(stop_kv[:, None, None], shape).ravel()
+    lists = [row_lists(table.runs, q_tiles, first, stop) for table in plan.parts[0].tables]
+    start = np.zeros(len(lists) * q_tiles.size + 1, dtype=np.int64)
+    start[1:] = np.cumsum(np.concatenate([tiles for tiles, _, _ in lists]))
+    index = np.concatenate([entries for _, _, entries in lists]) if start[-1] else np.zeros(1, dtype=np.int64)
+    full = np.concatenate([full for _, full, _ in lists])
+    return DecodeLists(start.astype(np.int32), full.astype(np.int32), index.astype(np.int32))
+
+
+def check_ring(plan: Plan, q_offsets: np.ndarray, n_q: int, kv_lens: np.ndarray, ring: int) -> None:
+    """ValueError when a query may see a key a ring buffer of ``ring`` positions no longer holds (positions
+    < kv_len - ring): the listed tiles below the ring are evaluated exactly (a data-dependent pattern that
+    lists any cannot be checked and is refused)."""
+    part = plan.parts[0]
+    heads = [int(np.flatnonzero(part.head_table == g)[0]) for g in range(len(part.tables))]
+    for b, (offset, gone) in enumerate(zip(q_offsets.tolist(), (kv_lens - ring).tolist())):
+        if gone <= 0:
+            continue
+        q_pos = offset + np.arange(n_q)
+        q_tiles = np.arange(q_pos[0] // DECODE_BLOCK_Q, q_pos[-1] // DECODE_BLOCK_Q + 1)
+        below = np.full(q_tiles.size, -(-gone // DECODE_BLOCK_KV))
+        for table, head in zip(part.tables, heads):
+            _, _, tiles = row_lists(table.runs, q_tiles, np.zeros_like(below), below)
+            kv_pos = (tiles[:, None] * DECODE_BLOCK_KV + np.arange(DECODE_BLOCK_KV)).ravel()
+            kv_pos = np.unique(kv_pos[kv_pos < gone])
+            if kv_pos.size == 0:
+                continue
+            if part.dynamic:
+                raise ValueError(
+                    f"A ring buffer of {ring} positions cannot hold what {part.pattern} may allow (its run-time data "
+                    f"can reach keys before position {gone}): use a full cache."
+                )
+            allowed = evaluate_pairs(part.pattern, plan.canvas, plan.canvas, q_pos, kv_pos, batch=b, head=head)
+            if allowed.any():
+                i, j = np.argwhere(allowed)[0]
+                raise ValueError(
+                    f"A ring buffer of {ring} positions no longer holds key {kv_pos[j]} (< kv_len - ring = {gone}) that "
+                    f"{part.pattern} allows for the query at {q_pos[i]} (batch {b}): keep more positions, or keep "
+                    "those keys in a full cache."
+                )
 
 
 def decode_grid(
@@ -225,15 +268,18 @@ def decode_grid(
 ) -> tuple[DecodeGrid, DecodeLists, np.ndarray]:
     """The grid and lists of one call, and the head group of each head pack's first head.
 
-    ``splits`` None: ``choose_splits`` from the lists' lengths and ``sms``.
+    ``splits`` None: ``choose_splits`` from the lists' lengths and ``sms``. ``ring``: ``check_ring`` first.
     """
     batch = int(q_offsets.shape[0])
     pack = head_pack(plan, kv_heads)
     rows, row_blocks = decode_rows(n_q, pack)
     first_q_tiles, slots = query_tiles(q_offsets, n_q, pack, rows, row_blocks)
+    if ring is not None:
+        check_ring(plan, q_offsets, n_q, kv_lens, ring)
     grid = DecodeGrid(batch, plan.heads, n_q, pack, rows, row_blocks, slots, 1)
     lists = decode_lists(plan, grid, first_q_tiles, kv_lens, ring)
-    chosen = choose_splits(lists.count, grid.programs, sms) if splits is None else splits
-    grid = DecodeGrid(batch, plan.heads, n_q, pack, rows, row_blocks, slots, chosen)
     groups = np.asarray(plan.parts[0].head_table)[:: grid.pack]
-    return grid, lists, groups
+    packs = np.bincount(groups, minlength=len(plan.parts[0].tables))  # programs walking each group's lists
+    if splits is None:
+        splits = choose_splits(lists.count, np.repeat(packs, grid.lists), sms)
+    return DecodeGrid(batch, plan.heads, n_q, pack, rows, row_blocks, slots, splits), lists, groups
