@@ -130,3 +130,9 @@ def test_a_mask_mod_integer_outside_the_range_is_a_value_error():
 
     with pytest.raises(ValueError, match="1099511627776 in the mask_mod"):
         lower_predicate(Predicate(far), Canvas(64))
+
+
+@pytest.mark.parametrize("block", [2**32, 2**40, 2**31 + 16])
+def test_tile_sizes_past_the_largest_canvas_are_refused(block):
+    with pytest.raises(ValueError, match=r"block_q must be a power of two >= 16 and <= 2\*\*31"):
+        plan(Causal(), Canvas(64), block_q=block)
