@@ -56,15 +56,16 @@ class SwinBlock(torch.nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(batch, n, width))
 
 
-def train(steps: int = STEPS) -> tuple[list[float], float, dict[str, float]]:
+def train(steps: int = STEPS, compile_backend: str = "inductor") -> tuple[list[float], float, dict[str, float]]:
     """Losses of ``steps`` SGD steps of the compiled block, how far the bias table moved (largest change),
     then, per parameter, the largest difference between the compiled and the eager block's gradients of
-    one more loss."""
+    one more loss. ``compile_backend``: torch.compile's backend (the test takes "aot_eager": the same
+    graph capture and autograd, without inductor's C++ build of the linear layers)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     block = SwinBlock(HEADS, HEAD_DIM, device=device, dtype=dtype)
-    compiled = torch.compile(block, fullgraph=True)
+    compiled = torch.compile(block, fullgraph=True, backend=compile_backend)
     optimizer = torch.optim.SGD(block.parameters(), lr=0.2)
     x = torch.randn(2, CANVAS.size, HEADS * HEAD_DIM, device=device, dtype=dtype)
     target = torch.randn_like(x)

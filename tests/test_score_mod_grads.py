@@ -102,7 +102,7 @@ CASES = [
 ]
 
 
-TVM_CASES = ("gqa", "masked-rows", "segments")  # 2-D tables on TVM: tests/test_score_mods.py
+TVM_CASES = ("masked-rows", "segments")  # 2-D tables and GQA on TVM: tests/test_score_mods.py
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -237,7 +237,7 @@ def test_the_swin_block_example_trains_its_table_under_torch_compile_with_eager_
     spec = importlib.util.spec_from_file_location("trainable_bias", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    losses, moved, differences = example.train(steps=3)
+    losses, moved, differences = example.train(steps=3, compile_backend="aot_eager")
     assert losses[0] > losses[1] > losses[2]
     assert moved > 0
     assert set(differences) == {"relative_position_bias_table", "qkv.weight", "proj.weight"}
