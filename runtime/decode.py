@@ -17,6 +17,7 @@ generation loop never re-plans (``maskir.planner.decode``). Kernels: ``codegen.t
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -433,10 +434,11 @@ def decode(
             device=q.device,
             score_mod=score_mod,
         )
-    _MEMO[key] = attention
+    _MEMO[key] = attention  # (re)inserted last: the most recently used
     _MEMO.move_to_end(key)
     while len(_MEMO) > MEMO_SIZE:
-        _MEMO.popitem(last=False)
+        with contextlib.suppress(KeyError):  # another thread may have emptied it meanwhile
+            _MEMO.popitem(last=False)
     return attention(
         q,
         k_cache,

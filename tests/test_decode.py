@@ -264,3 +264,14 @@ def test_decode_lists_are_the_plan_rows_cut_to_the_valid_tiles(pattern):
             kept = (row >= first[r]) & (row < stop[r])
             assert index[bounds[r] : bounds[r + 1]].tolist() == row[kept].tolist()
             assert full[r] == kept[: table.kv_full[t]].sum()
+
+
+def test_a_slot_without_queries_walks_no_tiles():
+    """Batch 0's 3 queries (286..288) span two q tiles, so the call has two slots; batch 1's (297..299) lie in
+    one, and its second slot's list is empty (no K/V read for rows that are all masked)."""
+    from maskir.planner.decode import decode_grid, decode_plan
+
+    planned = decode_plan(Causal(), 512, 2)
+    grid, lists, _ = decode_grid(planned, 2, 3, np.array([286, 297]), np.array([289, 300]), sms=4)
+    assert grid.slots == 2 and grid.row_blocks == 1
+    assert lists.count.reshape(2, 2).tolist() == [[5, 5], [5, 0]]  # (batch, slot): kv tiles 0..4

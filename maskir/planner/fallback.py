@@ -1,6 +1,8 @@
 """Exact tile classes by evaluation: the path for leaves no rule covers (``Predicate``), and the test oracle.
 
-For each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
+A ``Predicate`` on identity tiles whose candidate tiles cover much of the grid is counted whole, once, per
+16 x 16 cell (``cells``: vectorised torch, compiled for large grids) and every candidate's tiles are read
+from the counts. Otherwise, for each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
 blocks of at most ``PAIRS_PER_EVALUATION`` pairs (so memory stays bounded, well under 256 MiB), and a tile
 is FULL when all its pairs are allowed, EMPTY when none is. Runs longer than a second report progress: a
 line redrawn with a carriage return when stderr is a terminal; otherwise (a log file, CI, a notebook's
@@ -16,14 +18,16 @@ import time
 
 import numpy as np
 
-from maskir.ir import Pattern
+from maskir.ir import Pattern, Predicate
+from maskir.planner import cells
 from maskir.planner.kinds import EMPTY, FULL, PARTIAL
 from maskir.planner.plan import PAIRS_PER_EVALUATION
-from maskir.planner.tiles import Side
+from maskir.planner.tiles import IdentitySide, Side
 from maskir.reference import evaluate_pairs
 
 PROGRESS_AFTER_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0
+WHOLE_GRID_SHARE = 0.25
 LOGGER = logging.getLogger("maskir.planner")
 
 
@@ -53,10 +57,23 @@ class Progress:
             print(file=sys.stderr, flush=True)
 
 
+def _counted_whole(pattern: Pattern, q: Side, kv: Side, listed: int) -> bool:
+    """Count the whole grid once (``cells``) for a Predicate on identity tiles when the tiles asked for
+    cover at least WHOLE_GRID_SHARE of it (else only those tiles are evaluated)."""
+    if not (isinstance(pattern, Predicate) and isinstance(q, IdentitySide) and isinstance(kv, IdentitySide)):
+        return False
+    n_q, n_kv = q.canvas.size, kv.canvas.size
+    return cells.fits(n_q, n_kv) and listed * q.block * kv.block >= WHOLE_GRID_SHARE * n_q * n_kv
+
+
 def exact_kinds(
     pattern: Pattern, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray, *, head: int = 0, **data
 ) -> np.ndarray:
     """Exact class of each pair (q tile rows[i], kv tile cols[i]); pairs must be sorted by row."""
+    if _counted_whole(pattern, q, kv, rows.size):
+        n_q, n_kv = q.canvas.size, kv.canvas.size
+        counts = cells.cell_counts(pattern, n_q, n_kv, head)
+        return cells.tile_kinds(counts, q.block, kv.block, rows, cols, n_q, n_kv)
     kinds = np.empty(rows.shape, dtype=np.int8)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(rows)) + 1, [rows.size]]) if rows.size else []
     progress = Progress(f"evaluating {pattern} exactly", rows.size)
