@@ -2,8 +2,7 @@
 per map: shifted windows are ``Blocks(window, offset)`` (no roll, no partition), the table a score_mod.
 
 Run ``python examples/swin_trainable_bias.py [OUT_DIR]``: a few SGD steps on the table and the
-projections, the table's gradient checked against the float64 reference. On a CPU the TVM backend runs
-the gradient of the table (``backend="tvm"``); on a GPU, the default backend.
+projections, the table's gradient checked against the float64 reference (Triton's interpreter on a CPU).
 """
 
 import sys
@@ -30,8 +29,7 @@ def table_gradient(layer: WindowAttention, x: torch.Tensor, target: torch.Tensor
 
 def main(out_dir: str = ".") -> None:
     torch.manual_seed(0)
-    backend = "auto" if torch.cuda.is_available() else "tvm"
-    layer = shifted_window_attention(backend)
+    layer = shifted_window_attention("auto")
     x, target = torch.randn(2, *MAP, EMBED_DIM), torch.randn(2, *MAP, EMBED_DIM)
     reference = shifted_window_attention("reference")
     reference.load_state_dict(layer.state_dict())

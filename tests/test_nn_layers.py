@@ -110,17 +110,11 @@ def swin_gradients(layer: mnn.WindowAttention, x: torch.Tensor, grad: torch.Tens
     return [x64.grad, reference.qkv.weight.grad, reference.proj.weight.grad, *table]
 
 
-@pytest.mark.parametrize(
-    "backend, train",
-    [("auto", False), ("reference", True)],
-    ids=["triton-frozen-table", "reference-trained-table"],
-)
-def test_window_attention_equals_swin_partition_and_roll_backward(backend, train):
-    """Shifted windows: gradients of the input, the projections and (trained) the bias table equal Swin's.
-    The Triton and TVM kernels do not differentiate a score_mod's tensors yet (issue 15 lands that), so
-    the table is trained through the reference backend and frozen on the Triton one."""
+@pytest.mark.parametrize("train", [False, True], ids=["frozen-table", "trained-table"])
+def test_window_attention_equals_swin_partition_and_roll_backward(train):
+    """Shifted windows: gradients of the input, the projections and (trained) the bias table equal Swin's."""
     torch.manual_seed(0)
-    layer = mnn.WindowAttention(32, 4, 2, 2, backend=backend)
+    layer = mnn.WindowAttention(32, 4, 2, 2)
     nn.init.normal_(layer.relative_position_bias_table, std=1.0)
     layer.relative_position_bias_table.requires_grad_(train)
     x = torch.randn(2, 8, 8, 32, requires_grad=True)
@@ -156,8 +150,8 @@ def nat_rpb_score_mod(rpb: torch.Tensor, spatial: tuple[int, ...], dilation: tup
     ids=str,
 )
 def test_neighborhood_rpb_adds_nat_bias_and_trains(na_dim, spatial, kernel_size, dilation, is_causal):
-    """rpb [heads, 2k-1, ...] in NAT/DiNAT's convention: forward (Triton kernels) and the gradient of rpb
-    (reference backend, until the kernels differentiate score_mod tensors) equal the float64 formula."""
+    """rpb [heads, 2k-1, ...] in NAT/DiNAT's convention: forward and the gradient of rpb equal the float64
+    formula."""
     torch.manual_seed(0)
     args = dict(kernel_size=kernel_size, dilation=dilation, is_causal=is_causal, rpb=True)
     layer = MASKIR_MODULES[na_dim](32, 2, **args)
@@ -178,7 +172,6 @@ def test_neighborhood_rpb_adds_nat_bias_and_trains(na_dim, spatial, kernel_size,
         torch.testing.assert_close(layer(x).double(), want, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(want)
     want.backward(grad)
-    layer.backend = "reference"
     layer(x).backward(grad.float())
     torch.testing.assert_close(layer.rpb.grad.double(), reference.rpb.grad, atol=1e-5, rtol=1e-5)
     assert layer.rpb.grad.abs().sum() > 0
