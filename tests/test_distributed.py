@@ -115,6 +115,21 @@ def test_local_pattern_moves_a_fraction_of_an_all_gather():
     assert "rank 7" in cp.describe()
 
 
+def test_segments_given_to_shard_keep_every_allowed_pair_and_fetch_less():
+    """With the ids, a packed-documents pattern keeps every pair its documents allow (the rank sub-plans
+    stacked equal the reference mask) and fetches less than its static superset (causal)."""
+    pattern, canvas = CASES["documents"]
+    ids = _segments(canvas.size, 1)
+    static, opened = shard(pattern, canvas, 3, **BLOCK), shard(pattern, canvas, 3, segments=ids, **BLOCK)
+    assert opened.bytes_moved(16, torch.float32) < static.bytes_moved(16, torch.float32)
+    stacked = np.zeros((canvas.size, canvas.size), dtype=bool)
+    data = (ids.numpy(), ids.numpy())
+    for rank in range(3):
+        rows = opened.token_indices(rank).numpy()
+        stacked[rows] = opened.sub_plans[rank].to_mask(segments=data)[rows]
+    assert np.array_equal(stacked, reference_mask(pattern, canvas, segments=data))
+
+
 def test_shard_rejects_bad_world_size_and_routing():
     with pytest.raises(ValueError, match="world_size"):
         shard(Causal(), Canvas(64), 0)
@@ -193,8 +208,8 @@ def _check_case(rank: int, world: int, check: tuple, expected: list[torch.Tensor
 
     name, backend, heads, kv_heads, score_mod = check
     pattern, canvas = CASES[name]
-    cp = shard(pattern, canvas, world, heads=heads, **BLOCK)
     q, k, v, dout, segments = _inputs(name, heads, kv_heads)
+    cp = shard(pattern, canvas, world, heads=heads, segments=segments, **BLOCK)
     local = [scatter(q, cp, rank), scatter(k, cp, rank, kv=True), scatter(v, cp, rank, kv=True)]
     local = [t.requires_grad_() for t in local]
     out = attention(*local, cp, group=mesh, mesh_dim="cp", segments=segments, score_mod=score_mod, backend=backend)

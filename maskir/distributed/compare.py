@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from maskir.canvas import Canvas
-from maskir.distributed.shard import ContextParallelPlan, shard, token_work
+from maskir.distributed.shard import ContextParallelPlan, opened_by, shard, token_work
 from maskir.ir import Pattern
 from maskir.planner import Plan, plan
 from maskir.sim import get_interconnect, simulate_plan
@@ -147,14 +147,20 @@ def compare(
     head_dim: int = 128,
     dtype: str = "bf16",
     hardware: str = "h100",
+    segments: torch.Tensor | None = None,
     **plan_options,
 ) -> CpComparison:
-    """maskir's sharding beside torch's balancers and a ring all-gather (see the module docstring)."""
+    """maskir's sharding beside torch's balancers and a ring all-gather (see the module docstring).
+
+    ``segments``: ids [1, N] for a pattern with ``Segments``: maskir shards by the tiles they open and
+    torch's balancers see the block mask they open (else both see the static superset)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}.")
     get_interconnect(hardware)
-    cp = shard(pattern, canvas, ranks, heads=heads, **plan_options)
+    cp = shard(pattern, canvas, ranks, heads=heads, segments=segments, **plan_options)
     token_plan = plan(pattern, canvas, heads=heads, layout="identity", block_q=FLEX_BLOCK, block_kv=FLEX_BLOCK)
+    if segments is not None:
+        token_plan = opened_by(token_plan, segments)
     head_tail, ptrr = torch_balances(token_plan, ranks)
     best_torch = ptrr if ptrr is not None else head_tail if head_tail is not None else 1.0
     share = best_torch / ranks

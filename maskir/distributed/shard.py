@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from maskir.canvas import Canvas
 from maskir.distributed.balance import candidates, imbalance
-from maskir.ir import Pattern, Routing
+from maskir.ir import Pattern, Routing, Segments
 from maskir.planner import Layout, Plan, PlanPart, TileKind, TileTable, plan
 from maskir.planner.runs import ragged_arange
 
@@ -186,7 +187,8 @@ class ContextParallelPlan:
 
     ``q_owner`` / ``kv_owner``: int [N_q] / [N_kv], the rank of each token; ``rank_tiles[r]``: r's q tiles
     of the main layout; ``sub_plans[r]``: r's sub-plan; ``received[r][s]``: the original k/v tokens r
-    fetches from s, in s's local order (empty for s == r); ``strategy``: the balancer that won.
+    fetches from s, in s's local order (empty for s == r); ``strategy``: the balancer that won;
+    ``segments``: the ids it was sharded for (None: the static superset, any ids).
     """
 
     plan: Plan
@@ -200,6 +202,7 @@ class ContextParallelPlan:
     sub_plans: tuple[Plan, ...] = field(repr=False)
     received: tuple[tuple[np.ndarray, ...], ...] = field(repr=False)
     strategy: str = ""
+    segments: torch.Tensor | None = field(default=None, repr=False)
 
     def _rank(self, rank: int) -> int:
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < self.world_size:
@@ -312,6 +315,7 @@ def shard(
     *,
     heads: int = 1,
     kv_canvas: Canvas | int | tuple[int, ...] | None = None,
+    segments=None,
     **plan_options,
 ) -> ContextParallelPlan:
     """Plan ``pattern`` and split its q tiles over ``world_size`` ranks by computed work.
@@ -321,8 +325,10 @@ def shard(
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
     rows fetched. Those within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and
     within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins. ``plan_options`` go to ``maskir.plan`` (block_q,
-    block_kv, layout). Patterns with ``Segments`` are sharded by their static superset; ``Routing``
-    (chosen from all tokens' pooled q.k at run time) is refused.
+    block_kv, layout). Patterns with ``Segments`` are sharded by their static superset, or, given
+    ``segments`` (the ids [B, N] of the batch, as ``attention`` will get them), by only the tiles those ids
+    open in some batch row (per-batch balance: shard again for other ids). ``Routing`` (chosen from all
+    tokens' pooled q.k at run time) is refused.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got world_size={world_size!r}.")
@@ -334,6 +340,7 @@ def shard(
     self_attention = kv_canvas is None
     scored = []
     for full in _plans(pattern, canvas, kv_canvas, heads, world_size, plan_options):
+        full = full if segments is None else opened_by(full, segments)
         main_slots, _ = _part_sides(full, full.parts[0])
         work = tile_work(full)
         found = []
@@ -350,7 +357,39 @@ def shard(
     allowed = [(score[1:], chosen) for score, snake_bar, chosen in scored if score[0] <= min(goal, snake_bar)]
     _, chosen = min(allowed, key=lambda s: s[0])
     full, name, tile_owner, q_owner, kv_owner = chosen
-    return _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
+    cp = _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
+    return cp if segments is None else dataclasses.replace(cp, segments=segments.detach().cpu().clone())
+
+
+def opened_by(full: Plan, segments) -> Plan:
+    """``full`` with only the tiles the segment ids [B, N] open in some batch row (codegen's per-call gate:
+    a tile pair stays when the id ranges of its q and kv tokens overlap)."""
+    from maskir.codegen.common.gating import gated_plan
+    from maskir.runtime.checks import check_segments
+
+    if not any(isinstance(node, Segments) for node in full.pattern.walk()):
+        raise ValueError(f"segments were given but {full.pattern} has no Segments() node.")
+    if not isinstance(segments, torch.Tensor) or segments.dim() != 2:
+        raise ValueError(
+            f"segments must be the ids [B, N] of the batch, got {getattr(segments, 'shape', type(segments))}."
+        )
+    batch = segments.shape[0]
+    q_ids, kv_ids = check_segments(segments.cpu(), batch, full.canvas.size, full.kv_canvas.size, torch.device("cpu"))
+    opened = [gated_plan(full, {"segments_q": q_ids, "segments_kv": kv_ids}, batch=b) for b in range(batch)]
+    parts = []
+    for index, part in enumerate(full.parts):
+        tables = []
+        for group in range(len(part.tables)):
+            pairs = [p.parts[index].tables[group].pairs() for p in opened]
+            keys, first = np.unique(np.concatenate([q * part.n_kv_tiles + kv for q, kv, _ in pairs]), return_index=True)
+            kinds = np.concatenate([kind for _, _, kind in pairs])[first]
+            tables.append(
+                TileTable.from_pairs(
+                    keys // part.n_kv_tiles, keys % part.n_kv_tiles, kinds, part.n_q_tiles, part.n_kv_tiles
+                )
+            )
+        parts.append(dataclasses.replace(part, tables=tuple(tables)))
+    return dataclasses.replace(full, parts=tuple(parts))
 
 
 def _plans(pattern, canvas, kv_canvas, heads: int, ranks: int, options: dict) -> list[Plan]:

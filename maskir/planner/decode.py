@@ -29,7 +29,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from maskir.canvas import Canvas
-from maskir.ir import Grid, Neighborhood, Pattern, Routing
+from maskir.ir import (
+    Blocks,
+    Columns,
+    Dilated,
+    Global,
+    Grid,
+    Neighborhood,
+    Pattern,
+    Prefix,
+    Routing,
+    Sink,
+    Strided,
+    Stripes,
+    Window,
+)
 from maskir.planner.build import BLOCK_Q_CHOICES
 from maskir.planner.build import plan as make_plan
 from maskir.planner.kinds import EMPTY, FULL
@@ -76,9 +90,33 @@ def prefers_decode(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas, *, batch
     return n_q <= DECODE_MAX_Q or (n_q <= MAX_FEW_Q and few_tiles)
 
 
-def kv_bucket(positions: int) -> int:
-    """The canvas of the decode plan that holds ``positions`` absolute positions: a power of two >= MIN_BUCKET."""
-    return max(MIN_BUCKET, 1 << max(0, int(positions) - 1).bit_length())
+def kv_bucket(pattern: Pattern, positions: int) -> int:
+    """The canvas of the decode plan that holds ``positions`` absolute positions: a power of two >= MIN_BUCKET
+    on which the pattern is defined (``pattern_extent``: a 4096-wide window needs 4097 positions even while
+    the cache holds 100)."""
+    needed = max(int(positions), pattern_extent(pattern))
+    return max(MIN_BUCKET, 1 << max(0, needed - 1).bit_length())
+
+
+def pattern_extent(pattern: Pattern) -> int:
+    """The fewest 1-D positions on which ``pattern`` is defined (``maskir.ir.check_canvas``'s size rules)."""
+    needed = [1]
+    for node in pattern.walk():
+        if isinstance(node, Window):
+            needed.append(max(node.left, node.right) + 1)
+        elif isinstance(node, Dilated):
+            needed.append(node.window * node.dilation + 1)
+        elif isinstance(node, Blocks):
+            needed.append(max(np.atleast_1d(node.size)))
+        elif isinstance(node, Stripes):
+            needed.append(node.width)
+        elif isinstance(node, (Sink, Prefix)):
+            needed.append(node.n)
+        elif isinstance(node, Global):
+            needed.append(max(node.indices) + 1)
+        elif isinstance(node, (Strided, Columns)):
+            needed.append(node.stride)
+    return int(max(needed))
 
 
 def check_decodable(pattern: Pattern) -> None:
