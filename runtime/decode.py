@@ -17,6 +17,7 @@ generation loop never re-plans (``maskir.planner.decode``). Kernels: ``codegen.t
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -93,14 +94,14 @@ class DecodeAttention:
 
     def plan(self, positions: int):
         """The decode plan of the bucket that holds ``positions`` absolute positions (built once)."""
-        bucket = kv_bucket(positions)
+        bucket = kv_bucket(self.pattern, positions)
         if bucket not in self._plans:
             self._plans[bucket] = decode_plan(self.pattern, bucket, self.heads)
         return self._plans[bucket]
 
     def kernels(self, n_q: int, positions: int):
         """The ``TritonDecode`` for ``n_q`` queries per head in the bucket of ``positions`` (built once)."""
-        bucket = kv_bucket(positions)
+        bucket = kv_bucket(self.pattern, positions)
         if (n_q, bucket) not in self._kernels:
             self._kernels[n_q, bucket] = self._build(n_q, self.plan(positions))
         return self._kernels[n_q, bucket]
@@ -146,7 +147,7 @@ class DecodeAttention:
     def source(self, n_q: int, positions: int) -> str:
         """The generated decode module for ``n_q`` queries in the bucket of ``positions`` positions."""
         self.kernels(n_q, positions)
-        return self._sources[n_q, kv_bucket(positions)]
+        return self._sources[n_q, kv_bucket(self.pattern, positions)]
 
     # -- a call ------------------------------------------------------------------------------------
 
@@ -433,10 +434,11 @@ def decode(
             device=q.device,
             score_mod=score_mod,
         )
-    _MEMO[key] = attention
+    _MEMO[key] = attention  # (re)inserted last: the most recently used
     _MEMO.move_to_end(key)
     while len(_MEMO) > MEMO_SIZE:
-        _MEMO.popitem(last=False)
+        with contextlib.suppress(KeyError):  # another thread may have emptied it meanwhile
+            _MEMO.popitem(last=False)
     return attention(
         q,
         k_cache,

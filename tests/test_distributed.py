@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +22,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from maskir import Canvas, Causal, Segments, patterns
 from maskir.distributed import shard
 from maskir.distributed.balance import imbalance, lpt
+from maskir.distributed.compare import torch_balances
 from maskir.distributed.shard import needed_kv, tile_work
+from maskir.planner import plan
 from maskir.reference import reference_attention, reference_mask
 
 BLOCK = {"block_q": 16, "block_kv": 16}
@@ -110,6 +115,21 @@ def test_local_pattern_moves_a_fraction_of_an_all_gather():
     assert "rank 7" in cp.describe()
 
 
+def test_segments_given_to_shard_keep_every_allowed_pair_and_fetch_less():
+    """With the ids, a packed-documents pattern keeps every pair its documents allow (the rank sub-plans
+    stacked equal the reference mask) and fetches less than its static superset (causal)."""
+    pattern, canvas = CASES["documents"]
+    ids = _segments(canvas.size, 1)
+    static, opened = shard(pattern, canvas, 3, **BLOCK), shard(pattern, canvas, 3, segments=ids, **BLOCK)
+    assert opened.bytes_moved(16, torch.float32) < static.bytes_moved(16, torch.float32)
+    stacked = np.zeros((canvas.size, canvas.size), dtype=bool)
+    data = (ids.numpy(), ids.numpy())
+    for rank in range(3):
+        rows = opened.token_indices(rank).numpy()
+        stacked[rows] = opened.sub_plans[rank].to_mask(segments=data)[rows]
+    assert np.array_equal(stacked, reference_mask(pattern, canvas, segments=data))
+
+
 def test_shard_rejects_bad_world_size_and_routing():
     with pytest.raises(ValueError, match="world_size"):
         shard(Causal(), Canvas(64), 0)
@@ -125,6 +145,29 @@ def test_compile_refuses_a_plan_of_another_pattern():
     cp = shard(Causal(), Canvas(64), 2, **BLOCK)
     with pytest.raises(ValueError, match="plan was made for"):
         maskir.compile(patterns.swin(4), Canvas(64), heads=1, head_dim=16, plan=cp.sub_plans[0], backend="reference")
+
+
+# -- maskir cp: beside torch's balancers and a ring all-gather ---------------------------------------
+
+
+def test_torch_balancers_split_causal_evenly_and_refuse_sizes_they_cannot_split():
+    """HeadTail pairs 128-block chunks 0+3 and 1+2 of a causal 1024: 1+2+7+8 = 3+4+5+6 blocks each."""
+    token_plan = plan(Causal(), Canvas(1024), layout="identity", block_q=128, block_kv=128)
+    assert torch_balances(token_plan, 2) == (pytest.approx(1.0), pytest.approx(1.0))
+    ragged = plan(Causal(), Canvas(1000), layout="identity", block_q=128, block_kv=128)
+    assert torch_balances(ragged, 8) == (None, None)
+
+
+def test_cp_command_prints_maskir_beside_torch_and_the_ring(capsys):
+    from maskir.cli import main
+
+    assert main(["cp", "Window(255, 0) & Causal()", "--canvas", "2048", "--ranks", "2", "8"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [int(row[2]) for row in rows] == [2, 8]
+    for row in rows:
+        maskir_balance, head_tail, ptrr = float(row[3].split()[0]), float(row[4]), float(row[5])
+        assert maskir_balance <= ptrr <= head_tail
+        assert float(row[8].strip(" %")) <= 100 and float(row[9]) > 0 and float(row[10]) > 0
 
 
 # -- attention over gloo -----------------------------------------------------------------------------
@@ -165,8 +208,8 @@ def _check_case(rank: int, world: int, check: tuple, expected: list[torch.Tensor
 
     name, backend, heads, kv_heads, score_mod = check
     pattern, canvas = CASES[name]
-    cp = shard(pattern, canvas, world, heads=heads, **BLOCK)
     q, k, v, dout, segments = _inputs(name, heads, kv_heads)
+    cp = shard(pattern, canvas, world, heads=heads, segments=segments, **BLOCK)
     local = [scatter(q, cp, rank), scatter(k, cp, rank, kv=True), scatter(v, cp, rank, kv=True)]
     local = [t.requires_grad_() for t in local]
     out = attention(*local, cp, group=mesh, mesh_dim="cp", segments=segments, score_mod=score_mod, backend=backend)
@@ -207,3 +250,19 @@ def test_two_ranks_match_the_float64_reference():
 
 def test_four_ranks_match_the_float64_reference():
     _spawn(4, [(name, "reference", 1, 1, None) for name in CASES])
+
+
+def test_context_parallel_example_matches_one_process(tmp_path):
+    """examples/context_parallel.py launches 2 CPU processes; output and weight gradient equal one process's."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "context_parallel.py")],
+        env={**os.environ, "MASKIR_CACHE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("max |")]
+    assert len(errors) == 2 and max(errors) < 1e-4, done.stdout
+    assert "rank 1:" in done.stdout

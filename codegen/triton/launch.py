@@ -26,6 +26,7 @@ import torch
 from maskir.codegen.common.gating import GatedLists, PartGate
 from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
+from maskir.codegen.triton.interpreter_lock import run_kernel
 from maskir.planner.plan import Plan
 
 
@@ -116,9 +117,11 @@ class TritonAttention:
         if gate is None:
             return None
         data = tuple((id(t), t._version) for t in tensors)
-        if not fresh and self._recent_lists[0] != data:
-            self._recent_lists = (data, tuple(tensors), {})
-        memo = {} if fresh else self._recent_lists[2]
+        recent = self._recent_lists  # read once: another thread may replace it with its own call's lists
+        if not fresh and recent[0] != data:
+            recent = (data, tuple(tensors), {})
+            self._recent_lists = recent
+        memo = {} if fresh else recent[2]
         wanted = (0, 1) if backward else (0,)
         missing = tuple(d for d in wanted if (key, d) not in memo)
         if missing:
@@ -148,7 +151,7 @@ class TritonAttention:
 
     def launch(self, name: str, grid: tuple[int, int], args: dict[str, Any]) -> None:
         """Run kernel ``name`` of the module on ``grid`` with keyword ``args`` and its launch options."""
-        getattr(self.module, name)[grid](**args, **self.module.LAUNCH_OPTIONS[name])
+        run_kernel(self.module, name, grid, args)
 
     # -- forward -----------------------------------------------------------------------------------
 

@@ -78,8 +78,8 @@ class TvmAttention:
 
     def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
-        if self._tables is None:
-            self._tables = []
+        if self._tables is None:  # built whole, then published: a concurrent call never sees it half made
+            built = []
             for part in self.plan.parts:
                 tables = part_tables(self.plan, part, "cpu")
                 q_tokens = (
@@ -92,7 +92,8 @@ class TvmAttention:
                     if tables.kv_gather
                     else identity_tokens(tables.n_kv_tiles, self.plan.block_kv, self.plan.kv_canvas.size, "cpu")
                 )
-                self._tables.append((tables, q_tokens, kv_tokens))
+                built.append((tables, q_tokens, kv_tokens))
+            self._tables = built
         return self._tables
 
     def static_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
