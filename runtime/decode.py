@@ -27,7 +27,7 @@ import torch
 from maskir.ir import Pattern, Segments
 from maskir.planner.decode import check_decodable, decode_plan, kv_bucket, prefers_decode
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, source_digest
-from maskir.runtime.checks import DTYPES
+from maskir.runtime.checks import DTYPES, int32_ids, is_integer_tensor
 
 CPU_SMS = 4
 """SMs assumed for splitting on CPU (the interpreter runs programs one after another)."""
@@ -295,8 +295,7 @@ class DecodeAttention:
                     "(the document of every absolute position)."
                 )
             if (
-                not isinstance(segments, torch.Tensor)
-                or segments.dtype.is_floating_point
+                not is_integer_tensor(segments)
                 or segments.dim() != 2
                 or segments.shape[0] != batch
                 or segments.shape[1] < positions
@@ -305,7 +304,7 @@ class DecodeAttention:
                     f"segments must be an int tensor [B={batch}, >= {positions}] (one id per absolute position), got "
                     f"{getattr(segments, 'shape', type(segments))}."
                 )
-            ids = segments.to(device=device, dtype=torch.int32).contiguous()
+            (ids,) = int32_ids(segments.to(device=device))  # exact: wide ids are renumbered, never cast
             named["segments_q"] = named["segments_kv"] = ids
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
