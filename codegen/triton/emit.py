@@ -216,6 +216,7 @@ def generate_source(
         capability=capability,
         pair_loads=functions.pair_loads,
         pair_ops=functions.pair_ops,
+        table_grads=functions.table_grads is not None,
     )
     _check_config(plan, config)
     source = assemble_source(

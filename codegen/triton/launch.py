@@ -11,8 +11,9 @@ merged output's LSE and delta and sums the parts' gradients (all deterministic; 
 Gradients of the float tensors a score_mod reads (``trained``): each dQ program adds its pairs'
 dS * d score_mod / d T[e] into its own row of a [dQ programs, entries] fp32 buffer (``_accumulate``), and
 the rows are summed in order afterwards. Memory: 4 bytes x (dQ programs of every part) x (entries of
-those tensors), e.g. 16 heads x 256 q tiles x 3,600 entries (a [16, 15, 15] table) = 59 MB; no atomics,
-so two runs give the same bits.
+those tensors), e.g. 4,096 dQ programs (16 heads x 256 q tiles of 64 rows) x 3,600 entries (a
+[16, 15, 15] table) = 59 MB, x 17,424 entries ([16, 33, 33]) = 285 MB; no atomics, so two runs give the
+same bits.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from maskir.canvas import MAX_TOKENS, Canvas
 from maskir.ir import Pattern, check_canvas
 from maskir.planner.affine import rewrite_predicates
 from maskir.planner.analysis import tile_runs
-from maskir.planner.cells import cell_counts
+from maskir.planner.cells import chunk_counts
 from maskir.planner.cost import plan_cost
 from maskir.planner.heads import head_groups
 from maskir.planner.layouts import LAYOUTS, LayoutChoice, layout_choices
@@ -69,7 +69,7 @@ def plan(
             split_cost, split = cheapest(split_union(best, price), price)
             best = split if split_cost < best_cost else best
     finally:
-        cell_counts.cache_clear()  # counts of Predicates are shared by this call's candidates only
+        chunk_counts.cache_clear()  # counts of Predicates are shared by this call's candidates only
     return dataclasses.replace(best, plan_seconds=time.perf_counter() - started)
 
 
