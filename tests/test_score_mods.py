@@ -242,8 +242,8 @@ def every_helper(swin, nat, slopes, t5, cap):
     ["triton", pytest.param("tvm", marks=pytest.mark.skipif(find_spec("tvm") is None, reason="no apache-tvm"))],
 )
 def test_every_helper_trains_on_each_kernel_backend_as_in_float64(backend):
-    """One build per backend: the gradient of each helper's tensor equals float64 autograd of the same
-    helpers (whose formulas the tests above check)."""
+    """One build per backend, with GQA (one kv head): the gradient of each helper's tensor equals float64
+    autograd of the same helpers (whose formulas the tests above check)."""
     gen = torch.Generator().manual_seed(7)
     tensors = [
         torch.randn(HEADS, 7, 7, generator=gen),
@@ -255,7 +255,8 @@ def test_every_helper_trains_on_each_kernel_backend_as_in_float64(backend):
     tensors = [t.requires_grad_() for t in tensors]
     pattern = Blocks(4) | Neighborhood(3, dilation=2)
     q, k, v = random_qkv(64)
-    out = maskir.attention(q, k, v, pattern, (8, 8), score_mod=every_helper(*tensors), backend=backend)
+    k, v = (t.detach()[:, :1].requires_grad_() for t in (k, v))
+    out = maskir.attention(q, k, v, pattern, (8, 8), score_mod=every_helper(*tensors), backend=backend, enable_gqa=True)
     got = torch.autograd.grad(out.square().sum(), (q, k, v, *tensors))
     leaves = [t.detach().double().requires_grad_() for t in tensors]
     expected = maskir.reference_attention(q, k, v, pattern, (8, 8), score_mod=every_helper(*leaves))

@@ -58,12 +58,14 @@ class GeneratedSource:
     each. ``static_tensors``: those captured by the score_mod (name -> tensor), passed on every call.
     ``score_mod_text``: the traced score_mod as text (a cache key field), None without one.
     ``table_grads``: the layout of the table-gradient buffer when the score_mod reads float tensors.
+    ``config``: the training kernels' configuration; None for a decode module (``emit_decode``), whose
+    launch options are its ``LAUNCH_OPTIONS``.
     """
 
     source: str
     tensor_names: tuple[str, ...]
     tensor_dims: tuple[int, ...]
-    config: KernelConfig
+    config: KernelConfig | None
     score_mod_text: str | None = None
     static_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     table_grads: TableGrads | None = None
@@ -217,6 +219,7 @@ def generate_source(
         shared_memory_per_block=shared_memory_per_block,
         pair_loads=functions.pair_loads,
         pair_ops=functions.pair_ops,
+        table_grads=functions.table_grads is not None,
     )
     _check_config(plan, config)
     source = assemble_source(

@@ -125,6 +125,13 @@ def attention(
             f"q, k, v must share batch and head dim, and v must match k: got {tuple(q.shape)}, {tuple(k.shape)}, "
             f"{tuple(v.shape)}."
         )
+    if cp_plan.segments is not None and (
+        not isinstance(segments, torch.Tensor) or not torch.equal(segments.detach().cpu(), cp_plan.segments)
+    ):
+        raise ValueError(
+            "cp_plan was sharded for the segment ids of one batch (shard(..., segments=ids)); pass those same ids "
+            "as segments=, or shard again for these."
+        )
     batch, kv_heads, _, head_dim = k.shape
     n_q, n_kv = cp_plan.plan.canvas.size, cp_plan.plan.kv_canvas.size
     device = q.device
