@@ -261,11 +261,11 @@ def format_table(reports: list[KernelReport]) -> str:
     """A fixed-width table: config, kernel, shared bytes, registers, spills, warps/stages, rows, MMA kind, ok."""
     lines = [
         f"{'config':<30}{'kernel':<24}{'shared':>8}{'regs':>6}{'spills':>8}{'warps':>7}{'stages':>7}{'rows':>6}"
-        f"{'mma':>7}  ok"
+        f"{'mma':>10}  ok"
     ]
     for r in reports:
         lines.append(
             f"{r.config:<30}{r.kernel:<24}{r.shared:>8}{r.registers:>6}{r.spills:>8}{r.num_warps:>7}"
-            f"{r.num_stages:>7}{r.rows:>6}{r.tensor_core:>7}  {'yes' if r.ok else 'NO'}"
+            f"{r.num_stages:>7}{r.rows:>6}{r.tensor_core:>10}  {'yes' if r.ok else 'NO'}"
         )
     return "\n".join(lines)

@@ -24,13 +24,8 @@ THREE_STAGE_SHARED_BYTES = 200 * 1024
 below it (sm_8x, sm_120's 99 KiB) two stages: the causal forward needed 114,688 B at three on sm_89."""
 BLACKWELL_NARROW_PAIR_OPS = 5
 """On sm_100 (tcgen05) forwards whose predicate has this many pair operations step 32 kv positions: the
-dilated window and NA2D (5 and 7 operations) spilled 16 B at 64-wide steps with triton 3.9."""
-MMA_SYNC_ROW_ELEMENTS = 64 * 128
-"""Before sm_90 (``mma.sync``: operands and accumulators in registers), dQ programs whose rows x head dim
-reach this run 8 warps, dK/dV programs own at most 64 kv rows on 8 warps, and the forward steps 32 kv
-positions on 4 warps: the sm_80/sm_89 suite spilled with sm_90's choices (forward 64 x 128 at 4 warps and
-64-wide steps: 16-56 B; dK/dV 128 rows: 64-384 B), and at 8 warps ptxas held the forward of Swin and NA3D
-to 128 registers and spilled 64-72 B."""
+dilated window and NA2D (5 and 7 operations) spilled 16 B at 64-wide steps with triton 3.9 on H100-priced
+plans. sm_100 is not yet spill-free (README, "Targets"): with B200-priced plans 4 of 51 suite kernels spill."""
 HEAVY_PAIR_OPS = 16
 """Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 DKDV_ELEMENTS_FOR_8_WARPS = 64 * 128
@@ -125,6 +120,10 @@ def choose_config(
     row_bytes = head_dim_pad * (4 if fp32 else 2)
     heavy = row_bytes >= 512  # 16-bit head dim 256, fp32 head dim >= 128: split tiles, narrow steps
     narrow = heavy or pair_loads > 0 or pair_ops > HEAVY_PAIR_OPS
+    # before sm_90 (mma.sync: operands and accumulators in registers) the sm_80/sm_89 suite spilled with
+    # sm_90's choices (forward 64 x 128 at 64-wide steps: 16-56 B; dK/dV 128 rows: 64-384 B); it fits with
+    # 32-wide forward steps on 4 warps (at 8, ptxas held Swin's and NA3D's forward to 128 registers and
+    # spilled) and dK/dV programs of at most 64 kv rows on 8 warps
     mma_sync = capability[0] < 9
     narrow_fwd = narrow or mma_sync or (capability[0] >= 10 and pair_ops >= BLACKWELL_NARROW_PAIR_OPS)
     stages = 3 if not heavy and capability[0] >= 9 and shared_memory_per_block >= THREE_STAGE_SHARED_BYTES else 2
@@ -136,9 +135,6 @@ def choose_config(
 
     def warps(rows: int) -> int:
         return 8 if rows >= 128 or heavy or fp32 else 4
-
-    def backward_warps(rows: int) -> int:
-        return 8 if mma_sync and rows * head_dim_pad >= MMA_SYNC_ROW_ELEMENTS else warps(rows)
 
     # dK/dV keeps two fp32 accumulators and the K and V rows per program: 64 x 128 of each is ~190
     # registers a thread at 4 warps before any score tile (NA2D spilled with triton 3.6's ptxas).
@@ -158,6 +154,6 @@ def choose_config(
         fwd=LaunchOptions(num_warps=8 if pair_loads else warps(fwd_rows), num_stages=stages),
         preprocess=LaunchOptions(num_warps=4, num_stages=1),
         # the table-gradient one-hot of Swin/NA2D tables spilled 324 B at 4 warps (sm_90, triton 3.9)
-        dq=LaunchOptions(num_warps=8 if table_grads else backward_warps(dq_rows), num_stages=stages),
+        dq=LaunchOptions(num_warps=8 if table_grads else warps(dq_rows), num_stages=stages),
         dkdv=LaunchOptions(num_warps=dkdv_warps, num_stages=stages),
     )
