@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import gcd
 
 import torch
 
@@ -22,6 +23,7 @@ from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan, source_title
 from maskir.codegen.common.template import fill
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
+from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, tile_blocks
 from maskir.codegen.tvm.template import (
     COMMON_BUFFERS,
     COMMON_PARAMS,
@@ -166,10 +168,18 @@ def generate_tvm_source(
     kv_heads: int | None = None,
     score_mod: Callable | None = None,
     target: str = "llvm",
+    vector_lanes: int = 16,
 ) -> TvmSource:
-    """The TVMScript module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` kv heads."""
+    """The TVMScript module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` kv heads.
+
+    ``target="llvm"``: the tile kernels (:mod:`~maskir.codegen.tvm.tile_template`), whose row reductions
+    run over ``vector_lanes`` fp32 lanes (the host's vector width: 16 for AVX-512, 8 for AVX2, 4 for NEON;
+    any value is correct). ``"cuda"``: the row kernels (:mod:`~maskir.codegen.tvm.template`), one thread
+    per query or key row."""
     kv_heads = plan.heads if kv_heads is None else kv_heads
     _check_arguments(plan, head_dim, dtype, kv_heads, target)
+    if not isinstance(vector_lanes, int) or vector_lanes < 1:
+        raise ValueError(f"vector_lanes must be a positive int (fp32 lanes per vector), got {vector_lanes!r}.")
     lowered = lower_plan(plan, score_mod)
     params, buffers = _tensor_text(lowered)
     functions = []
@@ -204,6 +214,18 @@ def generate_tvm_source(
             "score": _optional(lowered.score_mod, "ps", "s", "score"),
             "score_grad": _optional(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
         }
+        if target == "llvm":
+            blocks = tile_blocks(
+                block_q=plan.block_q,
+                block_kv=plan.block_kv,
+                head_dim=head_dim,
+                lanes=gcd(vector_lanes, plan.block_kv),
+                allowed=values["allowed"],
+                score=None if lowered.score_mod is None else values["score"],
+                score_grad=None if lowered.score_mod is None else values["score_grad"],
+            )
+            functions += [fill(kernel, {**values, **blocks}) for kernel in (TILE_FORWARD, TILE_DQ, TILE_DKDV)]
+            continue
         walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
         functions += [
             fill(FORWARD, {**values, **walk_kv, "pair": FORWARD_PAIR}),

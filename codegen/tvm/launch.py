@@ -11,9 +11,13 @@ inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+from maskir.codegen.tvm.balance import list_costs, work_order
 
 from maskir.codegen.common.tables import (
     KernelSignature,
@@ -39,13 +43,33 @@ def _import_tvm():
     return tvm
 
 
+def host_target() -> dict[str, str]:
+    """The llvm target of this CPU (its ``mcpu``: the vector extensions LLVM may use)."""
+    tvm = _import_tvm()
+    return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+
+
+def host_vector_lanes() -> int:
+    """fp32 lanes of this CPU's widest vector register (16 with AVX-512, 8 with AVX2, 4 with NEON)."""
+    tvm = _import_tvm()
+    return max(1, tvm.target.codegen.llvm_get_vector_width(tvm.target.Target(host_target())) // 32)
+
+
+def use_threads(threads: int) -> None:
+    """Run TVM's parallel loops on ``threads`` threads (TVM's default is half the logical CPUs on x86)."""
+    tvm = _import_tvm()
+    if tvm.get_global_func("runtime.NumThreads")() != threads:
+        cpus = [str(cpu) for cpu in sorted(os.sched_getaffinity(0))] if hasattr(os, "sched_getaffinity") else []
+        tvm.get_global_func("runtime.config_threadpool")(-3, threads, cpus)  # threads share the allowed CPUs
+
+
 def build(source: str, target: str = "llvm"):
-    """Parse TVMScript ``source`` and build it for ``target`` ("llvm", or "cuda" for sm_90)."""
+    """Parse TVMScript ``source`` and build it for ``target`` ("llvm": this CPU, or "cuda" for sm_90)."""
     tvm = _import_tvm()
     module = tvm.script.from_source(source)
     if target == "cuda":
         return tvm.compile(module, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
-    return tvm.compile(module, target=target)
+    return tvm.compile(module, target=tvm.target.Target(host_target()))
 
 
 def cuda_source(generated: TvmSource) -> str:
@@ -75,6 +99,7 @@ class TvmAttention:
         )
         self.executable = build(generated.source, "llvm")
         self._tables: list[PartTables] | None = None
+        self._work: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
@@ -94,6 +119,30 @@ class TvmAttention:
                 )
                 self._tables.append((tables, q_tokens, kv_tokens))
         return self._tables
+
+    def work(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per part, the balanced unit orders (:mod:`~maskir.codegen.tvm.balance`) of the forward/dQ
+        kernels (units (b, h, q tile)) and of dK/dV (units (b, kv head, kv tile)) for this thread count."""
+        threads = torch.get_num_threads()
+        use_threads(threads)
+        key = (batch, threads)
+        if key not in self._work:
+            orders = []
+            group_size = self.plan.heads // self.generated.kv_heads
+            for tables, _, _ in self.tables():
+                heads = tables.head_table.long().numpy()
+                lists = len(tables.kv_full) // max(1, tables.n_q_tiles)
+                q_costs = list_costs(tables.kv_start, tables.kv_full, lists, tables.n_q_tiles)[heads]
+                kv_costs = list_costs(tables.q_start, tables.q_full, lists, tables.n_kv_tiles)[heads]
+                kv_costs = kv_costs.reshape(-1, group_size, tables.n_kv_tiles).sum(1)
+                orders.append(
+                    (
+                        work_order(np.tile(q_costs, (batch, 1, 1)), threads),
+                        work_order(np.tile(kv_costs, (batch, 1, 1)), threads),
+                    )
+                )
+            self._work[key] = orders
+        return self._work[key]
 
     def static_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Tensors captured by the score_mod or a predicate (CPU tensors: this backend runs on CPU)."""
@@ -126,13 +175,13 @@ class TvmAttention:
         q, k, v = (t.contiguous() for t in (q, k, v))
         buffers = self._buffers(tensors)
         outs, lses = [], []
-        for index, (tables, q_tokens, kv_tokens) in enumerate(self.tables()):
+        for index, ((tables, q_tokens, kv_tokens), (q_work, _)) in enumerate(zip(self.tables(), self.work(len(q)))):
             out = torch.zeros(q.shape, dtype=torch.float32)
             lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
             self._call(
                 f"fwd_{index}",
                 q, k, v, lse, tables.head_table, q_tokens, kv_tokens,
-                out, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale),
+                out, tables.kv_start, tables.kv_full, tables.kv_index, q_work, *buffers, float(scale),
             )  # fmt: skip
             outs.append(out)
             lses.append(lse)
@@ -159,17 +208,20 @@ class TvmAttention:
         delta = (out.to(torch.float32) * dout.to(torch.float32)).sum(-1).contiguous()
         buffers = self._buffers(tensors)
         grads = []
-        for index, (tables, q_tokens, kv_tokens) in enumerate(self.tables()):
+        for index, ((tables, q_tokens, kv_tokens), (q_work, kv_work)) in enumerate(
+            zip(self.tables(), self.work(len(q)))
+        ):
             dq = torch.zeros(q.shape, dtype=torch.float32)
             dk = torch.zeros(k.shape, dtype=torch.float32)
             dv = torch.zeros(v.shape, dtype=torch.float32)
             common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
             self._call(
-                f"dq_{index}", *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale)
+                f"dq_{index}",
+                *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, q_work, *buffers, float(scale),
             )
             self._call(
                 f"dkdv_{index}",
-                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, *buffers, float(scale),
+                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, kv_work, *buffers, float(scale),
             )  # fmt: skip
             grads.append((dq, dk, dv))
         return sum_part_grads(grads, (q, k, v))
