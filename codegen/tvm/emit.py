@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from math import gcd
 
 import torch
 
@@ -23,7 +22,6 @@ from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan, source_title
 from maskir.codegen.common.template import fill
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
-from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, tile_blocks
 from maskir.codegen.tvm.template import (
     COMMON_BUFFERS,
     COMMON_PARAMS,
@@ -37,6 +35,7 @@ from maskir.codegen.tvm.template import (
     PAIR_GRADIENT,
     WALK,
 )
+from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, tile_blocks
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -169,17 +168,19 @@ def generate_tvm_source(
     score_mod: Callable | None = None,
     target: str = "llvm",
     vector_lanes: int = 16,
+    vector_registers: int = 32,
 ) -> TvmSource:
     """The TVMScript module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` kv heads.
 
-    ``target="llvm"``: the tile kernels (:mod:`~maskir.codegen.tvm.tile_template`), whose row reductions
-    run over ``vector_lanes`` fp32 lanes (the host's vector width: 16 for AVX-512, 8 for AVX2, 4 for NEON;
-    any value is correct). ``"cuda"``: the row kernels (:mod:`~maskir.codegen.tvm.template`), one thread
+    ``target="llvm"``: the tile kernels (:mod:`~maskir.codegen.tvm.tile_template`), shaped for
+    ``vector_lanes`` fp32 lanes per vector and ``vector_registers`` registers (the host's: 16 and 32 for
+    AVX-512, 8 and 16 for AVX2, 4 and 32 for NEON; any values are correct, only speed differs). ``"cuda"``: the row kernels (:mod:`~maskir.codegen.tvm.template`), one thread
     per query or key row."""
     kv_heads = plan.heads if kv_heads is None else kv_heads
     _check_arguments(plan, head_dim, dtype, kv_heads, target)
-    if not isinstance(vector_lanes, int) or vector_lanes < 1:
-        raise ValueError(f"vector_lanes must be a positive int (fp32 lanes per vector), got {vector_lanes!r}.")
+    for name, value in (("vector_lanes", vector_lanes), ("vector_registers", vector_registers)):
+        if not isinstance(value, int) or value < 2:
+            raise ValueError(f"{name} must be an int >= 2 (the host's vector width / register count), got {value!r}.")
     lowered = lower_plan(plan, score_mod)
     params, buffers = _tensor_text(lowered)
     functions = []
@@ -219,10 +220,11 @@ def generate_tvm_source(
                 block_q=plan.block_q,
                 block_kv=plan.block_kv,
                 head_dim=head_dim,
-                lanes=gcd(vector_lanes, plan.block_kv),
-                allowed=values["allowed"],
-                score=None if lowered.score_mod is None else values["score"],
-                score_grad=None if lowered.score_mod is None else values["score_grad"],
+                vector_lanes=vector_lanes,
+                vector_registers=vector_registers,
+                predicate=predicate,
+                score_mod=lowered.score_mod,
+                score_grad=lowered.score_grad,
             )
             functions += [fill(kernel, {**values, **blocks}) for kernel in (TILE_FORWARD, TILE_DQ, TILE_DKDV)]
             continue

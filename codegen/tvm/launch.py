@@ -17,8 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from maskir.codegen.tvm.balance import list_costs, work_order
-
 from maskir.codegen.common.tables import (
     KernelSignature,
     PartTables,
@@ -27,6 +25,7 @@ from maskir.codegen.common.tables import (
     part_tables,
     sum_part_grads,
 )
+from maskir.codegen.tvm.balance import list_costs, work_order
 from maskir.codegen.tvm.emit import TvmSource
 from maskir.planner.plan import Plan
 
@@ -217,7 +216,14 @@ class TvmAttention:
             common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
             self._call(
                 f"dq_{index}",
-                *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, q_work, *buffers, float(scale),
+                *common,
+                dq,
+                tables.kv_start,
+                tables.kv_full,
+                tables.kv_index,
+                q_work,
+                *buffers,
+                float(scale),
             )
             self._call(
                 f"dkdv_{index}",

@@ -2,29 +2,37 @@
 
 One unit of parallel work is a (batch, head, q tile) of the forward and dQ, or a (batch, kv head, kv tile)
 of dK/dV: ``WORK[w]`` names it (-1: none), in the order the launcher balances by the plan's tile lists
-(:func:`maskir.codegen.tvm.balance.work_order`). A unit gathers its rows once into fp32 tiles (``QS``
-[block_q, D], the transposed ``KT`` [D, block_kv], ...) and walks its CSR tile list. Per tile pair:
+(:mod:`maskir.codegen.tvm.balance`). A unit gathers its own rows once into fp32 tiles (``QS`` [block_q, D]
+and the transposed ``QT`` [D, block_q]; dK/dV: ``KS``, ``KT``, ``VS``, ``VT``), then walks its CSR tile
+list, gathering the other side's rows per tile. Scores are laid out with the walked side as rows and the
+unit's own side as vector lanes, so no tile is transposed inside the walk:
 
-- scores ``S = QS @ KT * scale``: a blocked product whose inner loop over kv (or q) positions is
-  ``T.vectorized``, so LLVM splits it into the target's vector registers (AVX-512, AVX2, NEON);
-- padding slots (token -1) score -inf; a PARTIAL pair evaluates the lowered predicate per element, once
-  per tile pair (FULL pairs never do); a score_mod rewrites each allowed score;
-- forward: online softmax per row: m' = max(m, max_j S), P = exp(S - m'), l' = l exp(m - m') + sum_j P,
-  acc' = acc exp(m - m') + P @ V; the row max and sum reduce over ``$lanes`` vector lanes;
-- dQ: P = exp(s - lse), dP = dO @ V^T, dS = P (dP - delta) (times d score_mod / d score), dQ += dS @ K;
-- dK/dV (rows are keys): P^T, dV += P^T @ dO, dS^T, dK += dS^T @ Q, over the GQA group's query heads.
+- forward and dQ: ``S[c, r] = KS[c, :] . QT[:, r] * scale`` (rows c: keys, lanes r: queries);
+  dK/dV: ``S[r, c] = QS[r, :] . KT[:, c] * scale`` (rows: queries, lanes: keys);
+- every product is blocked: a few rows (unrolled, their accumulators in vector registers) share each
+  load of the right operand, the inner loop is ``T.vectorized``, which LLVM splits into the target's
+  vector registers (AVX-512, AVX2, NEON); the left operand is read one element at a time (broadcast),
+  so it may be stored transposed;
+- padding keys (token -1) score -inf; a PARTIAL pair evaluates the lowered predicate for a whole row of
+  lanes at once, once per tile pair (FULL pairs never do); a score_mod rewrites each allowed score;
+- forward: online softmax per query, vectorised over queries: m' = max(m, max_c S), P = exp(S - m'),
+  l' = l exp(m - m') + sum_c P, acc' = acc exp(m - m') + P^T @ V;
+- dQ: P = exp(s - lse), dP = V @ dO^T, dS = P (dP - delta) (times d score_mod / d score), dQ += dS^T @ K;
+- dK/dV: P, dV += P^T @ dO, dP = dO @ V^T, dS, dK += dS^T @ Q, over the GQA group's query heads.
   Rows with no allowed key (lse -inf) and padding rows read lse as +inf, so their P is exactly 0.
 
-``exp`` of a tile row is :func:`exp_row`, a polynomial that vectorises (LLVM's ``expf`` is a scalar call).
-Values are bound with ``let`` only outside ``T.vectorized`` loops: TVM 0.27 vectorises a ``let`` inside
-one with the wrong lanes.
+``exp`` is :func:`exp_lanes`, a polynomial that vectorises (LLVM's ``expf`` is a scalar call). Values are
+bound with ``let`` only outside ``T.vectorized`` loops: TVM 0.27 vectorises a ``let`` inside one with the
+wrong lanes (:func:`maskir.codegen.tvm.render.render_tvm_row` keeps a row's locals in buffers instead).
 
 Placeholders (``string.Template``, blocks keep their indentation): the row kernels' ``$common_params``,
-``$common_buffers``, ``$kv_list``, tensor parameters and plan numbers, and the blocks built here by
-:func:`tile_blocks`.
+``$common_buffers``, ``$kv_list``, tensor parameters and plan numbers, and the blocks of :func:`tile_blocks`.
 """
 
 from __future__ import annotations
+
+from maskir.codegen.common.expr import Expr
+from maskir.codegen.tvm.render import render_tvm_row
 
 _EXP_POLY = (1.0, 1.0, 0.5, 1 / 6, 1 / 24, 1 / 120, 1 / 720)
 """Taylor coefficients of e^r on |r| <= ln(2)/2: relative error < 3e-7 (fp32 rounding dominates)."""
@@ -32,28 +40,31 @@ _EXP_POLY = (1.0, 1.0, 0.5, 1 / 6, 1 / 24, 1 / 120, 1 / 720)
 NEG_INF = 'T.float32("-inf")'
 
 
-def exp_row(row: str, cols: int) -> str:
-    """``S[row, :] = exp(S[row, :])`` for fp32 arguments <= 0 (softmax), in three vectorised passes
-    (``EXPN``, ``EXPR`` scratch rows): x = n ln2 + r with n = round(x / ln2) (ln2 in two parts,
-    Cody-Waite), e^x = 2^n p(r), 2^n built from exponent bits. x < -87 (and -inf) gives exactly 0, so
-    masked scores contribute nothing. (One nested expression would take TVMScript's parser seconds.)"""
-    x = f"S[{row}, c]"
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line if line else line for line in text.splitlines())
+
+
+def _lanes(cols: int, *statements: str) -> str:
+    """Each statement in its own ``T.vectorized`` loop over the lanes ``c``."""
+    return "\n".join(f"for c in T.vectorized({cols}):\n    {statement}" for statement in statements)
+
+
+def exp_lanes(x: str, cols: int) -> str:
+    """``x = exp(x)`` over the lanes ``c`` (``x`` is text in c, like ``S[r, c]``) for fp32 arguments <= 0,
+    in three vectorised passes (``EXPN``, ``EXPR`` scratch rows): x = n ln2 + r with n = round(x / ln2)
+    (ln2 in two parts, Cody-Waite), e^x = 2^n p(r), 2^n built from exponent bits. x < -87 (and -inf)
+    gives exactly 0, so masked scores contribute nothing. (One nested expression instead would take
+    TVMScript's parser seconds.)"""
     poly = f"T.float32({_EXP_POLY[-1]!r})"
     for coefficient in reversed(_EXP_POLY[:-1]):
         poly = f"(T.float32({coefficient!r}) + EXPR[c] * {poly})"
     scale = 'T.reinterpret("float32", T.shift_left(T.Cast("int32", EXPN[c]) + 127, 23))'
-    return (
-        f"for c in T.vectorized({cols}):\n"
-        f"    EXPN[c] = T.floor(T.max({x}, T.float32(-88.0)) * T.float32(1.4426950408889634) + T.float32(0.5))\n"
-        f"for c in T.vectorized({cols}):\n"
-        f"    EXPR[c] = {x} - EXPN[c] * T.float32(0.693145751953125) - EXPN[c] * T.float32(1.428606765330187e-06)\n"
-        f"for c in T.vectorized({cols}):\n"
-        f"    {x} = T.if_then_else({x} < T.float32(-87.0), T.float32(0), {poly} * {scale})"
+    return _lanes(
+        cols,
+        f"EXPN[c] = T.floor(T.max({x}, T.float32(-88.0)) * T.float32(1.4426950408889634) + T.float32(0.5))",
+        f"EXPR[c] = {x} - EXPN[c] * T.float32(0.693145751953125) - EXPN[c] * T.float32(1.428606765330187e-06)",
+        f"{x} = T.if_then_else({x} < T.float32(-87.0), T.float32(0), {poly} * {scale})",
     )
-
-
-def _indent(text: str, spaces: int) -> str:
-    return "\n".join(" " * spaces + line if line else line for line in text.splitlines())
 
 
 def load_rows(tokens: str, tile: str, block: int, token_buffer: str, loads: list[tuple[str, str, str]], dim: int):
@@ -74,70 +85,104 @@ def transpose(source: str, target: str, rows: int, dim: int) -> str:
     return f"for d in T.serial({dim}):\n    for r in T.vectorized({rows}):\n        {target}[d, r] = {source}[r, d]"
 
 
-def product(out: str, left: str, right_t: str, rows: int, cols: int, inner: int, *, accumulate: bool = False) -> str:
-    """``out[r, c] (+)= sum_k left[r, k] * right_t[k, c]``: r outer, k middle, c vectorised."""
-    zero = "" if accumulate else f"    for c in T.vectorized({cols}):\n        {out}[r, c] = T.float32(0)\n"
-    return (
-        f"for r in T.serial({rows}):\n{zero}"
-        f"    for k in T.serial({inner}):\n        for c in T.vectorized({cols}):\n"
-        f"            {out}[r, c] = {out}[r, c] + {left}[r, k] * {right_t}[k, c]"
+def _row_block(rows: int, cols: int, lanes: int, accumulators: int) -> int:
+    """Rows a product updates together: their accumulators (``cols / lanes`` vector registers per row) fit
+    in ``accumulators`` registers; a divisor of ``rows``."""
+    fitting = max(1, accumulators // -(-cols // lanes))
+    return max(d for d in range(1, min(fitting, rows) + 1) if rows % d == 0)
+
+
+def product(
+    out: str,
+    left: str,
+    right: str,
+    shape: tuple[int, int, int],
+    registers: tuple[int, int],
+    *,
+    accumulate: bool = False,
+    left_transposed: bool = False,
+) -> str:
+    """``out[r, c] (+)= sum_k left[r, k] * right[k, c]`` for ``shape`` (rows, cols, inner); ``left`` is
+    read as ``left[k, r]`` when ``left_transposed``. A block of rows (unrolled) shares each load of
+    ``right[k, :]``, k in the middle, c vectorised; ``registers`` = (fp32 lanes per vector, vector
+    registers for accumulators) sizes the block."""
+    rows, cols, inner = shape
+    block = _row_block(rows, cols, *registers)
+    row = f"r0 * {block} + r1"
+    element = f"{left}[k, {row}]" if left_transposed else f"{left}[{row}, k]"
+    zero = (
+        "" if accumulate else f"for r in T.serial({rows}):\n{_indent(_lanes(cols, f'{out}[r, c] = T.float32(0)'), 4)}\n"
+    )
+    return zero + (
+        f"for r0 in T.serial({rows // block}):\n    for k in T.serial({inner}):\n"
+        f"        for r1 in T.unroll({block}):\n            for c in T.vectorized({cols}):\n"
+        f"                {out}[{row}, c] = {out}[{row}, c] + {element} * {right}[k, c]"
     )
 
 
-def scores(rows: int, cols: int, dim: int, row_tile: str, col_tile: str, col_tokens: str) -> str:
-    """``S = row_tile @ col_tile * sm_scale``, -inf where the column's token is padding (-1)."""
-    return (
-        product("S", row_tile, col_tile, rows, cols, dim)
-        + f"\nfor r in T.serial({rows}):\n    for c in T.vectorized({cols}):\n"
-        f"        S[r, c] = T.if_then_else({col_tokens}[c] >= 0, S[r, c] * sm_scale, {NEG_INF})"
-    )
+def _scale_scores(rows: int, cols: int, row_tokens: str | None) -> str:
+    """``S *= sm_scale``; rows whose token (in ``row_tokens``) is padding score -inf."""
+    value = "S[r, c] * sm_scale"
+    if row_tokens is not None:
+        value = f"T.if_then_else({row_tokens}[r] >= 0, {value}, {NEG_INF})"
+    return f"for r in T.serial({rows}):\n" + _indent(_lanes(cols, f"S[r, c] = {value}"), 4)
 
 
-def _pairs(rows: int, cols: int, row: tuple[str, str], col: tuple[str, str], body: str) -> str:
-    """Loop over the (r, c) elements of a tile pair with the row's and column's tokens bound (``row`` and
-    ``col``: (variable, token buffer)), running ``body`` where both are tokens (not padding)."""
-    (row_var, row_tokens), (col_var, col_tokens) = row, col
-    return (
-        f"for r in T.serial({rows}):\n    {row_var} = {row_tokens}[r]\n    for c in T.serial({cols}):\n"
-        f"        {col_var} = {col_tokens}[c]\n        if {row_var} >= 0 and {col_var} >= 0:\n{_indent(body, 12)}"
-    )
-
-
-def _lane_reduce(rows_var: str, cols: int, lanes: int, stat: str, start: str, init: str, combine: str) -> str:
-    """``STAT[stat] = combine(start, S[row, :])`` through ``lanes`` vector lanes (``combine(a, b)`` text)."""
-    fold = combine.format(a="LANE[l]", b=f"S[{rows_var}, c0 * {lanes} + l]")
-    return (
-        f"for l in T.vectorized({lanes}):\n    LANE[l] = {init}\n"
-        f"for c0 in T.serial({cols // lanes}):\n    for l in T.vectorized({lanes}):\n        LANE[l] = {fold}\n"
-        f"STAT[{stat}] = {start}\nfor l in T.serial({lanes}):\n"
-        f"    STAT[{stat}] = {combine.format(a=f'STAT[{stat}]', b='LANE[l]')}"
-    )
-
-
-def _softmax_inputs(rows: int, cols: int, bias: str) -> str:
-    """``S = exp(S - bias)`` per element (``bias`` text in r: the row max, or lse per row/column)."""
-    return (
-        f"for r in T.serial({rows}):\n    for c in T.vectorized({cols}):\n        S[r, c] = S[r, c] - {bias}\n"
-        + _indent(exp_row("r", cols), 4)
+def _probabilities(rows: int, cols: int, lse: str) -> str:
+    """``S = exp(S - lse)`` per element (``lse`` text in r and c: the query's lse, +inf for empty rows)."""
+    return f"for r in T.serial({rows}):\n" + _indent(
+        _lanes(cols, f"S[r, c] = S[r, c] - {lse}") + "\n" + exp_lanes("S[r, c]", cols), 4
     )
 
 
 def _gradient_scores(rows: int, cols: int, delta: str, dmod: bool) -> str:
     """``DP = S * (DP - delta) (* DMOD)``: dS from P (in S) and dP."""
     factor = " * DMOD[r, c]" if dmod else ""
-    return (
-        f"for r in T.serial({rows}):\n    for c in T.vectorized({cols}):\n"
-        f"        DP[r, c] = S[r, c] * (DP[r, c] - {delta}){factor}"
+    return f"for r in T.serial({rows}):\n" + _indent(
+        _lanes(cols, f"DP[r, c] = S[r, c] * (DP[r, c] - {delta}){factor}"), 4
     )
 
 
-def _statistics(block_q: int, lse: str, delta: str) -> str:
-    """Per q row of a backward tile: lse (+inf for padding and rows with no allowed key, so P = 0) and delta."""
+def _statistics(block_q: int) -> str:
+    """Per query of a backward tile: ``ROW[0, i]`` = lse (+inf for padding and rows with no allowed key,
+    so P = 0) and ``ROW[1, i]`` = delta."""
     return (
-        f"for i in T.serial({block_q}):\n    q = QTOK[i]\n    {lse} = T.float32(\"inf\")\n    {delta} = T.float32(0)\n"
-        f"    if q >= 0:\n        {delta} = DELTA[b, h, q]\n        if LSE[b, h, q] > {NEG_INF}:\n"
-        f"            {lse} = LSE[b, h, q]"
+        f'for i in T.serial({block_q}):\n    q = QTOK[i]\n    ROW[0, i] = T.float32("inf")\n'
+        f"    ROW[1, i] = T.float32(0)\n    if q >= 0:\n        ROW[1, i] = DELTA[b, h, q]\n"
+        f"        if LSE[b, h, q] > {NEG_INF}:\n            ROW[0, i] = LSE[b, h, q]"
     )
+
+
+def _online_softmax(block_q: int, block_kv: int) -> str:
+    """One kv tile's step of the forward's online softmax over S [keys, queries], vectorised over queries:
+    ``ROW`` holds per query m, l, the new max (0 while it is -inf, so S - m stays -inf) and alpha."""
+    return (
+        _lanes(block_q, "ROW[2, c] = ROW[0, c]")
+        + f"\nfor r in T.serial({block_kv}):\n"
+        + _indent(_lanes(block_q, "ROW[2, c] = T.max(ROW[2, c], S[r, c])"), 4)
+        + "\n"
+        + _lanes(
+            block_q,
+            f"ROW[3, c] = ROW[0, c] - T.if_then_else(ROW[2, c] > {NEG_INF}, ROW[2, c], T.float32(0))",
+            "ROW[0, c] = ROW[2, c]",
+            f"ROW[2, c] = T.if_then_else(ROW[2, c] > {NEG_INF}, ROW[2, c], T.float32(0))",
+        )
+        + "\n"
+        + exp_lanes("ROW[3, c]", block_q)
+        + "\n"
+        + _probabilities(block_kv, block_q, "ROW[2, c]")
+        + "\n"
+        + _lanes(block_q, "ROW[1, c] = ROW[1, c] * ROW[3, c]")
+        + f"\nfor r in T.serial({block_kv}):\n"
+        + _indent(_lanes(block_q, "ROW[1, c] = ROW[1, c] + S[r, c]"), 4)
+    )
+
+
+def _row_expr(expr: Expr, prefix: str, names: dict[str, str], cols: int, store: str):
+    """(text, row buffers): ``expr`` over a tile row (one vectorised loop per local), then ``store``
+    formatted with the result's text (``{value}``) in a last vectorised loop over the lanes ``c``."""
+    row = render_tvm_row(expr, prefix, "c", names)
+    return _lanes(cols, *row.lines, store.format(value=row.result)), list(row.buffers)
 
 
 def tile_blocks(
@@ -145,82 +190,98 @@ def tile_blocks(
     block_q: int,
     block_kv: int,
     head_dim: int,
-    lanes: int,
-    allowed: str,
-    score: str | None,
-    score_grad: str | None,
+    vector_lanes: int,
+    vector_registers: int,
+    predicate: Expr,
+    score_mod: Expr | None,
+    score_grad: Expr | None,
 ) -> dict[str, str]:
-    """The blocks of the three tile kernels for one part: loads, products, masks, softmax steps.
+    """The blocks of the three tile kernels for one part: buffers, loads, products, masks, softmax steps.
 
-    ``allowed`` sets ``keep[0]`` from ``b, h, q, kv``; ``score`` sets ``s`` from ``score`` and
-    ``score_grad`` sets ``dmod`` (None without a score_mod). ``lanes`` divides ``block_kv`` and ``block_q``."""
+    ``predicate`` is allowed(b, h, q, kv), ``score_mod`` s(score, b, h, q, kv) and ``score_grad`` its
+    d/d score (None without a score_mod), evaluated a tile row at a time. ``vector_lanes`` fp32 lanes per
+    vector register and ``vector_registers`` registers (32 with AVX-512 and NEON, 16 with AVX2) size the
+    row blocks of the products (half the registers hold accumulators)."""
     bq, bkv, dim = block_q, block_kv, head_dim
-    q_side, kv_side = ("q", "QTOK"), ("kv", "KVTOK")
-    mask = f"{allowed}\nif keep[0] == 0:\n    S[r, c] = {NEG_INF}"
+    registers = (vector_lanes, vector_registers // 2)
+    sides = {  # rows over keys (forward, dQ: lanes are queries) or over queries (dK/dV: lanes are keys)
+        "kv": (bkv, bq, ("kv", "KVTOK"), {"q": "T.max(QTOK[c], 0)", "score": "S[r, c]"}),
+        "q": (bq, bkv, ("q", "QTOK"), {"kv": "T.max(KVTOK[c], 0)", "score": "S[r, c]"}),
+    }
+    row_buffers: dict[str, dict[str, tuple]] = {"q": {}, "kv": {}}
 
-    def score_mod(rows: int, cols: int, row, col, gradient: bool) -> str:
-        if score is None:
+    def expression_rows(side: str, parts: list[tuple[Expr, str, str]]) -> str:
+        rows, cols, (variable, tokens), names = sides[side]
+        body = []
+        for expr, prefix, store in parts:
+            text, buffers = _row_expr(expr, prefix, names, cols, store)
+            body.append(text)
+            row_buffers[side].update({name: ((cols,), dtype) for name, dtype in buffers})
+        # padding rows read token 0: their results are never used
+        return f"for r in T.serial({rows}):\n    {variable} = T.max({tokens}[r], 0)\n" + _indent("\n".join(body), 4)
+
+    def mask(side: str) -> str:
+        store = f"S[r, c] = T.if_then_else({{value}}, S[r, c], {NEG_INF})"
+        return "if e >= full_end:\n" + _indent(expression_rows(side, [(predicate, "pa", store)]), 4)
+
+    def modified(side: str, gradient: bool) -> str:
+        if score_mod is None:
             return ""
-        body = f"score = S[r, c]\nif score > {NEG_INF}:\n{_indent(score, 4)}\n    S[r, c] = s"
-        if gradient:
-            body += f"\n{_indent(score_grad, 4)}\n    DMOD[r, c] = dmod"
-        return _pairs(rows, cols, row, col, body)
+        parts = [(score_grad, "pg", "DMOD[r, c] = {value}")] if gradient else []
+        parts.append((score_mod, "ps", f"S[r, c] = T.if_then_else(S[r, c] > {NEG_INF}, {{value}}, S[r, c])"))
+        return expression_rows(side, parts)
 
-    def tile_buffers(shapes: dict[str, tuple]) -> str:
-        return "\n".join(
-            f'{name} = T.decl_buffer({shape}, "{dtype}", scope="local")' for name, (shape, dtype) in shapes.items()
-        )
-
+    blocks = {
+        "fwd_mask": mask("kv"),
+        "fwd_score_mod": modified("kv", False),
+        "dq_mask": mask("kv"),
+        "dq_score_mod": modified("kv", True),
+        "dkdv_mask": mask("q"),
+        "dkdv_score_mod": modified("q", True),
+    }
     f32, i32 = "float32", "int32"
+    dmod = {"DMOD": ((bkv, bq), f32)} if score_mod is not None else {}
+    dmod_t = {"DMOD": ((bq, bkv), f32)} if score_mod is not None else {}
+    scratch = {"EXPN": ((max(bq, bkv),), f32), "EXPR": ((max(bq, bkv),), f32)}
     q_rows = {"QS": ((bq, dim), f32), "QTOK": ((bq,), i32)}
     kv_rows = {"KS": ((bkv, dim), f32), "VS": ((bkv, dim), f32), "KVTOK": ((bkv,), i32)}
-    scratch = ((max(bq, bkv),), f32)
-    common = {"LANE": ((lanes,), f32), "STAT": ((2,), f32), "EXPN": scratch, "EXPR": scratch, "keep": ((1,), i32)}
-    dmod = {"DMOD": ((bq, bkv), f32)} if score is not None else {}
-    dmod_t = {"DMOD": ((bkv, bq), f32)} if score is not None else {}
+    buffers = {
+        "fwd": {**q_rows, "QT": ((dim, bq), f32), **kv_rows, "S": ((bkv, bq), f32), "ACC": ((bq, dim), f32),
+                "ROW": ((4, bq), f32), **scratch, **row_buffers["kv"]},
+        "dq": {**q_rows, "QT": ((dim, bq), f32), "DOS": ((bq, dim), f32), "DOT": ((dim, bq), f32), **kv_rows,
+               "S": ((bkv, bq), f32), "DP": ((bkv, bq), f32), **dmod, "GRAD": ((bq, dim), f32),
+               "ROW": ((2, bq), f32), **scratch, **row_buffers["kv"]},
+        "dkdv": {**kv_rows, "KT": ((dim, bkv), f32), "VT": ((dim, bkv), f32), **q_rows, "DOS": ((bq, dim), f32),
+                 "S": ((bq, bkv), f32), "DP": ((bq, bkv), f32), **dmod_t, "GK": ((bkv, dim), f32),
+                 "GV": ((bkv, dim), f32), "ROW": ((2, bq), f32), **scratch, **row_buffers["q"]},
+    }  # fmt: skip
+    for kernel, shapes in buffers.items():
+        blocks[f"{kernel}_buffers"] = "\n".join(
+            f'{name} = T.decl_buffer({shape}, "{dtype}", scope="local")' for name, (shape, dtype) in shapes.items()
+        )
+    has_dmod = score_mod is not None
     return {
-        "lanes": str(lanes),
-        "fwd_buffers": tile_buffers(
-            {**q_rows, **kv_rows, "KT": ((dim, bkv), f32), "S": ((bq, bkv), f32), "ACC": ((bq, dim), f32),
-             "ROW": ((bq, 2), f32), **common}  # fmt: skip
-        ),
-        "dq_buffers": tile_buffers(
-            {**q_rows, "DOS": ((bq, dim), f32), **kv_rows, "KT": ((dim, bkv), f32), "VT": ((dim, bkv), f32),
-             "S": ((bq, bkv), f32), "DP": ((bq, bkv), f32), **dmod, "GRAD": ((bq, dim), f32), "ROW": ((bq, 2), f32),
-             **common}  # fmt: skip
-        ),
-        "dkdv_buffers": tile_buffers(
-            {**kv_rows, **q_rows, "DOS": ((bq, dim), f32), "QT": ((dim, bq), f32), "DOT": ((dim, bq), f32),
-             "S": ((bkv, bq), f32), "DP": ((bkv, bq), f32), **dmod_t, "GK": ((bkv, dim), f32),
-             "GV": ((bkv, dim), f32), "COL": ((2, bq), f32), **common}  # fmt: skip
-        ),
+        **blocks,
         "load_q": load_rows("Q_TOKENS", "qt", bq, "QTOK", [("Q", "h", "QS")], dim),
         "load_q_do": load_rows("Q_TOKENS", "qt", bq, "QTOK", [("Q", "h", "QS"), ("DO", "h", "DOS")], dim),
         "load_kv": load_rows("KV_TOKENS", "kt", bkv, "KVTOK", [("K", "kvh", "KS"), ("V", "kvh", "VS")], dim),
-        "row_statistics": _statistics(bq, "ROW[i, 0]", "ROW[i, 1]"),
-        "column_statistics": _statistics(bq, "COL[0, i]", "COL[1, i]"),
-        "transpose_k": transpose("KS", "KT", bkv, dim),
-        "transpose_kv": transpose("KS", "KT", bkv, dim) + "\n" + transpose("VS", "VT", bkv, dim),
+        "transpose_q": transpose("QS", "QT", bq, dim),
         "transpose_q_do": transpose("QS", "QT", bq, dim) + "\n" + transpose("DOS", "DOT", bq, dim),
-        "q_scores": scores(bq, bkv, dim, "QS", "KT", "KVTOK"),
-        "kv_scores": scores(bkv, bq, dim, "KS", "QT", "QTOK"),
-        "q_mask": "if e >= full_end:\n" + _indent(_pairs(bq, bkv, q_side, kv_side, mask), 4),
-        "kv_mask": "if e >= full_end:\n" + _indent(_pairs(bkv, bq, kv_side, q_side, mask), 4),
-        "fwd_score_mod": score_mod(bq, bkv, q_side, kv_side, False),
-        "dq_score_mod": score_mod(bq, bkv, q_side, kv_side, True),
-        "dkdv_score_mod": score_mod(bkv, bq, kv_side, q_side, True),
-        "row_max": _lane_reduce("i", bkv, lanes, "0", "ROW[i, 0]", NEG_INF, "T.max({a}, {b})"),
-        "row_sum": _lane_reduce("i", bkv, lanes, "1", "T.float32(0)", "T.float32(0)", "{a} + {b}"),
-        "exp_row": exp_row("i", bkv),
-        "dq_p": _softmax_inputs(bq, bkv, "ROW[r, 0]"),
-        "dkdv_p": _softmax_inputs(bkv, bq, "COL[0, c]"),
-        "dq_dp": product("DP", "DOS", "VT", bq, bkv, dim),
-        "dkdv_dp": product("DP", "VS", "DOT", bkv, bq, dim),
-        "dq_ds": _gradient_scores(bq, bkv, "ROW[r, 1]", score is not None),
-        "dkdv_ds": _gradient_scores(bkv, bq, "COL[1, c]", score is not None),
-        "dq_grad": product("GRAD", "DP", "KS", bq, dim, bkv, accumulate=True),
-        "dv_grad": product("GV", "S", "DOS", bkv, dim, bq, accumulate=True),
-        "dk_grad": product("GK", "DP", "QS", bkv, dim, bq, accumulate=True),
+        "transpose_kv": transpose("KS", "KT", bkv, dim) + "\n" + transpose("VS", "VT", bkv, dim),
+        "statistics": _statistics(bq),
+        "kv_scores": product("S", "KS", "QT", (bkv, bq, dim), registers) + "\n" + _scale_scores(bkv, bq, "KVTOK"),
+        "q_scores": product("S", "QS", "KT", (bq, bkv, dim), registers) + "\n" + _scale_scores(bq, bkv, None),
+        "online_softmax": _online_softmax(bq, bkv),
+        "pv": product("ACC", "S", "VS", (bq, dim, bkv), registers, accumulate=True, left_transposed=True),
+        "dq_p": _probabilities(bkv, bq, "ROW[0, c]"),
+        "dq_dp": product("DP", "VS", "DOT", (bkv, bq, dim), registers),
+        "dq_ds": _gradient_scores(bkv, bq, "ROW[1, c]", has_dmod),
+        "dq_grad": product("GRAD", "DP", "KS", (bq, dim, bkv), registers, accumulate=True, left_transposed=True),
+        "dkdv_p": _probabilities(bq, bkv, "ROW[0, r]"),
+        "dv_grad": product("GV", "S", "DOS", (bkv, dim, bq), registers, accumulate=True, left_transposed=True),
+        "dkdv_dp": product("DP", "DOS", "VT", (bq, bkv, dim), registers),
+        "dkdv_ds": _gradient_scores(bq, bkv, "ROW[1, r]", has_dmod),
+        "dk_grad": product("GK", "DP", "QS", (bkv, dim, bq), registers, accumulate=True, left_transposed=True),
     }
 
 
@@ -245,41 +306,32 @@ $common_buffers
                 h = bh % $heads
                 $kv_list
                 $load_q
+                $transpose_q
                 for i in T.serial($block_q):
-                    ROW[i, 0] = T.float32("-inf")
-                    ROW[i, 1] = T.float32(0)
+                    ROW[0, i] = T.float32("-inf")
+                    ROW[1, i] = T.float32(0)
                     for d in T.vectorized($head_dim):
                         ACC[i, d] = T.float32(0)
                 for e in T.serial(start, end):
                     kt = KV_INDEX[e]
                     $load_kv
-                    $transpose_k
-                    $q_scores
-                    $q_mask
+                    $kv_scores
+                    $fwd_mask
                     $fwd_score_mod
+                    $online_softmax
                     for i in T.serial($block_q):
-                        $row_max
-                        if STAT[0] > T.float32("-inf"):
-                            alpha = T.exp(ROW[i, 0] - STAT[0])
-                            for j in T.vectorized($block_kv):
-                                S[i, j] = S[i, j] - STAT[0]
-                            $exp_row
-                            $row_sum
-                            ROW[i, 1] = ROW[i, 1] * alpha + STAT[1]
-                            ROW[i, 0] = STAT[0]
-                            for d in T.vectorized($head_dim):
-                                ACC[i, d] = ACC[i, d] * alpha
-                            for j in T.serial($block_kv):
-                                for d in T.vectorized($head_dim):
-                                    ACC[i, d] = ACC[i, d] + S[i, j] * VS[j, d]
+                        alpha = ROW[3, i]
+                        for d in T.vectorized($head_dim):
+                            ACC[i, d] = ACC[i, d] * alpha
+                    $pv
                 for i in T.serial($block_q):
                     q = QTOK[i]
                     if q >= 0:
-                        inv = T.if_then_else(ROW[i, 1] > T.float32(0), T.float32(1) / ROW[i, 1], T.float32(0))
+                        inv = T.if_then_else(ROW[1, i] > T.float32(0), T.float32(1) / ROW[1, i], T.float32(0))
                         for d in T.vectorized($head_dim):
                             O[b, h, q, d] = ACC[i, d] * inv
                         LSE[b, h, q] = T.if_then_else(
-                            ROW[i, 1] > T.float32(0), ROW[i, 0] + T.log(ROW[i, 1]), T.float32("-inf"))
+                            ROW[1, i] > T.float32(0), ROW[0, i] + T.log(ROW[1, i]), T.float32("-inf"))
 """
 
 TILE_DQ = """\
@@ -305,16 +357,16 @@ $common_buffers
                 h = bh % $heads
                 $kv_list
                 $load_q_do
-                $row_statistics
+                $transpose_q_do
+                $statistics
                 for i in T.serial($block_q):
                     for d in T.vectorized($head_dim):
                         GRAD[i, d] = T.float32(0)
                 for e in T.serial(start, end):
                     kt = KV_INDEX[e]
                     $load_kv
-                    $transpose_kv
-                    $q_scores
-                    $q_mask
+                    $kv_scores
+                    $dq_mask
                     $dq_score_mod
                     $dq_p
                     $dq_dp
@@ -351,6 +403,7 @@ $common_buffers
                 b = bkh // $kv_heads
                 kvh = bkh % $kv_heads
                 $load_kv
+                $transpose_kv
                 for j in T.serial($block_kv):
                     for d in T.vectorized($head_dim):
                         GK[j, d] = T.float32(0)
@@ -364,10 +417,9 @@ $common_buffers
                     for e in T.serial(start, end):
                         qt = Q_INDEX[e]
                         $load_q_do
-                        $transpose_q_do
-                        $column_statistics
-                        $kv_scores
-                        $kv_mask
+                        $statistics
+                        $q_scores
+                        $dkdv_mask
                         $dkdv_score_mod
                         $dkdv_p
                         $dv_grad
