@@ -7,6 +7,9 @@ from math import prod
 
 import numpy as np
 
+MAX_TOKENS = 2**31
+"""Most tokens a canvas holds: every flat token index (0 to 2**31 - 1) is an int32."""
+
 
 @dataclass(frozen=True)
 class Canvas:
@@ -21,7 +24,13 @@ class Canvas:
             raise ValueError(f"Canvas shape must be an int or a tuple of 1 to 3 ints, got {shape!r}.")
         if any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1 for s in shape):
             raise ValueError(f"Canvas extents must be positive ints, got {shape!r}.")
-        object.__setattr__(self, "shape", tuple(int(s) for s in shape))
+        shape = tuple(int(s) for s in shape)
+        if prod(shape) > MAX_TOKENS:
+            raise ValueError(
+                f"Canvas shape {shape!r} holds {prod(shape)} tokens; at most {MAX_TOKENS} = 2**31 fit (token indices "
+                "are int32 in the kernels)."
+            )
+        object.__setattr__(self, "shape", shape)
 
     @property
     def ndim(self) -> int:

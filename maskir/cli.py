@@ -182,6 +182,14 @@ def cmd_show(args: argparse.Namespace) -> None:
     KV_CANVAS,
     argument("--hw", default="h100", help="hardware model: h100, h100-pcie, h200, a100, b200, l40s, rtx4090"),
     argument("--heads", type=int, default=16, help="query heads (default 16)"),
+    argument("--kv-heads", type=int, default=None, help="kv heads (GQA; default: --heads)"),
+    argument("--q-offset", type=int, default=0, help="absolute position of the first query (decode; default 0)"),
+    argument(
+        "--kernels",
+        choices=("auto", "decode", "training"),
+        default="auto",
+        help="decode or training kernels (auto: decode for few queries against a long 1-D kv canvas)",
+    ),
     argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
     argument("--batch", type=int, default=1, help="batch size (default 1)"),
     argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type (default bf16)"),
@@ -202,7 +210,12 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "backward": args.backward,
         "kv_canvas": kv_canvas,
     }
-    print(simulate(pattern, canvas, **options))
+    decode = {
+        "kv_heads": args.kv_heads,
+        "q_offset": args.q_offset,
+        "decode": {"auto": None, "decode": True}.get(args.kernels, False),
+    }
+    print(simulate(pattern, canvas, **options, **decode))
     if args.compare == "flex":
         print()
         print(simulate(pattern, canvas, kernel="flex", **options))
@@ -288,22 +301,48 @@ def cmd_source(args: argparse.Namespace) -> None:
 
 @command("cache", argument("action", choices=("ls", "clear", "info"), help="list, delete or summarise entries"))
 def cmd_cache(args: argparse.Namespace) -> None:
-    """List, clear or summarise the kernel cache ($MASKIR_CACHE_DIR, default ~/.cache/maskir)."""
-    from maskir.runtime.cache import DEFAULT_CACHE
+    """List, clear or summarise the kernel cache ($MASKIR_CACHE_DIR, default ~/.cache/maskir).
 
+    Only maskir's files (maskir-<key>.py/.json, their temp files, its private fallback folders) are
+    read or deleted; other files in the folder are left alone and named as not maskir's."""
+    from maskir.runtime.cache import DEFAULT_CACHE
+    from maskir.runtime.cache_folder import fallback_folders, folder_problem
+
+    root = DEFAULT_CACHE.root
     if args.action == "clear":
-        print(f"removed {DEFAULT_CACHE.clear()} files from {DEFAULT_CACHE.root}")
-        return
-    entries = DEFAULT_CACHE.entries()
+        before = len(fallback_folders())
+        removed = DEFAULT_CACHE.clear()
+        folders = before - len(fallback_folders())
+        print(f"removed {removed} files from {root}" + (f" and {folders} fallback folders" if folders > 0 else ""))
+    listing = DEFAULT_CACHE.scan()
     if args.action == "info":
-        size = sum(Path(entry["path"]).stat().st_size for entry in entries)
-        print(f"cache {DEFAULT_CACHE.root}: {len(entries)} valid entries, {size / 1024:.1f} KiB of kernel source")
-        return
-    for entry in entries:
-        fields = entry.get("fields", {})
-        print(
-            f"{entry['key']}  {fields.get('backend', '?'):<9} {fields.get('dtype', '?'):<5} {fields.get('pattern', '?')}"
-        )
+        size = sum(_size(entry["path"]) for entry in listing.entries)
+        print(f"cache {root}: {len(listing.entries)} valid entries, {size / 1024:.1f} KiB of kernel source")
+        if listing.stale:
+            print(f"{len(listing.stale)} stale or corrupt maskir files (maskir cache clear removes them)")
+        problem = folder_problem(root)
+        if problem:
+            print(f"not used: {problem}; kernels go to a private temporary folder instead")
+    if args.action == "ls":
+        for entry in listing.entries:
+            fields = entry.get("fields") if isinstance(entry.get("fields"), dict) else {}
+            shown = [_printable(fields.get(name, "?")) for name in ("backend", "dtype", "pattern")]
+            print(f"{entry['key']}  {shown[0]:<9} {shown[1]:<5} {shown[2]}")
+    if listing.foreign:
+        names = ", ".join(_printable(name) for name in listing.foreign)
+        print(f"not maskir's (left alone): {names}")
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _printable(value) -> str:
+    """Text from a cache file or folder, with control characters escaped (no terminal escapes)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(value))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,12 +57,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+INT_LIMIT = 2**31 - 1
+"""Every integer of the IR lies in [-INT_LIMIT, INT_LIMIT] (the int32 range, symmetric): the planner's
+int64 arithmetic holds any sum or product of two of them, the reference's int64 numpy too, and the
+lowering (``maskir.codegen.common.lower``) clamps each to the canvas before the kernels' int32 index
+arithmetic sees it (an offset past the canvas means the same as one at its edge)."""
+
+
 def _check_int(node: str, name: str, value: Any, minimum: int | None = None) -> None:
-    """Check an int argument (numpy ints accepted; the node stores them as Python ints)."""
+    """Check an int argument (numpy ints accepted; the node stores them as Python ints) against
+    ``minimum`` and the IR's range [-INT_LIMIT, INT_LIMIT]."""
     if not _is_int(value):
         raise TypeError(f"{node} argument {name} must be an int, got {value!r}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"{node} argument {name} must be >= {minimum}, got {name}={value}.")
+    low = -INT_LIMIT if minimum is None else minimum
+    if not low <= value <= INT_LIMIT:
+        raise ValueError(
+            f"{node} argument {name} must lie in [{low}, {INT_LIMIT}] (maskir's integers stay in the int32 range "
+            f"its kernels index with), got {name}={value}."
+        )
 
 
 def _int_field(obj: Any, name: str, minimum: int | None = None) -> None:

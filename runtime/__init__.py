@@ -2,5 +2,6 @@
 
 from maskir.runtime.api import attention, compile
 from maskir.runtime.compiled import CompiledAttention
+from maskir.runtime.decode import DecodeAttention, compile_decode, decode
 
-__all__ = ["CompiledAttention", "attention", "compile"]
+__all__ = ["CompiledAttention", "DecodeAttention", "attention", "compile", "compile_decode", "decode"]

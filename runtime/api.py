@@ -9,6 +9,7 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, node_from_tree, node_tree
+from maskir.planner import Plan
 from maskir.runtime.checks import check_qkv, resolve_canvas
 from maskir.runtime.compiled import CompiledAttention
 
@@ -37,13 +38,19 @@ def _traced_score_mod(score_mod: Callable | None, backend: str) -> tuple[tuple |
     structure: the traced text with the name, shape and kind of every tensor it reads, so a changed
     Python number or tensor shape compiles anew; captures: those tensors, passed on this call, so a
     rebound name (``bias = new_bias``) or a tensor built inside the function is read fresh without a new
-    compile. The reference backend calls the score_mod itself and needs neither.
+    compile. The reference backend keys on the function too (it calls a score_mod it cannot trace as is:
+    no structure, no captures).
     """
-    if score_mod is None or backend == "reference":
+    if score_mod is None:
         return None, {}
     from maskir.codegen.common.score_mod import trace_score_mod
 
-    traced = trace_score_mod(score_mod)
+    try:
+        traced = trace_score_mod(score_mod)
+    except Exception:  # any failure of user code under tracing: the reference backend calls it as is
+        if backend == "reference":
+            return None, {}
+        raise
     refs = traced.tensors()
     structure = str(traced), tuple((ref.name, ref.shape, ref.dtype) for ref in refs)
     return structure, {ref.name: ref.data for ref in refs if ref.data is not None}
@@ -65,6 +72,7 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     layout: str = "auto",
     backend: str = "auto",
     quiet: bool = False,
+    plan: Plan | None = None,
 ) -> CompiledAttention:
     """Plan ``pattern`` and build its kernels once; call the result in a training loop.
 
@@ -72,7 +80,12 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     on CUDA, interpreted on CPU), "triton", "tvm" (TensorIR built for llvm: CPU tensors only) or
     "reference" (float64 dense, for checking). ``device`` defaults to CUDA when there is one (CPU for
     backend "tvm"). ``pattern`` may be spec text (``maskir.parse``). Tensors a ``score_mod`` reads are
-    captured now: in-place updates are seen by later calls, a rebound name needs a new compile.
+    captured now: in-place updates (an optimizer step) are seen by later calls, a rebound name needs a new
+    compile. Floating ones that require grad get gradients (``maskir.score_mods`` has bias tables, ALiBi
+    slopes, T5 buckets); then the score_mod is traced again on each call, so a tensor it derives from a
+    trained one (``log_slopes.exp()``) is rebuilt each step.
+    ``plan``: a prebuilt plan of ``pattern`` on these canvases and heads to run instead of planning (e.g. a
+    context-parallel rank's sub-plan from ``maskir.distributed``); block_q, block_kv and layout are then unused.
     """
     pattern = _pattern(pattern)
     if device is None:
@@ -100,6 +113,7 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
         layout=layout,
         backend=backend,
         quiet=quiet,
+        plan=plan,
     )
 
 

@@ -1,32 +1,46 @@
 """On-disk and in-memory cache of generated kernel sources.
 
-An entry is two files under ``$MASKIR_CACHE_DIR`` (default ``~/.cache/maskir``): ``<key>.py`` (the
-generated source, importable so Triton can read it and users can open it) and ``<key>.json`` (metadata:
-the key fields, versions, sha256 of the source). Each file is written to a temp file in the same folder and
-``os.replace``d, source first, metadata last, so a reader sees a whole entry or none. A reader trusts an
-entry only if its metadata parses, names the same key and versions, and the source hashes to the recorded
-digest; anything else (truncated, corrupt, foreign, stale) is rebuilt. Nothing is pickled; only sources
-maskir generated for that key are imported.
+An entry is two files under ``$MASKIR_CACHE_DIR`` (default ``~/.cache/maskir``): ``maskir-<key>.py`` (the
+generated source, for users to open) and ``maskir-<key>.json`` (metadata: the key fields, versions,
+sha256 of the source). Each file is written to a temp file in the same folder and ``os.replace``d, source
+first, metadata last, so a reader sees a whole entry or none. A reader trusts an entry only if both files
+are regular files of bounded size, the metadata parses, names the same key and versions, and the source
+hashes to the recorded digest; anything else (truncated, corrupt, foreign, stale, a FIFO or a folder in
+its place) is rebuilt. Nothing is pickled. The verified text itself is what runs (``verified_import``):
+the file is never imported by path, so no bytecode is read or written and a later edit of the file is
+not seen. Folder rules (names maskir owns, which folders it trusts): ``cache_folder``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-FORMAT_VERSION = 1
+from maskir.runtime.cache_folder import (
+    ENTRY_NAME,
+    METADATA_LIMIT,
+    SOURCE_LIMIT,
+    TEMP_NAME,
+    entry_paths,
+    fallback_folders,
+    folder_problem,
+    make_fallback_folder,
+    read_bounded,
+    remove_maskir_files,
+)
+from maskir.runtime.verified_import import import_verified
+
+FORMAT_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -73,6 +87,17 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _decode_metadata(data: bytes | None) -> dict[str, Any] | None:
+    """The metadata object, or None for anything that is not a JSON object in UTF-8 (too deep included)."""
+    if data is None:
+        return None
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """A validated entry: its key, source path, source text and metadata."""
@@ -83,6 +108,17 @@ class CacheEntry:
     meta: dict[str, Any]
 
 
+@dataclass
+class CacheListing:
+    """What a cache folder holds: maskir's valid entries (metadata plus ``path``, newest first), maskir's
+    stale files (invalid entries, temp files left by an interrupted write) and the names of files that are
+    not maskir's (never touched)."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+
+
 class KernelCache:
     """Kernel sources by key: memory first, then disk (validated), else ``build()`` and store."""
 
@@ -90,32 +126,38 @@ class KernelCache:
         self._root = Path(root) if root is not None else None
         self._memory: dict[str, CacheEntry] = {}
         self._modules: dict[str, ModuleType] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._fallback: Path | None = None
+        self._warned: set[Path] = set()
 
     @property
     def root(self) -> Path:
+        """The configured folder (``root`` or ``$MASKIR_CACHE_DIR`` at each use)."""
         return self._root if self._root is not None else cache_dir()
 
-    def _paths(self, key: str, root: Path | None = None) -> tuple[Path, Path]:
-        root = self.root if root is None else root
-        return root / f"{key}.py", root / f"{key}.json"
+    def folder(self) -> Path:
+        """Where entries are read and written now: the root, or this process's private fallback folder
+        when the root is owned by someone else or writable by others (one warning per folder)."""
+        root = self.root
+        problem = folder_problem(root)
+        if problem is None:
+            return root
+        return self._fallback_root(f"refusing the kernel cache at {root}: {problem}", root)
 
-    def read(self, key: str) -> CacheEntry | None:
+    def read(self, key: str, folder: Path | None = None) -> CacheEntry | None:
         """The disk entry for ``key`` if it is whole and valid, else None."""
-        source_path, meta_path = self._paths(key)
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            source = source_path.read_text(encoding="utf-8")
-        except (OSError, ValueError, UnicodeDecodeError):
+        source_path, meta_path = entry_paths(self.folder() if folder is None else folder, key)
+        meta = _decode_metadata(read_bounded(meta_path, METADATA_LIMIT))
+        if meta is None or meta.get("key") != key or meta.get("versions") != versions():
             return None
-        valid = (
-            isinstance(meta, dict)
-            and meta.get("key") == key
-            and meta.get("versions") == versions()
-            and meta.get("sha256") == source_digest(source)
-        )
-        return CacheEntry(key, source_path, source, meta) if valid else None
+        data = read_bounded(source_path, SOURCE_LIMIT)
+        try:
+            source = data.decode("utf-8") if data is not None else None
+        except UnicodeDecodeError:
+            return None
+        if source is None or meta.get("sha256") != source_digest(source):
+            return None
+        return CacheEntry(key, source_path, source, meta)
 
     def write(self, key: str, source: str, meta: dict[str, Any]) -> CacheEntry:
         """Store an entry atomically (source, then metadata) and return it.
@@ -125,29 +167,34 @@ class KernelCache:
         just rebuilt by the next process.
         """
         full_meta = {**meta, "key": key, "versions": versions(), "sha256": source_digest(source)}
+        folder = self.folder()
         try:
-            return self._store(self.root, key, source, full_meta)
+            return self._store(folder, key, source, full_meta)
         except OSError as error:
-            return self._store(self._fallback_root(error), key, source, full_meta)
+            fallback = self._fallback_root(f"cannot write the kernel cache at {folder} ({error})", folder)
+            return self._store(fallback, key, source, full_meta)
 
     def _store(self, root: Path, key: str, source: str, meta: dict[str, Any]) -> CacheEntry:
-        root.mkdir(parents=True, exist_ok=True)
-        source_path, meta_path = self._paths(key, root)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        source_path, meta_path = entry_paths(root, key)
         _write_atomic(source_path, source)
         _write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
         return CacheEntry(key, source_path, source, meta)
 
-    def _fallback_root(self, error: OSError) -> Path:
-        """A folder only this process writes (mode 0700), made on the first failed write."""
-        if self._fallback is None:
-            self._fallback = Path(tempfile.mkdtemp(prefix="maskir-cache-"))
-            warnings.warn(
-                f"maskir: cannot write the kernel cache at {self.root} ({error}); using {self._fallback} for "
-                "this process. Set MASKIR_CACHE_DIR to a writable folder to keep compiled kernels.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        return self._fallback
+    def _fallback_root(self, reason: str, root: Path) -> Path:
+        """A folder only this process writes (mode 0700), made on first need; one warning per ``root``."""
+        with self._lock:
+            if self._fallback is None:
+                self._fallback = make_fallback_folder()
+            if root not in self._warned:
+                self._warned.add(root)
+                warnings.warn(
+                    f"maskir: {reason}; using {self._fallback} for this process. Point MASKIR_CACHE_DIR at a "
+                    "folder of your own that only you can write (chmod 700) to keep compiled kernels.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+            return self._fallback
 
     def get_or_build(
         self,
@@ -171,39 +218,62 @@ class KernelCache:
             return entry
 
     def load_module(self, entry: CacheEntry) -> ModuleType:
-        """Import an entry's source as module ``maskir_kernels.k<key>`` (once per process)."""
+        """Execute an entry's verified source text as module ``maskir_kernels.k<key>`` (once per process)."""
         with self._lock:
             module = self._modules.get(entry.key)
             if module is None:
-                name = f"maskir_kernels.k{entry.key}"
-                spec = importlib.util.spec_from_file_location(name, entry.path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                spec.loader.exec_module(module)
+                module = import_verified(f"maskir_kernels.k{entry.key}", entry.source, str(entry.path))
                 self._modules[entry.key] = module
             return module
 
-    def entries(self) -> list[dict[str, Any]]:
-        """Metadata of every valid entry on disk, newest first."""
-        if not self.root.is_dir():
-            return []
+    def scan(self, folder: Path | None = None) -> CacheListing:
+        """Sort the files of ``folder`` (default: the root) into maskir's entries, maskir's stale files and
+        files that are not maskir's. Reads only maskir's metadata and sources, bounded."""
+        folder = self.root if folder is None else folder
+        listing = CacheListing()
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return listing
         found = []
-        for meta_path in sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-            entry = self.read(meta_path.stem)
-            if entry is not None:
-                found.append({**entry.meta, "path": str(entry.path)})
-        return found
+        for name in names:
+            match = ENTRY_NAME.fullmatch(name)
+            if match is None:
+                (listing.stale.append(folder / name) if TEMP_NAME.fullmatch(name) else listing.foreign.append(name))
+                continue
+            entry = self.read(match["key"], folder)
+            if entry is None:
+                listing.stale.append(folder / name)
+            elif match["kind"] == "json":
+                found.append((_mtime(folder / name), {**entry.meta, "path": str(entry.path)}))
+        listing.entries = [meta for _, meta in sorted(found, key=lambda item: item[0], reverse=True)]
+        return listing
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Metadata of every valid entry in the root folder, newest first."""
+        return self.scan().entries
 
     def clear(self) -> int:
-        """Delete every maskir entry (and stray temp files); return the number of files removed."""
-        self._memory.clear()
-        if not self.root.is_dir():
-            return 0
-        removed = 0
-        for path in [*self.root.glob("*.py"), *self.root.glob("*.json"), *self.root.glob(".*.tmp")]:
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        """Delete maskir's entries and temp files in the root folder, and this user's fallback folders
+        (maskir's files in them, then the folder when that leaves it empty); files that are not maskir's
+        stay. Returns the number of files removed from the root folder."""
+        with self._lock:
+            self._memory.clear()
+            removed = remove_maskir_files(self.root)
+            for folder in fallback_folders():
+                remove_maskir_files(folder)
+                try:
+                    folder.rmdir()  # only when empty: anything else in it is not maskir's
+                except OSError:
+                    pass
+            return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 DEFAULT_CACHE = KernelCache()

@@ -68,20 +68,83 @@ def resolve_canvas(canvas, n: int, name: str) -> Canvas:
     return canvas
 
 
+INT32 = torch.iinfo(torch.int32)
+NARROW_INTS = (torch.int8, torch.uint8, torch.int16, torch.int32)
+"""Integer dtypes whose every value is an int32: cast as they are."""
+
+
+def is_integer_tensor(value) -> bool:
+    """A torch tensor of an integer dtype (bool excluded), signed or unsigned, any width."""
+    return (
+        isinstance(value, torch.Tensor)
+        and not value.dtype.is_floating_point
+        and not value.dtype.is_complex
+        and (value.dtype != torch.bool)
+    )
+
+
+def integer_range(values: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of a non-empty integer tensor as exact Python ints, for every integer dtype (uint64
+    included, which has no aminmax); one synchronisation with the device."""
+    if values.dtype == torch.uint64:
+        ordered = values.flatten().sort().values
+        return int(ordered[0].item()), int(ordered[-1].item())
+    low, high = torch.aminmax(values.to(torch.int64) if values.dtype not in NARROW_INTS else values)
+    return int(low), int(high)
+
+
 def check_segments(
     segments, batch: int, n_q: int, n_kv: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Segment ids as int32 (q_ids [B, Nq], kv_ids [B, Nkv]); one [B, N] tensor serves both when Nq == Nkv."""
-    pair = segments if isinstance(segments, (tuple, list)) else (segments, segments)
-    out = []
+    """Segment ids as int32 (q_ids [B, Nq], kv_ids [B, Nkv]), never narrowed: same id <=> same int32.
+
+    Forms: one integer tensor [B, N] (q and kv share it; needs Nq == Nkv) or a tuple of two, (q_ids
+    [B, Nq], kv_ids [B, Nkv]); any integer dtype. Ids that all fit int32 are cast as they are; wider
+    ones (int64, uint32, uint64 values beyond int32) are renumbered by rank over q and kv together,
+    which keeps equality and order exactly (a sort, only then). int8/uint8/int16/int32 need no check;
+    wider dtypes read the ids' range once (one synchronisation). Inside torch.compile the range is a
+    run-time assertion instead (ids beyond int32 fail there rather than being renumbered)."""
+    if isinstance(segments, torch.Tensor):
+        if n_q != n_kv:
+            raise ValueError(
+                f"segments: one [B, N] tensor serves q and kv only when Nq == Nkv, got Nq={n_q}, Nkv={n_kv}; "
+                "pass a tuple (q_ids [B, Nq], kv_ids [B, Nkv])."
+            )
+        pair = (segments, segments)
+    elif isinstance(segments, tuple) and len(segments) == 2:
+        pair = segments
+    else:
+        described = f"a {len(segments)}-tuple" if isinstance(segments, tuple) else type(segments).__name__
+        raise TypeError(
+            f"segments must be an integer tensor [B, N] or a tuple of two, (q_ids [B, Nq], kv_ids [B, Nkv]); got "
+            f"{described}. Convert a list with torch.tensor(ids)."
+        )
     for side, ids, n in (("q", pair[0], n_q), ("kv", pair[1], n_kv)):
-        if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        if not is_integer_tensor(ids):
             raise TypeError(
-                f"segments ({side}) must be an integer tensor [B, N], got {getattr(ids, 'dtype', type(ids))}."
+                f"segments ({side}) must be an integer tensor [B, N], got {getattr(ids, 'dtype', type(ids).__name__)}."
             )
         if tuple(ids.shape) != (batch, n):
             raise ValueError(f"segments ({side}) must have shape [B={batch}, N={n}], got {tuple(ids.shape)}.")
         if ids.device != device:
             raise ValueError(f"segments must be on {device} like q, got {ids.device}.")
-        out.append(ids.to(torch.int32).contiguous())
-    return out[0], out[1]
+    q_ids, kv_ids = pair
+    if q_ids.dtype in NARROW_INTS and kv_ids.dtype in NARROW_INTS:
+        return q_ids.to(torch.int32).contiguous(), kv_ids.to(torch.int32).contiguous()
+    ranges = [integer_range(ids) for ids in (q_ids, kv_ids)]
+    if torch.compiler.is_compiling():  # a graph cannot branch on data: assert the int32 range at run time
+        for low, high in ranges:
+            torch._check(low >= INT32.min, lambda: "segment ids must fit int32 under torch.compile")
+            torch._check(high <= INT32.max, lambda: "segment ids must fit int32 under torch.compile")
+        return q_ids.to(torch.int32).contiguous(), kv_ids.to(torch.int32).contiguous()
+    if all(INT32.min <= low and high <= INT32.max for low, high in ranges):
+        return q_ids.to(torch.int32).contiguous(), kv_ids.to(torch.int32).contiguous()
+    if torch.uint64 in (q_ids.dtype, kv_ids.dtype) and q_ids.dtype != kv_ids.dtype:
+        raise TypeError(
+            f"segments: q ids are {q_ids.dtype} and kv ids {kv_ids.dtype}; uint64 ids compare exactly only with "
+            "uint64 ids: give both sides the same dtype."
+        )
+    common = torch.promote_types(q_ids.dtype, kv_ids.dtype)
+    both = torch.cat([q_ids.to(common).flatten(), kv_ids.to(common).flatten()])
+    ranks = torch.unique(both, sorted=True, return_inverse=True)[1].to(torch.int32)
+    return ranks[: q_ids.numel()].view(batch, n_q).contiguous(), ranks[q_ids.numel() :].view(batch, n_kv).contiguous()

@@ -13,15 +13,18 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
-from maskir.planner import Plan, plan
+from maskir.planner import Plan
+from maskir.planner import plan as plan_pattern
 from maskir.runtime import ops
 from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_key, source_digest
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
+from maskir.runtime.decode import LocalDecode
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
 
 if TYPE_CHECKING:
+    from maskir.codegen.common.expr import Expr
     from maskir.codegen.common.gating import GatedLists
 
 BACKENDS = ("auto", "triton", "tvm", "reference")
@@ -89,6 +92,7 @@ class CompiledAttention:
         backend: str = "auto",
         cache: KernelCache = DEFAULT_CACHE,
         quiet: bool = False,
+        plan: Plan | None = None,
     ):
         if not isinstance(pattern, Pattern):
             raise TypeError(
@@ -104,7 +108,17 @@ class CompiledAttention:
         self.dtype, self.device = dtype, torch.device(device)
         self.score_mod = score_mod
         self.backend = resolve_backend(backend, self.device)
-        self.plan: Plan = plan(
+        if plan is not None and (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (
+            pattern,
+            canvas,
+            kv_canvas,
+            heads,
+        ):
+            raise ValueError(
+                f"plan was made for {plan.pattern} on {plan.canvas} x {plan.kv_canvas} with {plan.heads} heads, "
+                f"not for {pattern} on {canvas} x {kv_canvas} with {heads} heads: pass a plan of this pattern."
+            )
+        self.plan: Plan = plan or plan_pattern(
             pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout
         )
         self._routing = routing_node(pattern)
@@ -131,13 +145,17 @@ class CompiledAttention:
                 for name in REFERENCE_TENSORS
                 if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
             )
-            self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names)
-            self._captured: dict[str, torch.Tensor] = _traceable_captures(score_mod)
+            traced = _traceable(score_mod)
+            self._captured: dict[str, torch.Tensor] = traced[1] if traced else {}
+            self.tensor_names += tuple(self._captured)
+            score_expr = traced[0] if self._captured else None
+            self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names, score_expr)
         elif self.backend == "tvm":
             self._build_tvm(fields, cache)
         else:
             self._build_triton(fields, cache)
         ops.register(self.handle, self.kernels)
+        self._decode = LocalDecode(self)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
 
     def _cached(self, cache: KernelCache, fields: dict, source: str, **extra) -> CacheEntry:
@@ -206,16 +224,10 @@ class CompiledAttention:
             named["routing_indices"] = indices.to(q.device)
         elif routing is not None:
             raise ValueError("routing was given but the pattern has no Routing node.")
-        if self._captured and self.backend != "reference":
-            named.update(self.kernels.static_tensors(q.device))
-            named.update({name: t.to(q.device) for name, t in (captures or {}).items()})
-        captured = {**self._captured, **(captures or {})}
-        trained = [name for name, t in captured.items() if t.requires_grad]
-        if trained and torch.is_grad_enabled():
-            raise ValueError(
-                f"score_mod reads tensors that require grad ({', '.join(trained)}): maskir differentiates q, k and v "
-                "only. Capture bias.detach() to train without its gradient, or run under torch.no_grad()."
-            )
+        if self._captured:
+            static = self._captured if self.backend == "reference" else self.kernels.static_tensors(q.device)
+            named.update(static)
+            named.update({name: t.to(q.device) for name, t in (captures or self._fresh_captures()).items()})
         missing = [name for name in self.tensor_names if name not in named]
         if missing:
             raise ValueError(f"{self.pattern} needs run-time data {missing} that was not given.")
@@ -234,9 +246,33 @@ class CompiledAttention:
     ):
         return self._run(q, k, v, scale=scale, segments=segments, routing=routing, return_lse=return_lse)
 
+    def _fresh_captures(self) -> dict[str, torch.Tensor]:
+        """What the score_mod reads now, when a tensor it read at compile time requires grad: a tensor it
+        derives (``log_slopes.exp()``, ``table * 2``) is rebuilt from the trained one on every call, so each
+        call differentiates its own graph. {} otherwise (then the compile-time tensors are read, in-place
+        updates such as an optimizer step included), and under torch.compile (it reads those tensors)."""
+        if not any(t.requires_grad for t in self._captured.values()) or torch.compiler.is_compiling():
+            return {}
+        from maskir.codegen.common.score_mod import trace_score_mod
+
+        traced = trace_score_mod(self.score_mod)
+        refs = {ref.name: ref for ref in traced.tensors() if ref.data is not None}
+        captured = {name: t for name, t in self._captured.items() if name.startswith("capture_")}
+        if refs.keys() != captured.keys() or any(
+            tuple(ref.data.shape) != tuple(captured[name].shape) for name, ref in refs.items()
+        ):
+            raise ValueError(
+                f"score_mod now reads other tensors ({sorted(refs)}) than when it was compiled "
+                f"({sorted(captured)}): compile another CompiledAttention, or use maskir.attention."
+            )
+        return {name: ref.data for name, ref in refs.items()}
+
     def _run(self, q, k, v, *, scale, segments, routing, return_lse, captures=None):
         """``__call__``; ``captures`` (by traced name) replace the tensors the score_mod read at compile
-        time: ``maskir.attention`` passes what the score_mod reads now (same expression, same shapes)."""
+        time: ``maskir.attention`` passes what the score_mod reads now (same expression, same shapes).
+
+        The tensors reach the autograd Function as inputs, so floating ones that require grad (a bias
+        table, learnable slopes) get gradients from the same backward pass as q, k and v."""
         shapes = check_qkv(q, k, v, enable_gqa=self.kv_heads != self.heads)
         expected = (self.heads, self.kv_heads, self.canvas.size, self.kv_canvas.size, self.head_dim, self.dtype)
         got = (shapes.heads, shapes.kv_heads, shapes.n_q, shapes.n_kv, shapes.head_dim, shapes.dtype)
@@ -247,6 +283,9 @@ class CompiledAttention:
             )
         scale = self.head_dim**-0.5 if scale is None else float(scale)
         tensors = self._run_tensors(q, k, segments, routing, captures)
+        if self._decode.applies(q, k, v, tensors):  # few queries, no gradient: the decode kernels (runtime/decode.py)
+            out, lse = self._decode(q, k, v, scale, dict(zip(self.tensor_names, tensors)))
+            return (out, lse) if return_lse else out
         out, lse = ops.AttentionFunction.apply(
             q.contiguous(), k.contiguous(), v.contiguous(), self.handle, scale, *tensors
         )
@@ -293,18 +332,18 @@ class CompiledAttention:
         )
 
 
-def _traceable_captures(score_mod: Callable | None) -> dict[str, torch.Tensor]:
-    """The tensors a score_mod reads, when maskir can trace it (the reference backend calls it as is, so
-    only its requires-grad check needs them); {} for none or an untraceable one."""
+def _traceable(score_mod: Callable | None) -> tuple[Expr, dict[str, torch.Tensor]] | None:
+    """The traced score_mod and the tensors it reads, when maskir can trace it; None for none or an
+    untraceable one (the reference backend then calls it as is, and cannot differentiate what it reads)."""
     if score_mod is None:
-        return {}
+        return None
     from maskir.codegen.common.score_mod import trace_score_mod
 
     try:
         traced = trace_score_mod(score_mod)
     except Exception:  # any failure of user code under tracing: the reference backend does not need it
-        return {}
-    return {ref.name: ref.data for ref in traced.tensors() if ref.data is not None}
+        return None
+    return traced, {ref.name: ref.data for ref in traced.tensors() if ref.data is not None}
 
 
 def _device_capability(device: torch.device) -> str:

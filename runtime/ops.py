@@ -1,6 +1,7 @@
 """``torch.library`` ops and the autograd Function around a compiled attention.
 
-``maskir::attention_fwd`` returns (out, lse) and ``maskir::attention_bwd`` returns (dq, dk, dv); both have
+``maskir::attention_fwd`` returns (out, lse) and ``maskir::attention_bwd`` returns (dq, dk, dv) and the
+gradients of the run-time tensors it is asked for (``trained``: a score_mod's bias tables, slopes); both have
 fake implementations, so ``torch.compile(fullgraph=True)`` traces through them without graph breaks. The
 kernels are found by ``handle`` (a string key registered by ``register``): ops take only tensors, strings
 and floats. ``AttentionFunction`` (a ``torch.autograd.Function``) calls the two ops.
@@ -24,8 +25,9 @@ class Kernels(Protocol):
     def forward(self, q, k, v, *, scale: float, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def backward(
-        self, q, k, v, out, lse, dout, *, scale: float, tensors: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+        self, q, k, v, out, lse, dout, *, scale: float, tensors: list[torch.Tensor], trained: list[int]
+    ) -> tuple[torch.Tensor, ...]:
+        """(dq, dk, dv, *(d tensors[i] for i in trained)): one backward pass gives them all."""
 
 
 _KERNELS: weakref.WeakValueDictionary[str, Kernels] = weakref.WeakValueDictionary()
@@ -70,17 +72,27 @@ def attention_bwd(
     handle: str,
     scale: float,
     tensors: list[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels(handle).backward(q, k, v, out, lse, dout, scale=scale, tensors=tensors)
+    trained: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    dq, dk, dv, *dtensors = _kernels(handle).backward(
+        q, k, v, out, lse, dout, scale=scale, tensors=tensors, trained=trained
+    )
+    return dq, dk, dv, dtensors
 
 
 @attention_bwd.register_fake
-def _(q, k, v, out, lse, dout, handle, scale, tensors):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(q, k, v, out, lse, dout, handle, scale, tensors, trained):
+    return (
+        torch.empty_like(q),
+        torch.empty_like(k),
+        torch.empty_like(v),
+        [torch.empty_like(tensors[i]) for i in trained],
+    )
 
 
 class AttentionFunction(torch.autograd.Function):
-    """out, lse = attention(q, k, v); gradients flow to q, k, v (lse is returned without gradient)."""
+    """out, lse = attention(q, k, v, *tensors); gradients flow to q, k, v and to the floating run-time
+    tensors that require grad (what a score_mod reads); lse is returned without gradient."""
 
     @staticmethod
     def forward(ctx, q, k, v, handle: str, scale: float, *tensors):
@@ -95,7 +107,11 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, *tensors = ctx.saved_tensors
-        dq, dk, dv = torch.ops.maskir.attention_bwd(
-            q, k, v, out, lse, dout.contiguous(), ctx.handle, ctx.scale, list(tensors)
+        trained = [i for i, needed in enumerate(ctx.needs_input_grad[5:]) if needed]
+        dq, dk, dv, dtensors = torch.ops.maskir.attention_bwd(
+            q, k, v, out, lse, dout.contiguous(), ctx.handle, ctx.scale, list(tensors), trained
         )
-        return dq, dk, dv, None, None, *([None] * len(tensors))
+        grads: list[torch.Tensor | None] = [None] * len(tensors)
+        for i, grad in zip(trained, dtensors):
+            grads[i] = grad
+        return dq, dk, dv, None, None, *grads

@@ -6,6 +6,7 @@ import torch
 
 from maskir.ir import Pattern, Routing
 from maskir.reference import routing_indices
+from maskir.runtime.checks import integer_range, is_integer_tensor
 
 
 def routing_node(pattern: Pattern) -> Routing | None:
@@ -21,14 +22,18 @@ def check_routing_indices(indices, q: torch.Tensor, k: torch.Tensor, node: Routi
     Reading the range synchronises with the device once; maskir's own scorer is not checked."""
     batch, heads, n_q = q.shape[:3]
     q_blocks, kv_blocks = -(-n_q // node.block), -(-k.shape[2] // node.block)
-    if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
-        raise TypeError(f"routing must be an integer tensor [B, H, {q_blocks}, topk], got {type(indices).__name__}.")
-    if indices.dim() != 4 or tuple(indices.shape[:3]) != (batch, heads, q_blocks):
+    if not is_integer_tensor(indices):
+        raise TypeError(
+            f"routing must be an integer tensor [B, H, {q_blocks}, topk], got "
+            f"{getattr(indices, 'dtype', type(indices).__name__)}."
+        )
+    if indices.dim() != 4 or tuple(indices.shape) != (batch, heads, q_blocks, node.topk):
         raise ValueError(
-            f"routing must have shape [B={batch}, H={heads}, {q_blocks}, topk], got {tuple(indices.shape)}."
+            f"routing must have shape [B={batch}, H={heads}, {q_blocks}, topk={node.topk}] for {node}, got "
+            f"{tuple(indices.shape)}."
         )
     if indices.numel():
-        low, high = (int(x) for x in torch.aminmax(indices.to(torch.int64)))
+        low, high = integer_range(indices)  # exact for every integer dtype: nothing wraps before the check
         if low < 0 or high >= kv_blocks:
             raise ValueError(f"routing indices must lie in [0, {kv_blocks}) for {node}, got [{low}, {high}].")
 

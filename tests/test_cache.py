@@ -30,7 +30,7 @@ def test_miss_builds_and_writes_source_and_metadata(tmp_path):
     entry = cache.get_or_build(FIELDS, build)
     assert calls == [1]
     assert entry.path.read_text() == SOURCE
-    meta = json.loads((tmp_path / f"{entry.key}.json").read_text())
+    meta = json.loads((tmp_path / f"maskir-{entry.key}.json").read_text())
     assert meta["key"] == entry.key and meta["fields"] == FIELDS and meta["note"] == "test"
 
 
@@ -52,7 +52,7 @@ def test_key_changes_with_any_field():
 )
 def test_bad_entry_is_rebuilt_not_executed(tmp_path, damage):
     entry = KernelCache(tmp_path).get_or_build(FIELDS, build_counter()[0])
-    meta_path = tmp_path / f"{entry.key}.json"
+    meta_path = tmp_path / f"maskir-{entry.key}.json"
     meta = json.loads(meta_path.read_text())
     if damage == "truncate_source":
         entry.path.write_text(SOURCE[:4])

@@ -9,6 +9,7 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir (package), maskir.ir              | maskir.canvas                                         |
 | maskir.canvas                            | nothing                                               |
 | maskir.reference, maskir.patterns        | maskir (package), maskir.canvas, maskir.ir            |
+| maskir.score_mods                        | maskir.canvas                                         |
 | maskir.spec                              | those, and maskir.patterns                            |
 | maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost |
 | maskir.sim.{hardware,schedule}           | nothing (numpy only)                                  |
@@ -17,7 +18,10 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
+| maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
+| maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime |
+| maskir.integrations (transformers, ...)  | the same as maskir.nn                                  |
 | maskir.cli, maskir.__main__              | everything                                            |
 
 The planner ranks layouts and blocks with the simulator's cost model (``maskir.planner.cost`` calls
@@ -56,6 +60,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.ir": _BASE,
     "maskir.reference": _IR,
     "maskir.patterns": _IR,
+    "maskir.score_mods": _BASE,
     "maskir.spec": (*_IR, "maskir.patterns"),
     "maskir.planner": (*_FIRST, "maskir.sim.cost"),
     "maskir.sim.hardware": (),
@@ -69,6 +74,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.codegen.flex": _CODEGEN,
     "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
     "maskir.viz": (*_IR, "maskir.planner"),
+    "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
+    "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime"),
+    "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime"),
 }
 """Group (longest matching prefix of a module name) -> modules it may import besides its own group."""
 ALLOWED["maskir.cli"] = ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
 import time
 
 import numpy as np
@@ -157,11 +160,33 @@ def test_draw_plan_refuses_token_pictures_of_large_canvases(tmp_path):
         draw_plan(plan(Causal(), 8192), tmp_path / "big.png", show_tokens=True)
 
 
-def test_exact_evaluation_reports_progress_when_slow(monkeypatch, capsys):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_exact_evaluation_redraws_a_progress_line_on_a_terminal(monkeypatch):
     monkeypatch.setattr(fallback, "PROGRESS_AFTER_SECONDS", 0.0)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     planned = plan(Predicate(lambda b, h, q, kv: (q + kv) % 3 == 0) & Window(20, 0), 512, block_q=64, block_kv=64)
-    assert "maskir plan: evaluating" in capsys.readouterr().err
+    written = terminal.getvalue()
+    assert "\rmaskir plan: evaluating" in written and written.endswith("\n")
     np.testing.assert_array_equal(planned.to_mask(), reference_mask(planned.pattern, planned.canvas))
+
+
+def test_exact_evaluation_logs_progress_without_carriage_returns_when_stderr_is_a_file(monkeypatch, caplog, tmp_path):
+    """A log file gets no redrawn lines: progress goes to the maskir.planner logger, rate-limited."""
+    monkeypatch.setattr(fallback, "PROGRESS_AFTER_SECONDS", 0.0)
+    with open(tmp_path / "stderr.log", "w+") as log_file:
+        monkeypatch.setattr(sys, "stderr", log_file)
+        with caplog.at_level(logging.INFO, logger="maskir.planner"):
+            plan(Predicate(lambda b, h, q, kv: (q + kv) % 3 == 0) & Window(20, 0), 512, block_q=64, block_kv=64)
+        log_file.seek(0)
+        assert "\r" not in log_file.read()
+    records = [r.getMessage() for r in caplog.records if r.name == "maskir.planner"]
+    assert records and all("maskir plan: evaluating" in r for r in records)
+    assert len(records) <= 2  # the first update and the last (LOG_EVERY_SECONDS apart otherwise)
 
 
 def test_exact_evaluation_is_quiet_when_fast(capsys):

@@ -27,14 +27,30 @@ import torch
 
 from benchmarks.catalogue import DTYPE, HEAD_DIM, HEADS, case, cases
 from maskir.codegen.triton.compile_check import KernelReport, check_plan, format_table, parse_ptxas_log
-from maskir.ir import Routing
+from maskir.ir import Causal, Routing, Segments, Sink, Window
 from maskir.planner import plan
+from maskir.planner.decode import decode_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"_fwd", "_bwd_preprocess", "_bwd_dq", "_bwd_dkdv"}
 MATMUL_KERNELS = {"_fwd", "_bwd_dq", "_bwd_dkdv"}
-CONFIGS = [case.name for case in cases("full")]
+SUITE_CONFIGS = [case.name for case in cases("full")]
 """The benchmark suite (benchmarks/catalogue.py, full size: N = 16384, 16 heads, head dim 128, bf16)."""
+
+
+def softcap(score, b, h, q_idx, kv_idx):
+    return 20.0 * torch.tanh(score / 20.0)
+
+
+DECODE_BUCKET = 8192
+DECODE_CASES = {  # name: (pattern, queries per head, kv heads, paged cache, score_mod); 16 query heads
+    "decode_causal_q1": (Causal(), 1, 4, False, None),
+    "decode_swa_q3_paged": ((Window(4095, 0) & Causal()) | Sink(4), 3, 2, True, None),
+    "decode_docs_q16": (Segments() & Causal(), 16, 16, False, None),
+    "decode_softcap_paged": (Causal(), 1, 4, True, softcap),
+}
+"""Decode kernels (maskir.decode) on a 8192-position cache: ``_decode`` per cache kind and ``_merge``."""
+CONFIGS = SUITE_CONFIGS + list(DECODE_CASES)
 
 
 def example_tensors(names: tuple[str, ...], heads: int, n: int, block: int) -> list[torch.Tensor]:
@@ -47,8 +63,28 @@ def example_tensors(names: tuple[str, ...], heads: int, n: int, block: int) -> l
     return [torch.empty(shapes[name][0], dtype=shapes[name][1], device="meta") for name in names]
 
 
+def compile_decode_config(name: str) -> list[KernelReport]:
+    """Plan, generate and compile the launches of one decode configuration (without TRITON_INTERPRET)."""
+    from maskir.codegen.triton.compile_check_decode import check_decode_plan
+
+    pattern, n_q, kv_heads, paged, score_mod = DECODE_CASES[name]
+    return check_decode_plan(
+        name,
+        decode_plan(pattern, DECODE_BUCKET, HEADS),
+        n_q=n_q,
+        head_dim=HEAD_DIM,
+        dtype=DTYPE,
+        kv_heads=kv_heads,
+        paged=paged,
+        score_mod=score_mod,
+        tensors=lambda names: example_tensors(names, HEADS, DECODE_BUCKET, 1),
+    )
+
+
 def compile_config(name: str) -> list[KernelReport]:
     """Plan, generate and compile one configuration (call without TRITON_INTERPRET)."""
+    if name in DECODE_CASES:
+        return compile_decode_config(name)
     entry = case(name, "full")
     planned = plan(entry.pattern, entry.canvas, heads=HEADS)
     routing = next((node.block for node in entry.pattern.walk() if isinstance(node, Routing)), 1)
@@ -80,7 +116,17 @@ def reports() -> list[KernelReport]:
     return found
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", list(DECODE_CASES))
+def test_decode_kernels_fit_sm90_without_spills(reports, config):
+    rows = [r for r in reports if r.config == config]
+    _, _, _, paged, _ = DECODE_CASES[config]
+    assert {r.kernel for r in rows} == {f"_decode {'paged' if paged else 'contiguous'}", "_merge"}
+    assert all(r.registers > 0 for r in rows), "ptxas -v printed no register count"
+    assert [r for r in rows if not r.ok] == [], format_table([r for r in rows if not r.ok])
+    assert all(r.tensor_core == "mma" for r in rows if r.kernel.startswith("_decode")), format_table(rows)
+
+
+@pytest.mark.parametrize("config", SUITE_CONFIGS)
 def test_suite_kernels_fit_sm90_without_spills(reports, config):
     rows = [r for r in reports if r.config == config]
     assert {r.kernel.split()[0] for r in rows} == KERNELS

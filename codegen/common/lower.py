@@ -33,6 +33,7 @@ from maskir.codegen.common import expr as E  # noqa: N812 (the builders read as 
 from maskir.codegen.common.expr import Expr, TensorRef
 from maskir.codegen.common.trace import Captures, trace
 from maskir.ir import (
+    INT_LIMIT,
     And,
     Blocks,
     Causal,
@@ -104,6 +105,12 @@ class _Lowering:
     def pair(self, dim: int | None) -> tuple[Expr, Expr]:
         """(q, kv) as flat indices (dim None) or as their coordinates in ``dim``."""
         return (Q, KV) if dim is None else (self.q_coords[dim], self.kv_coords[dim])
+
+    def extents(self, dim: int | None) -> tuple[int, int]:
+        """(q, kv) extents of ``pair(dim)``: token counts (dim None) or the canvases' extents in ``dim``."""
+        if dim is None:
+            return self.canvas.size, self.kv_canvas.size
+        return self.canvas.shape[dim], self.kv_canvas.shape[dim]
 
     def per_dim(self, node: Pattern, *names: str) -> list[tuple]:
         """Per dim: (q coordinate, kv coordinate, extent, *the node's per-dim arguments)."""
@@ -197,12 +204,17 @@ def _predicate(node: Predicate, ctx: _Lowering) -> Expr:
 
 def _causal(node: Causal, ctx: _Lowering) -> Expr:
     q, kv = ctx.pair(node.dim)
-    return kv <= q + node.offset
+    q_extent, kv_extent = ctx.extents(node.dim)
+    offset = min(max(node.offset, -q_extent), kv_extent - 1)  # kv - q lies in [1 - q_extent, kv_extent - 1]
+    return kv <= q + offset if q_extent + kv_extent <= INT_LIMIT else kv - q <= offset
 
 
 def _window(node: Window, ctx: _Lowering) -> Expr:
     q, kv = ctx.pair(node.dim)
-    return (q - node.left <= kv) & (kv <= q + node.right)
+    q_extent, kv_extent = ctx.extents(node.dim)
+    if q_extent + kv_extent <= INT_LIMIT:
+        return (q - node.left <= kv) & (kv <= q + node.right)
+    return (kv - q >= -node.left) & (kv - q <= node.right)  # no q + right past int32 on huge canvases
 
 
 def _dilated(node: Dilated, ctx: _Lowering) -> Expr:
@@ -211,12 +223,28 @@ def _dilated(node: Dilated, ctx: _Lowering) -> Expr:
 
 def _neighborhood(node: Neighborhood, ctx: _Lowering) -> Expr:
     dims = ctx.per_dim(node, "kernel", "dilation", "stride", "causal")
-    return all_of([_neighborhood_1d(*args) for args in dims])
+    # a stride of 2 * extent or more puts every query in one stride group with the leader at the group's
+    # end (as any larger stride does): clamped so that the leader's arithmetic stays within int32
+    return all_of([_neighborhood_1d(x, y, extent, k, d, min(s, 2 * extent), c) for x, y, extent, k, d, s, c in dims])
+
+
+def _block_of(x: Expr, size: int, shift: int, extent: int) -> Expr:
+    """(x + shift) // size for 0 <= shift < size, without x + shift leaving int32 on a huge canvas:
+    then x // size + (x % size >= size - shift)."""
+    if extent + size <= INT_LIMIT or shift == 0:
+        return (x + shift) // size
+    return x // size + E.where(x % size >= size - shift, 1, 0)
 
 
 def _blocks(node: Blocks, ctx: _Lowering) -> Expr:
     dims = ctx.per_dim(node, "size", "offset")
-    return all_of([E.eq((x + offset) // size, (y + offset) // size) for x, y, _, size, offset in dims])
+    # (x + offset) // size == (y + offset) // size depends on offset % size only (offset = m * size + r)
+    return all_of(
+        [
+            E.eq(_block_of(x, size, offset % size, extent), _block_of(y, size, offset % size, extent))
+            for x, y, extent, size, offset in dims
+        ]
+    )
 
 
 def _grid(node: Grid, ctx: _Lowering) -> Expr:
@@ -230,7 +258,11 @@ def _stripes(node: Stripes, ctx: _Lowering) -> Expr:
 
 
 def _strided(node: Strided, ctx: _Lowering) -> Expr:
-    return E.eq(Q % node.stride, (KV + node.offset % node.stride) % node.stride)
+    stride, shift = node.stride, node.offset % node.stride
+    if ctx.kv_canvas.size + stride <= INT_LIMIT:
+        return E.eq(Q % stride, (KV + shift) % stride)
+    gap = Q % stride - KV % stride  # in (-stride, stride): equal to shift or shift - stride
+    return E.eq(gap, shift) | E.eq(gap, shift - stride)
 
 
 def _columns(node: Columns, ctx: _Lowering) -> Expr:

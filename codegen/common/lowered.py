@@ -18,19 +18,23 @@ from maskir.codegen.common.expr import Expr, TensorRef
 from maskir.codegen.common.lower import lower_predicate
 from maskir.codegen.common.score_grad import score_derivative
 from maskir.codegen.common.score_mod import trace_score_mod
+from maskir.codegen.common.source_text import check_identifier, comment_text
+from maskir.codegen.common.table_grad import TableGrads, table_grads
 from maskir.planner.plan import Plan
 
 
 @dataclass(frozen=True)
 class LoweredPlan:
     """``predicates[i]``: allowed(b, h, q, kv) of plan part i; ``score_mod``: the traced score_mod (a float
-    Expr over ``score``, b, h, q, kv) and ``score_grad`` its d/d score, both None without one; ``refs``: the
+    Expr over ``score``, b, h, q, kv) and ``score_grad`` its d/d score, both None without one; ``table_grads``:
+    the gradients of the float tensors it reads (``table_grad``), None when it reads none; ``refs``: the
     tensors they read, by name."""
 
     predicates: tuple[Expr, ...]
     score_mod: Expr | None
     score_grad: Expr | None
     refs: dict[str, TensorRef]
+    table_grads: TableGrads | None = None
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -84,10 +88,10 @@ def check_kernel_arguments(
 
 def source_title(plan: Plan, *, head_dim: int, dtype_name: str, kv_heads: int) -> str:
     """The first line of a generated module: maskir's version, the pattern on its canvases, dtype, head
-    dim and heads (each backend appends what it needs)."""
+    dim and heads (each backend appends what it needs), escaped to one line of printable ASCII."""
     heads = f"{plan.heads} heads" + (f" ({kv_heads} kv heads)" if kv_heads != plan.heads else "")
     kv_canvas = f" x kv {plan.kv_canvas}" if plan.kv_canvas != plan.canvas else ""
-    return (
+    return comment_text(
         f"# maskir {maskir.__version__.rsplit('.', 1)[0]} -- {plan.pattern} on {plan.canvas}{kv_canvas}, "
         f"{dtype_name}, head_dim {head_dim}, {heads}"
     )
@@ -98,9 +102,11 @@ def lower_plan(plan: Plan, score_mod: Callable | None = None) -> LoweredPlan:
     predicates = tuple(lower_predicate(part.pattern, plan.canvas, plan.kv_canvas) for part in plan.parts)
     score = trace_score_mod(score_mod) if score_mod is not None else None
     grad = score_derivative(score) if score is not None else None
+    tables = table_grads(score) if score is not None else None
     refs: dict[str, TensorRef] = {}
     for expr in [*predicates, *([score, grad] if score is not None else [])]:
         for ref in expr.tensors():
+            check_identifier(ref.name, "a tensor name")
             if refs.setdefault(ref.name, ref) != ref:
                 raise ValueError(f"Two different tensors are both named {ref.name!r}: {refs[ref.name]} and {ref}.")
-    return LoweredPlan(predicates, score, grad, refs)
+    return LoweredPlan(predicates, score, grad, refs, tables)

@@ -1,4 +1,5 @@
-"""d score_mod / d score as an expression: the chain-rule factor the backward kernels multiply dS by.
+"""d score_mod / d score as an expression: the chain-rule factor the backward kernels multiply dS by;
+and d score_mod / d (a load from a captured tensor), the factor of that tensor's gradient.
 
 Forward-mode differentiation over the ``Expr`` DAG (``maskir.codegen.common.expr``), one rule per float
 op; int and bool nodes (indices, comparisons, loads of int tensors) do not depend on ``score``. Non-smooth
@@ -66,15 +67,21 @@ def _chain(node: Expr, args: tuple[Expr, ...], d: list[Grad]) -> Grad:
     raise TypeError(f"Cannot differentiate the float op {op!r} of a score_mod.")
 
 
-def score_derivative(expr: Expr) -> Expr:
-    """d expr / d score (a float Expr; the constant 0.0 when expr does not read score)."""
+def derivative(expr: Expr, wrt: Expr) -> Expr:
+    """d expr / d wrt, for a float node ``wrt`` of ``expr`` (the variable ``score``, or a load from a
+    tensor: every occurrence of that node counts); the constant 0.0 when expr does not depend on it."""
     grads: dict[Expr, Grad] = {}
     for node in topo(expr):
-        if node.op == "var":
-            grads[node] = ops.const(1.0) if node.value == "score" else None
-        elif node.dtype != "float" or node.op in ("const", "load", "to_float"):
+        if node == wrt:
+            grads[node] = ops.const(1.0)
+        elif node.op == "var" or node.dtype != "float" or node.op in ("const", "load", "to_float"):
             grads[node] = None
         else:
             arg_grads = [grads[a] for a in node.args]
             grads[node] = None if all(g is None for g in arg_grads) else _chain(node, node.args, arg_grads)
     return grads[expr] if grads[expr] is not None else ops.const(0.0)
+
+
+def score_derivative(expr: Expr) -> Expr:
+    """d expr / d score (a float Expr; the constant 0.0 when expr does not read score)."""
+    return derivative(expr, ops.var("score"))

@@ -148,14 +148,19 @@ class KernelSignature:
 def merge_parts(
     outs: list[torch.Tensor], lses: list[torch.Tensor], dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over a union of disjoint key sets: lse = logsumexp_p lse_p, out = sum_p exp(lse_p - lse) out_p.
+    """Softmax over a union of disjoint key sets (the parts of a plan): ``merge_lse`` of the stacked parts."""
+    return merge_lse(torch.stack(outs), torch.stack(lses), dtype)
 
-    A row that no part allows keeps lse -inf and output 0 (its weights are exp(-inf) = 0, never NaN).
+
+def merge_lse(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge partial softmaxes over disjoint key sets, stacked on dim 0 (``outs`` [P, ..., D], ``lses`` [P, ...]):
+    lse = logsumexp_p lse_p, out = sum_p exp(lse_p - lse) out_p. Plan parts and decode splits merge by it.
+
+    A row that no partial allows keeps lse -inf and output 0 (its weights are exp(-inf) = 0, never NaN).
     """
-    lse_parts = torch.stack(lses)
-    lse = torch.logsumexp(lse_parts, dim=0)
-    weights = torch.exp(lse_parts - torch.where(torch.isinf(lse), 0.0, lse))
-    out = (weights[..., None] * torch.stack(outs)).sum(0)
+    lse = torch.logsumexp(lses, dim=0)
+    weights = torch.exp(lses - torch.where(torch.isinf(lse), 0.0, lse))
+    out = (weights[..., None] * outs).sum(0)
     return out.to(dtype), lse
 
 

@@ -68,13 +68,15 @@ TORCH_OPS: dict[str, Callable[..., Value]] = {
     "to_float": lambda a: a.to(torch.float32),
 }
 """Each op with arguments, in torch. The builders fold constant-only nodes, so every op here gets at least
-one tensor (the variables and loads are tensors) and Python scalars mix in through torch's operators."""
+one tensor (the variables and loads are tensors) and Python scalars mix in through torch's operators.
+``evaluate_torch`` converts to its ``float_dtype`` instead of float32."""
 
 _ZERO = {"bool": False, "int": 0, "float": 0.0}
 
 
-def _load(data: torch.Tensor, ref: TensorRef, indices: list[Value]) -> torch.Tensor:
-    """``data[indices]`` as ``ref.dtype``; 0 where an index falls outside ``ref.shape`` (None: in range)."""
+def _load(data: torch.Tensor, ref: TensorRef, indices: list[Value], float_dtype: torch.dtype) -> torch.Tensor:
+    """``data[indices]`` as ``ref.dtype`` (floats as ``float_dtype``); 0 where an index falls outside
+    ``ref.shape`` (None: in range)."""
     inside: Value = True
     clamped = []
     for index, extent in zip(indices, ref.shape):
@@ -86,18 +88,27 @@ def _load(data: torch.Tensor, ref: TensorRef, indices: list[Value]) -> torch.Ten
     if ref.dtype == "bool":
         value = value != 0 if value.dtype != torch.bool else value
     elif ref.dtype == "float":
-        value = value.to(torch.float32)
+        value = value.to(float_dtype)
     return value if inside is True else torch.where(inside, value, _ZERO[ref.dtype])
 
 
-def evaluate_torch(expr: Expr, env: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> Value:
+def evaluate_torch(
+    expr: Expr,
+    env: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+    float_dtype: torch.dtype = torch.float32,
+) -> Value:
     """The value of ``expr`` with variables from ``env`` (b, h, q, kv, score) and loads from ``tensors``
-    (by name). Shared nodes are computed once."""
-    return _evaluate(numbered(expr), env, tensors)
+    (by name), floats in ``float_dtype``. Shared nodes are computed once; differentiable in the float
+    tensors (a load is a gather), which is how the float64 reference differentiates a traced score_mod."""
+    return _evaluate(numbered(expr), env, tensors, float_dtype)
 
 
 def _evaluate(
-    steps: list[tuple[Expr, tuple[int, ...]]], env: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]
+    steps: list[tuple[Expr, tuple[int, ...]]],
+    env: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+    float_dtype: torch.dtype = torch.float32,
 ) -> Value:
     values: list[Value] = []
     for node, positions in steps:
@@ -107,7 +118,9 @@ def _evaluate(
         elif node.op == "var":
             values.append(env[node.value])
         elif node.op == "load":
-            values.append(_load(tensors[node.value.name], node.value, args))
+            values.append(_load(tensors[node.value.name], node.value, args, float_dtype))
+        elif node.op == "to_float":
+            values.append(args[0].to(float_dtype))
         else:
             values.append(TORCH_OPS[node.op](*args))
     return values[-1]

@@ -25,16 +25,29 @@ import torch
 
 from maskir.codegen.common.expr import Expr, TensorRef, topo
 from maskir.codegen.common.lowered import check_kernel_arguments, lower_plan, source_title
+from maskir.codegen.common.source_text import comment_lines
+from maskir.codegen.common.table_grad import TableGrads
 from maskir.codegen.common.template import fill
 from maskir.codegen.triton.configs import DTYPE_NAMES, KernelConfig, choose_config
 from maskir.codegen.triton.render import render_triton_function
-from maskir.codegen.triton.template_bwd import BACKWARD, SCORE_GRAD
+from maskir.codegen.triton.template_bwd import (
+    BACKWARD,
+    SCORE_GRAD,
+    TABLE_ARGS,
+    TABLE_GRAD,
+    TABLE_HELPERS,
+    TABLE_PASS,
+    TABLE_PROGRAM,
+)
 from maskir.codegen.triton.template_common import HELPERS, PRELUDE, SCORE_MODDED, SCORE_PLAIN
 from maskir.codegen.triton.template_fwd import FORWARD
 from maskir.ir import is_dynamic
 from maskir.planner.plan import Plan, TileKind
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+ENTRY_CHUNK, ENTRY_CHUNK_INTERPRETED = 8, 16
+"""Table entries per one-hot step of the table-gradient accumulation: few on a GPU (a [rows, chunk, entries]
+temporary lives in registers), many in the interpreter (its cost is per operation)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class GeneratedSource:
     ``tensor_names``: runtime tensors the kernels read, in argument order, with ``tensor_dims`` index dims
     each. ``static_tensors``: those captured by the score_mod (name -> tensor), passed on every call.
     ``score_mod_text``: the traced score_mod as text (a cache key field), None without one.
+    ``table_grads``: the layout of the table-gradient buffer when the score_mod reads float tensors.
     """
 
     source: str
@@ -52,6 +66,7 @@ class GeneratedSource:
     config: KernelConfig
     score_mod_text: str | None = None
     static_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    table_grads: TableGrads | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,8 @@ class RenderedFunctions:
     static_tensors: dict[str, torch.Tensor]
     pair_loads: int
     pair_ops: int
+    table_functions: str | None = None
+    table_grads: TableGrads | None = None
 
 
 def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int) -> None:
@@ -142,7 +159,29 @@ def render_functions(plan: Plan, score_mod: Callable | None) -> RenderedFunction
         static_tensors=lowered.static_tensors,
         pair_loads=sum(loads for loads, _ in pair_work),
         pair_ops=max(operations for _, operations in pair_work),
+        table_functions=_table_functions(lowered.table_grads, score_args, pointers),
+        table_grads=lowered.table_grads,
     )
+
+
+def _table_functions(tables: TableGrads | None, score_args: tuple[str, ...], pointers: tuple[str, ...]) -> str | None:
+    """``_table_weight_<j>`` / ``_table_entry_<j>`` per trainable load and ``_table_grads``, which adds
+    dS * weight into each load's entries (``_accumulate``); None when the score_mod reads no float tensor."""
+    if tables is None:
+        return None
+    texts, calls = [TABLE_HELPERS], []
+    for j, load in enumerate(tables.loads):
+        texts.append(render_triton_function(f"_table_weight_{j}", load.weight, score_args))
+        texts.append(render_triton_function(f"_table_entry_{j}", load.entry, score_args))
+        args = ", ".join(score_args)
+        calls.append(f"    _accumulate(TG, _table_entry_{j}({args}), ds * _table_weight_{j}({args}), valid)")
+    header = [
+        "@triton.jit",
+        f"def _table_grads(TG, ds, valid, {', '.join(score_args)}):",
+        f'    """dT[e] += dS * d score_mod / d T[e] for the {len(tables.loads)} load(s) of float tensors '
+        'the score_mod reads."""',
+    ]
+    return "\n\n".join([*(text.rstrip("\n") for text in texts), "\n".join([*header, *calls])]) + "\n"
 
 
 def generate_source(
@@ -187,6 +226,7 @@ def generate_source(
         config,
         functions.score_mod_text,
         functions.static_tensors,
+        functions.table_grads,
     )
 
 
@@ -232,10 +272,24 @@ def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, con
         "#     group, stacked; HEAD_TABLE[h] is the group of head h.",
         "#   s: scores in log2 units, s = q.k * scale * log2(e) (+ score_mod), so exp2 replaces exp.",
     ]
-    return "\n".join(lines) + "\n"
+    return comment_lines(lines)
 
 
-def _constexprs(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, interpret, config) -> str:
+def _table_constexprs(tables: TableGrads | None, interpret: bool) -> list[tuple[str, int, str]]:
+    if tables is None:
+        return []
+    chunk = ENTRY_CHUNK_INTERPRETED if interpret else ENTRY_CHUNK
+    return [
+        ("TG_ENTRIES", tables.entries, "entries of the float tensors the score_mod reads: " + _table_layout(tables)),
+        ("ENTRY_CHUNK", chunk, "table entries per one-hot step of _accumulate"),
+    ]
+
+
+def _table_layout(tables: TableGrads) -> str:
+    return ", ".join(f"{name} {list(shape)} at {tables.offsets[name]}" for name, shape in tables.shapes.items())
+
+
+def _constexprs(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, interpret, config, tables=None) -> str:
     head_dim_pad = max(MIN_HEAD_DIM, 1 << (head_dim - 1).bit_length())
     values = [
         ("BLOCK_M", plan.block_q, "q positions per tile"),
@@ -267,6 +321,7 @@ def _constexprs(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int,
         ),
         ("LOG2E", math.log2(math.e), ""),
         ("LN2", math.log(2.0), ""),
+        *_table_constexprs(tables, interpret),
     ]
     lines = [f"{name} = tl.constexpr({value!r})" + (f"  # {note}" if note else "") for name, value, note in values]
     return "\n".join(lines) + "\n"
@@ -313,21 +368,35 @@ def assemble_source(
 ) -> str:
     """The module text from rendered functions and the kernel templates."""
     tensor_args = _tensor_args(functions.tensor_names, functions.tensor_dims)
+    tables = functions.table_functions is not None
     values = {
         "tensor_args": tensor_args,
         "score_line": SCORE_MODDED if functions.score_mod else SCORE_PLAIN,
         "score_grad": SCORE_GRAD if functions.score_mod else "",
+        "table_args": TABLE_ARGS if tables else "",
+        "table_pass": TABLE_PASS if tables else "",
+        "table_program": TABLE_PROGRAM if tables else "",
+        "table_grad": TABLE_GRAD if tables else "",
     }
     section = "# -- {} " + "-" * 80
     blocks = [
         _header(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, config=config, interpret=interpret),
         PRELUDE,
-        _constexprs(plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, interpret=interpret, config=config),
+        _constexprs(
+            plan,
+            head_dim=head_dim,
+            dtype=dtype,
+            kv_heads=kv_heads,
+            interpret=interpret,
+            config=config,
+            tables=functions.table_grads,
+        ),
         _launch_options(config),
         section.format("predicate (lowered from the pattern) and score_mod")[:104] + "\n",
         *functions.allowed,
         _dispatch(len(functions.allowed), tensor_args),
         *([functions.score_mod, functions.score_mod_grad] if functions.score_mod else []),
+        *([functions.table_functions] if tables else []),
         fill(HELPERS, values),
         fill(FORWARD, values),
         fill(BACKWARD, values),

@@ -7,6 +7,12 @@ DKDV_SPLIT, batch * kv head); the preprocess one per (PREPROCESS_ROWS rows, batc
 
 Parts: each writes its own output and LSE (fp32) before the merge; the backward runs every part with the
 merged output's LSE and delta and sums the parts' gradients (all deterministic; no atomics).
+
+Gradients of the float tensors a score_mod reads (``trained``): each dQ program adds its pairs'
+dS * d score_mod / d T[e] into its own row of a [dQ programs, entries] fp32 buffer (``_accumulate``), and
+the rows are summed in order afterwards. Memory: 4 bytes x (dQ programs of every part) x (entries of
+those tensors), e.g. 16 heads x 256 q tiles x 3,600 entries (a [16, 15, 15] table) = 59 MB; no atomics,
+so two runs give the same bits.
 """
 
 from __future__ import annotations
@@ -191,9 +197,14 @@ class TritonAttention:
         *,
         scale: float,
         tensors: Sequence[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        trained: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, ...]:
         """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
         self._check(q, k, v, tensors)
+        table_grads = self.generated.table_grads
+        names = [self.generated.tensor_names[i] for i in trained]
+        if names and (table_grads is None or not set(names) <= table_grads.offsets.keys()):
+            raise ValueError(f"Only float tensors a score_mod reads get gradients, not {names}.")
         q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
         lse = lse.contiguous()
         batch, heads, n_q, _ = q.shape
@@ -206,6 +217,7 @@ class TritonAttention:
         parts = self.tables(q.device)
         merged = len(parts) > 1
         grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        partials: list[torch.Tensor] = []
         for index, tables in enumerate(parts):
 
             def buffer(like: torch.Tensor, covered: bool) -> torch.Tensor:
@@ -225,7 +237,12 @@ class TritonAttention:
                 "KV_START": tables.kv_start, "KV_FULL": tables.kv_full, "KV_INDEX": tables.kv_index,
                 "n_q_tiles": tables.n_q_tiles, "KV_PADDED": tables.kv_padded, **kv_gates,
             }  # fmt: skip
-            self.launch("_bwd_dq", (tables.n_q_tiles * int(self.module.DQ_SPLIT), batch * heads), dq_args)
+            dq_grid = (tables.n_q_tiles * int(self.module.DQ_SPLIT), batch * heads)
+            if table_grads is not None:  # one row of table gradients per dQ program, summed below
+                partial = torch.zeros((dq_grid[0] * dq_grid[1], table_grads.entries if names else 1), device=q.device)
+                dq_args.update(TG=partial, TABLE_GRADS=bool(names))
+                partials.append(partial)
+            self.launch("_bwd_dq", dq_grid, dq_args)
             dkdv_args = {
                 **common, "DK": dk, "DV": dv, **_strides("dk", dk), **_strides("dv", dv),
                 "Q_START": tables.q_start, "Q_FULL": tables.q_full, "Q_INDEX": tables.q_index,
@@ -234,6 +251,8 @@ class TritonAttention:
             grid = (tables.n_kv_tiles * int(self.module.DKDV_SPLIT), batch * self.kv_heads)
             self.launch("_bwd_dkdv", grid, dkdv_args)
             grads.append((dq, dk, dv))
-        if not merged:
-            return grads[0]
-        return sum_part_grads(grads, (q, k, v))
+        summed = grads[0] if not merged else sum_part_grads(grads, (q, k, v))
+        if not names:
+            return summed
+        table = torch.cat(partials).sum(0)  # a fixed order: bitwise the same on every run
+        return (*summed, *(table_grads.gradient(table, name).to(tensors[i].dtype) for i, name in zip(trained, names)))

@@ -5,7 +5,10 @@ delta = rowsum(dO * O), dP = dO V^T, dS = P * (dP - delta) (times d score_mod / 
 one), dQ = scale * dS K, dK = scale * dS^T Q, dV = P^T dO. No atomics: a dQ program owns its q rows; a
 dK/dV program owns its kv rows and loops over the GQA_GROUP query heads that share its kv head, so the
 GQA sum happens in registers. Rows with LSE = -inf (nothing allowed) and padding rows read LSE as +inf,
-so P is 0 there, never NaN. Placeholders: ``$tensor_args``, ``$score_grad`` (see ``template_common``).
+so P is 0 there, never NaN. Placeholders: ``$tensor_args``, ``$score_grad`` (see ``template_common``), and
+for a score_mod that reads float tensors ``$table_args``, ``$table_pass``, ``$table_program``,
+``$table_grad`` (``TABLE_ARGS`` ... below; empty otherwise): the dQ step adds dS * d score_mod / d T[e]
+into its program's row of the table-gradient buffer TG before dS becomes dL/d score.
 """
 
 BACKWARD = '''\
@@ -35,7 +38,7 @@ def _load_lse2(LSE_head, tok, valid):
 
 @triton.jit
 def _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
-             KV_TOKENS, sm_scale$tensor_args, PART: tl.constexpr, KV_GATHER: tl.constexpr,
+             KV_TOKENS, sm_scale$tensor_args$table_args, PART: tl.constexpr, KV_GATHER: tl.constexpr,
              KV_PADDED: tl.constexpr, IS_FULL_TILE: tl.constexpr):
     """dQ (without the scale) += dS K over DQ_CHUNK_N kv positions starting at ``first_kv``."""
     kv_tok, kv_valid = _tile_tokens(first_kv, n_kv, KV_TOKENS, DQ_CHUNK_N, KV_GATHER)
@@ -47,6 +50,7 @@ def _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head
     p = tl.math.exp2(s - lse2[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
+    $table_grad
     $score_grad
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
@@ -55,7 +59,7 @@ def _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head
 def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh,
             stride_dqn, n_q, n_kv, sm_scale, KV_START, KV_FULL, KV_INDEX, HEAD_TABLE, Q_TOKENS, KV_TOKENS,
-            n_q_tiles, GATE, stride_gb, stride_gh, gate_open_at$tensor_args, PART: tl.constexpr,
+            n_q_tiles, GATE, stride_gb, stride_gh, gate_open_at$tensor_args$table_args, PART: tl.constexpr,
             Q_GATHER: tl.constexpr, KV_GATHER: tl.constexpr, KV_PADDED: tl.constexpr, GATED: tl.constexpr):
     """dQ of DQ_ROWS rows of one q tile of one (batch, head), over the same kv list as the forward."""
     q_tile = tl.program_id(0) // DQ_SPLIT
@@ -76,6 +80,7 @@ def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride
     kv_head = (h // GQA_GROUP).to(tl.int64)
     K_head = K + b.to(tl.int64) * stride_kb + kv_head * stride_kh
     V_head = V + b.to(tl.int64) * stride_vb + kv_head * stride_vh
+    $table_program
 
     dq = tl.zeros([DQ_ROWS, HEAD_DIM_PAD], tl.float32)
     # -- FULL tiles: no predicate --
@@ -83,13 +88,13 @@ def _bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride
         tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
         first_kv = tl.load(ENTRIES + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
         dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
-                      KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=True)
+                      KV_TOKENS, sm_scale$tensor_args$table_pass, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=True)
     # -- PARTIAL tiles: predicate inlined below --
     for step in range(full_end * DQ_CHUNKS, end * DQ_CHUNKS):
         tile = step // DQ_CHUNKS  # list entry, then the chunk within its tile
         first_kv = tl.load(ENTRIES + tile) * BLOCK_N + (step - tile * DQ_CHUNKS) * DQ_CHUNK_N
         dq = _dq_step(dq, q, do, lse2, delta, b, h, q_tok, first_kv, n_kv, K_head, V_head, stride_kn, stride_vn,
-                      KV_TOKENS, sm_scale$tensor_args, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
+                      KV_TOKENS, sm_scale$tensor_args$table_pass, PART, KV_GATHER, KV_PADDED, IS_FULL_TILE=False)
     # -- epilogue --
     DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
     _store_rows(DQ_head, q_tok, q_valid, stride_dqn, dq * sm_scale)
@@ -192,3 +197,32 @@ def _bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qn, 
 '''
 
 SCORE_GRAD = "ds = ds * _score_mod_grad(qk * sm_scale, b, h, q_idx, kv_idx$tensor_args)"
+
+TABLE_ARGS = ", TG, TABLE_GRADS: tl.constexpr"
+TABLE_PASS = ", TG_program, TABLE_GRADS"
+TABLE_PROGRAM = "TG_program = TG + (tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)).to(tl.int64) * TG_ENTRIES"
+TABLE_GRAD = """\
+if TABLE_GRADS:
+    _table_grads(TG, ds, p > 0, qk * sm_scale, b, h, q_idx, kv_idx$tensor_args)"""
+
+TABLE_HELPERS = '''\
+@triton.jit
+def _accumulate(TG, entry, weight, valid):
+    """TG[e] += sum of ``weight`` over the pairs with ``entry`` e, for e in the range the tile touches.
+
+    Deterministic: one-hot sums over ENTRY_CHUNK entries at a time (tl.sum's fixed tree), chunks aligned to
+    ENTRY_CHUNK so that an entry always sits in the same lane; TG is this program's own row, read and
+    written in program order (a barrier between chunks), so no atomics and no race.
+    """
+    entry = tl.where(valid, entry, -1)
+    low = tl.min(tl.where(entry >= 0, entry, TG_ENTRIES))
+    high = tl.max(entry)
+    for first in range(low // ENTRY_CHUNK * ENTRY_CHUNK, high + 1, ENTRY_CHUNK):
+        entries = first + tl.arange(0, ENTRY_CHUNK)
+        hit = entry[:, :, None] == entries[None, None, :]
+        part = tl.sum(tl.sum(tl.where(hit, weight[:, :, None], 0.0), 0), 0)
+        inside = entries < TG_ENTRIES
+        tl.store(TG + entries, tl.load(TG + entries, mask=inside, other=0.0) + part, mask=inside)
+        tl.debug_barrier()
+'''
+"""The table-gradient accumulation (emitted only for a score_mod that reads float tensors)."""

@@ -20,6 +20,7 @@ import torch
 
 from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan, source_title
+from maskir.codegen.common.source_text import comment_lines
 from maskir.codegen.common.template import fill
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
 from maskir.codegen.tvm.template import (
@@ -156,7 +157,7 @@ def _header(plan: Plan, *, head_dim: int, dtype: torch.dtype, kv_heads: int, tar
         "#   first); Q_START/Q_FULL/Q_INDEX: the transposed lists. One list per head group, stacked; HEAD_TABLE[h]",
         "#   is the group of head h. score = q.k * scale; s = score_mod(score) (or score); P = exp(s - lse).",
     ]
-    return "\n".join(lines) + "\n"
+    return comment_lines(lines)
 
 
 def generate_tvm_source(

@@ -199,8 +199,13 @@ class TvmAttention:
         *,
         scale: float,
         tensors: Sequence[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        trained: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, ...]:
         """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
+        if trained:
+            raise ValueError(
+                "This backend does not yet differentiate the tensors a score_mod reads; use backend='reference'."
+            )
         self._check(q, k, v, tensors)
         q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
         lse = lse.to(torch.float32).contiguous()

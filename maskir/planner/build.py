@@ -1,6 +1,8 @@
 """``plan()``: a pattern on its canvases to a block-sparse ``Plan``, as a list of steps.
 
-1. check the arguments and the pattern on the canvases (``maskir.ir.check_canvas``);
+1. check the arguments and the pattern on the canvases (``maskir.ir.check_canvas``); rewrite the
+   ``Predicate`` leaves that are affine in q and kv to IR nodes (``affine.rewrite_predicates``), so they
+   plan like the nodes they equal;
 2. resolve ``PerHead`` into head groups (heads with the same pattern share tables);
 3. for every block size pair and layout candidate: tile sides, tile classes per head group
    (``analysis.tile_runs``), a single-part plan; keep the cheapest by ``cost`` (default ``plan_cost``);
@@ -19,6 +21,7 @@ import numpy as np
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, check_canvas
+from maskir.planner.affine import rewrite_predicates
 from maskir.planner.analysis import tile_runs
 from maskir.planner.cost import plan_cost
 from maskir.planner.heads import head_groups
@@ -55,6 +58,7 @@ def plan(
     kv_canvas = canvas if kv_canvas is None else _as_canvas(kv_canvas, "kv_canvas")
     _check_arguments(pattern, heads, block_q, block_kv, layout, cost)
     check_canvas(pattern, canvas, kv_canvas)
+    pattern = rewrite_predicates(pattern, canvas, kv_canvas)
     price = cost or plan_cost
     best_cost, best = cheapest(candidate_plans(pattern, canvas, kv_canvas, heads, block_q, block_kv, layout), price)
     if layout == "auto":

@@ -2,12 +2,15 @@
 
 For each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
 blocks of at most ``PAIRS_PER_EVALUATION`` pairs (so memory stays bounded, well under 256 MiB), and a tile
-is FULL when all its pairs are allowed, EMPTY when none is. Runs longer than a second report progress on
-stderr.
+is FULL when all its pairs are allowed, EMPTY when none is. Runs longer than a second report progress: a
+line redrawn with a carriage return when stderr is a terminal; otherwise (a log file, CI, a notebook's
+captured stream) a ``logging`` INFO record on the ``maskir.planner`` logger at most every
+``LOG_EVERY_SECONDS``, never carriage returns.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -20,21 +23,33 @@ from maskir.planner.tiles import Side
 from maskir.reference import evaluate_pairs
 
 PROGRESS_AFTER_SECONDS = 1.0
+LOG_EVERY_SECONDS = 10.0
+LOGGER = logging.getLogger("maskir.planner")
 
 
 class Progress:
-    """A stderr progress line, shown only once the work has taken longer than PROGRESS_AFTER_SECONDS."""
+    """Progress of slow work, reported once it has taken longer than PROGRESS_AFTER_SECONDS: a redrawn line
+    on a terminal stderr, else a log record at most every LOG_EVERY_SECONDS (and one at the end)."""
 
     def __init__(self, what: str, total: int):
         self.what, self.total, self.started, self.shown = what, total, time.perf_counter(), False
+        self.terminal = sys.stderr.isatty()
+        self.logged_at = -float("inf")
 
     def update(self, done: int) -> None:
-        if time.perf_counter() - self.started > PROGRESS_AFTER_SECONDS:
-            self.shown = True
-            print(f"\rmaskir plan: {self.what}: {done:,}/{self.total:,} tiles", end="", file=sys.stderr, flush=True)
+        now = time.perf_counter()
+        if now - self.started <= PROGRESS_AFTER_SECONDS:
+            return
+        self.shown = True
+        message = f"maskir plan: {self.what}: {done:,}/{self.total:,} tiles"
+        if self.terminal:
+            print(f"\r{message}", end="", file=sys.stderr, flush=True)
+        elif now - self.logged_at >= LOG_EVERY_SECONDS or done == self.total:
+            self.logged_at = now
+            LOGGER.info(message)
 
     def close(self) -> None:
-        if self.shown:
+        if self.shown and self.terminal:
             print(file=sys.stderr, flush=True)
 
 

@@ -12,6 +12,8 @@ _LAZY = {
     "simulate": "maskir.sim.simulator",
     "kernel_plan": "maskir.sim.simulator",
     "SimReport": "maskir.sim.report",
+    "simulate_decode": "maskir.sim.decode",
+    "DecodeReport": "maskir.sim.decode",
     "simulate_plan": "maskir.sim.cost",
     "plan_cost": "maskir.sim.cost",
     "PlanTiming": "maskir.sim.cost",

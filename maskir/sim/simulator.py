@@ -5,10 +5,13 @@ from __future__ import annotations
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, is_dynamic
 from maskir.planner import plan as make_plan
+from maskir.planner.decode import UNSUPPORTED, decodable, prefers_decode
 from maskir.sim.cost import dense_workload, simulate_plan, time_workload
+from maskir.sim.decode import DecodeReport, simulate_decode
 from maskir.sim.hardware import get_hardware, get_kernel
 from maskir.sim.report import PairCounts, SimReport
 
+UNSUPPORTED_NAMES = tuple(node.__name__ for node in UNSUPPORTED)
 FLEX_BLOCK = 128
 """FlexAttention's block mask granularity (``create_block_mask``'s default BLOCK_SIZE)."""
 
@@ -55,17 +58,52 @@ def simulate(
     backward: bool = False,
     plan=None,
     kv_canvas: Canvas | int | tuple[int, ...] | None = None,
-) -> SimReport:
+    kv_heads: int | None = None,
+    q_offset: int = 0,
+    decode: bool | None = None,
+) -> SimReport | DecodeReport:
     """Predict ``pattern`` on ``canvas`` with ``kernel`` ("maskir" or "flex") on ``hardware``.
 
     ``plan`` replaces the planner's plan for the kernel (it must be of this pattern, canvases and heads).
     The report also prices flex's plan and the dense problem, for the predicted speedups.
+
+    Decode shapes (``maskir.planner.decode.prefers_decode``: few queries against a long 1-D kv canvas) are
+    priced as the runtime runs their forward, with the decode kernels (``maskir.sim.decode``), and return a
+    ``DecodeReport``: ``kv_heads`` (GQA: query heads packed per kv head), ``q_offset`` (absolute position of
+    the first query; 0 as in ``maskir.attention``, ``maskir.decode`` defaults to kv length - queries).
+    ``decode``: force (True) or refuse (False) the decode kernels; None chooses by shape.
     """
     if not isinstance(pattern, Pattern):
         raise TypeError(f"simulate needs a Pattern (maskir.parse turns text into one), got {type(pattern).__name__}.")
     canvas = _canvas(canvas, "canvas")
     kv_canvas = canvas if kv_canvas is None else _canvas(kv_canvas, "kv_canvas")
     hw, model = get_hardware(hardware), get_kernel(kernel)
+    if decode is None:
+        decode = (
+            model.name == "maskir"
+            and not backward
+            and plan is None
+            and prefers_decode(pattern, canvas, kv_canvas, batch=batch, heads=heads, sms=hw.sms)
+        )
+    if decode:
+        if not decodable(pattern, canvas, kv_canvas) or backward:
+            raise ValueError(
+                f"decode=True needs 1-D canvases, a forward pass and a pattern without {', '.join(UNSUPPORTED_NAMES)}; "
+                f"got {pattern} on {canvas} x {kv_canvas}, backward={backward}."
+            )
+        return simulate_decode(
+            pattern,
+            canvas.size,
+            kv_canvas.size,
+            q_offset=q_offset,
+            hardware=hw,
+            kernel=model,
+            batch=batch,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            dtype=dtype,
+        )
     if plan is None:
         plan = kernel_plan(model.name, pattern, canvas, kv_canvas, heads=heads)
     elif (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (pattern, canvas, kv_canvas, heads):

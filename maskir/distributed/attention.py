@@ -1,0 +1,190 @@
+"""Context-parallel attention on a rank's local tokens, and moving whole tensors in and out of shard order.
+
+``attention`` on rank r (q [B, H, n_q(r), D] in ``token_indices(r)`` order, k/v [B, H_kv, n_kv(r), D] in
+``kv_token_indices(r)`` order):
+1. fetch: one all_to_all brings r the k/v rows its sub-plan lists and other ranks hold (``FetchRows``);
+2. place: r's q rows, and its own and fetched k/v rows, go to their original token positions in
+   canvas-sized buffers (rows nobody needs stay zero and are never read);
+3. compute: ``maskir.compile(..., plan=r's sub-plan)`` runs the runtime's kernels over r's q tiles only
+   (any backend; the predicate and score_mod see original token indices, so nothing is re-derived);
+4. return r's output rows. Autograd runs it backwards: dQ stays local, dK/dV of fetched rows go back to
+   their owners through the reversed all_to_all and are summed there in source-rank order.
+The buffers cost O(N) memory per rank; the traffic and the computed tiles are only what r's tiles need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from maskir.distributed.exchange import FetchRows, gather_rows, resolve_group
+from maskir.distributed.shard import ContextParallelPlan
+from maskir.planner import Plan
+from maskir.runtime import CompiledAttention
+from maskir.runtime import compile as compile_attention
+
+_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, CompiledAttention]] = weakref.WeakKeyDictionary()
+"""Per context-parallel plan: the compiled sub-plan of each (rank, heads, kv heads, head dim, dtype,
+device, backend, score_mod) it ran, freed with the plan."""
+
+
+def _rank_and_size(cp_plan: ContextParallelPlan, group) -> int:
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    if size != cp_plan.world_size:
+        raise ValueError(
+            f"cp_plan was sharded for world_size={cp_plan.world_size}, but the group has {size} ranks: "
+            f"shard(..., world_size={size}) or pass the matching group."
+        )
+    return rank
+
+
+def _for_heads(plan: Plan, heads: int) -> Plan:
+    """``plan`` for ``heads`` heads: itself, or, when every head shares one table, that table for all."""
+    if heads == plan.heads:
+        return plan
+    if any(len(part.tables) != 1 for part in plan.parts):
+        raise ValueError(
+            f"{plan.pattern} gives heads different tables and cp_plan was sharded for {plan.heads} heads, but q has "
+            f"{heads}: shard(..., heads={heads})."
+        )
+    parts = tuple(
+        dataclasses.replace(part, head_table=np.zeros(heads, dtype=part.head_table.dtype)) for part in plan.parts
+    )
+    return dataclasses.replace(plan, heads=heads, parts=parts)
+
+
+def _compiled(cp_plan: ContextParallelPlan, rank: int, q, k, score_mod, backend: str) -> CompiledAttention:
+    full = cp_plan.plan
+    key = (rank, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
+    memo = _COMPILED.setdefault(cp_plan, {})
+    if key not in memo:
+        memo[key] = compile_attention(
+            full.pattern,
+            full.canvas,
+            heads=q.shape[1],
+            kv_heads=k.shape[1],
+            head_dim=q.shape[3],
+            dtype=q.dtype,
+            device=q.device,
+            kv_canvas=full.kv_canvas,
+            score_mod=score_mod,
+            backend=backend,
+            plan=_for_heads(cp_plan.sub_plans[rank], q.shape[1]),
+            quiet=True,
+        )
+    return memo[key]
+
+
+def _check_local(name: str, t: torch.Tensor, heads: int | None, tokens: int, rank: int, order: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor [B, H, n_local, D], got {getattr(t, 'shape', type(t))}.")
+    if t.shape[2] != tokens:
+        raise ValueError(
+            f"{name} on rank {rank} must hold that rank's {tokens} tokens (cp_plan.{order}({rank})) in dim 2, "
+            f"got {name}.shape={tuple(t.shape)}: use maskir.distributed.scatter to shard a full tensor."
+        )
+    if heads is not None and t.shape[1] != heads:
+        raise ValueError(f"{name} must have {heads} heads like k, got {name}.shape={tuple(t.shape)}.")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cp_plan: ContextParallelPlan,
+    *,
+    group=None,
+    mesh_dim: str | int | None = None,
+    score_mod: Callable | None = None,
+    scale: float | None = None,
+    segments: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """This rank's rows of ``maskir.attention(q_full, k_full, v_full, pattern, canvas)`` (see the module).
+
+    ``group``: None (the default group), a ProcessGroup, or a DeviceMesh (``mesh_dim`` names the
+    context-parallel dim of a multi-dim mesh); its size must be ``cp_plan.world_size``. ``segments``: the
+    full [B, N] ids, the same on every rank. ``score_mod`` sees original token indices. ``backend`` as in
+    ``maskir.attention``. Every rank of the group must call it (and its backward) in the same order.
+    """
+    if not isinstance(cp_plan, ContextParallelPlan):
+        raise TypeError(f"cp_plan must come from maskir.distributed.shard, got {type(cp_plan).__name__}.")
+    group = resolve_group(group, mesh_dim)
+    rank = _rank_and_size(cp_plan, group)
+    q_index, kv_index = cp_plan.token_indices(rank), cp_plan.kv_token_indices(rank)
+    _check_local("q", q, None, q_index.numel(), rank, "token_indices")
+    _check_local("k", k, None, kv_index.numel(), rank, "kv_token_indices")
+    _check_local("v", v, k.shape[1], kv_index.numel(), rank, "kv_token_indices")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3] or v.shape != k.shape:
+        raise ValueError(
+            f"q, k, v must share batch and head dim, and v must match k: got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}."
+        )
+    batch, kv_heads, _, head_dim = k.shape
+    n_q, n_kv = cp_plan.plan.canvas.size, cp_plan.plan.kv_canvas.size
+    device = q.device
+
+    # 1. fetch the k/v rows this rank's tiles list from their owners: [rows, B * H_kv * 2D]
+    local_rows = torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(kv_index.numel(), -1)
+    send = [torch.as_tensor(p, dtype=torch.long) for p in cp_plan.send_positions(rank)]
+    received = cp_plan.received[rank]
+    fetched = FetchRows.apply(local_rows, send, [int(t.size) for t in received], group)
+
+    # 2. place every row at its original token position in canvas-sized buffers
+    rows_at = torch.cat([kv_index, *(torch.as_tensor(t, dtype=torch.long) for t in received)]).to(device)
+    kv_rows = local_rows.new_zeros((n_kv, local_rows.shape[1])).index_copy(0, rows_at, torch.cat([local_rows, fetched]))
+    kv_full = kv_rows.reshape(n_kv, batch, kv_heads, 2 * head_dim).permute(1, 2, 0, 3)
+    k_full, v_full = kv_full[..., :head_dim], kv_full[..., head_dim:]
+    q_at = q_index.to(device)
+    q_full = q.new_zeros((batch, q.shape[1], n_q, head_dim)).index_copy(2, q_at, q)
+
+    # 3. the rank's sub-plan through the runtime's kernels; 4. its own output rows
+    if not cp_plan.rank_tiles[rank].size:  # no q tiles: keep the graph joined so the backward exchange runs
+        return q.new_zeros(q.shape) + 0 * kv_rows.sum()
+    compiled = _compiled(cp_plan, rank, q, k, score_mod, backend)
+    out_full = compiled(q_full, k_full.contiguous(), v_full.contiguous(), scale=scale, segments=segments)
+    return out_full.index_select(2, q_at)
+
+
+def scatter(
+    full: torch.Tensor, cp_plan: ContextParallelPlan, rank: int, *, kv: bool = False, dim: int = 2
+) -> torch.Tensor:
+    """Rank ``rank``'s rows of a whole tensor (tokens along ``dim``), in its order: q tokens, or k/v tokens
+    with ``kv=True``."""
+    index = cp_plan.kv_token_indices(rank) if kv else cp_plan.token_indices(rank)
+    expected = cp_plan.plan.kv_canvas.size if kv else cp_plan.plan.canvas.size
+    if full.shape[dim] != expected:
+        raise ValueError(
+            f"full must hold all {expected} {'k/v' if kv else 'q'} tokens along dim {dim}, got shape {tuple(full.shape)}."
+        )
+    return full.index_select(dim, index.to(full.device))
+
+
+def gather(
+    local: torch.Tensor,
+    cp_plan: ContextParallelPlan,
+    group=None,
+    *,
+    mesh_dim: str | int | None = None,
+    kv: bool = False,
+    dim: int = 2,
+) -> torch.Tensor:
+    """The whole tensor from every rank's ``local`` rows (tokens along ``dim``, in shard order), on every
+    rank: the inverse of ``scatter``. ``group`` as in ``attention``. Not differentiable."""
+    group = resolve_group(group, mesh_dim)
+    rank = _rank_and_size(cp_plan, group)
+    indices = [cp_plan.kv_token_indices(r) if kv else cp_plan.token_indices(r) for r in range(cp_plan.world_size)]
+    if local.shape[dim] != indices[rank].numel():
+        raise ValueError(
+            f"local on rank {rank} must hold its {indices[rank].numel()} tokens along dim {dim}, got {tuple(local.shape)}."
+        )
+    rows = local.detach().movedim(dim, 0)
+    pieces = gather_rows(rows, [i.numel() for i in indices], group)
+    whole = rows.new_empty((sum(i.numel() for i in indices), *rows.shape[1:]))
+    whole[torch.cat(indices).to(local.device)] = torch.cat(pieces)
+    return whole.movedim(0, dim)

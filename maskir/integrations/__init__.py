@@ -1,0 +1,1 @@
+"""Integrations with other libraries (above the runtime, using only maskir's public API)."""

@@ -1,0 +1,100 @@
+"""``MaskedAttention``: qkv projection, maskir attention over a pattern on the input's grid, output projection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from maskir.ir import Pattern
+from maskir.runtime import attention
+
+TRITON_MIN_HEAD_DIM = 16
+"""The Triton kernels' smallest head dim: smaller heads are zero-padded to it (q.k and the kept columns of
+the output are unchanged by zero columns)."""
+
+
+class MaskedAttention(nn.Module):
+    """y = proj(attention(q, k, v over ``pattern``)) for channels-last x ``[B, *spatial, C]``.
+
+    q, k, v come from one ``qkv`` linear layer as ``[..., 3, heads, head_dim]`` per token (NATTEN's and
+    Swin's layout); the canvas is ``spatial`` (row-major tokens), so ``pattern`` may use its coordinates
+    (``Neighborhood``, ``Blocks``, ``Distance(dim, ...)``). ``qk_scale`` defaults to ``head_dim ** -0.5``.
+    ``score_mod`` is a flex-style ``score_mod(score, b, h, q_idx, kv_idx)`` added to every call;
+    ``backend`` as in ``maskir.attention`` ("auto": Triton, "tvm" on CPU, "reference"); heads narrower
+    than the Triton kernels' 16 are zero-padded to 16 there.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        pattern: Pattern | str,
+        *,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        proj_drop: float = 0.0,
+        score_mod: Callable | None = None,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"Number of attention heads must evenly divide embedding dimension, got {embed_dim=}, {num_heads=}."
+            )
+        if isinstance(pattern, str):
+            from maskir.spec import parse
+
+            pattern = parse(pattern)
+        if not isinstance(pattern, Pattern):
+            raise TypeError(f"pattern must be a maskir Pattern or spec text, got {type(pattern).__name__}.")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5 if qk_scale is None else float(qk_scale)
+        self.pattern = pattern
+        self.score_mod = score_mod
+        self.backend = backend
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def spatial_rank(self) -> int | None:
+        """The number of spatial dims the input must have (None: any)."""
+        return None
+
+    def attention_score_mod(self, spatial: tuple[int, ...]) -> Callable | None:
+        """The score_mod of a call on a ``spatial`` grid (subclasses add their biases here)."""
+        return self.score_mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = self.spatial_rank()
+        if x.dim() < 3 or (rank is not None and x.dim() != rank + 2):
+            expected = f"rank {rank + 2} ([B, {rank} spatial dims, C])" if rank else "[B, *spatial, C]"
+            raise ValueError(f"{type(self).__name__} expects a channels-last tensor of {expected}, got {x.dim()=}.")
+        batch, *spatial, channels = x.shape
+        if channels != self.embed_dim:
+            raise ValueError(f"Expected embedding dimension {self.embed_dim}, got {channels} ({x.shape=}).")
+        spatial = tuple(spatial)
+        q, k, v = self.qkv(x).reshape(batch, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        pad = TRITON_MIN_HEAD_DIM - self.head_dim if self.backend in ("auto", "triton") else 0
+        if pad > 0:
+            q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
+        out = attention(
+            q,
+            k,
+            v,
+            self.pattern,
+            spatial,
+            score_mod=self.attention_score_mod(spatial),
+            scale=self.scale,
+            backend=self.backend,
+        )
+        out = out[..., : self.head_dim] if pad > 0 else out
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, *spatial, channels)))
+
+    def extra_repr(self) -> str:
+        return f"pattern={self.pattern}, head_dim={self.head_dim}, num_heads={self.num_heads}, backend={self.backend!r}"

@@ -1,0 +1,209 @@
+"""maskir.distributed: sharding properties (one process) and context-parallel attention over gloo in 2 and
+4 processes, outputs and q/k/v gradients against the single-process float64 reference.
+
+Token counts are chosen not to divide by the world size nor by the tile (16 tokens here).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+
+from maskir import Canvas, Causal, Segments, patterns
+from maskir.distributed import shard
+from maskir.distributed.balance import imbalance, lpt
+from maskir.distributed.shard import needed_kv, tile_work
+from maskir.reference import reference_attention, reference_mask
+
+BLOCK = {"block_q": 16, "block_kv": 16}
+CASES = {
+    "causal": (Causal(), Canvas(75)),
+    "sliding_window_sinks": (patterns.streaming_llm(4, 24), Canvas(90)),
+    "documents": (patterns.document(causal=True), Canvas(84)),
+    "na2d": (patterns.natten(5), Canvas((9, 11))),
+    "na3d": (patterns.natten((3, 3, 5)), Canvas((3, 6, 7))),
+    "swin": (patterns.swin(4), Canvas((12, 10))),
+    "radial": (patterns.radial(4, 40, 16), Canvas((4, 40))),
+}
+DOCUMENT_STARTS = (0, 13, 40, 41, 70)
+"""Packed documents of uneven lengths for the ``documents`` case."""
+
+
+def _segments(n: int, batch: int) -> torch.Tensor:
+    ids = torch.zeros(n, dtype=torch.int32)
+    for start in DOCUMENT_STARTS[1:]:
+        ids[start:] += 1
+    return ids.expand(batch, -1).contiguous()
+
+
+def _bias_score_mod(score, b, h, q_idx, kv_idx):
+    """An ALiBi-style score_mod: the kernels must see original token indices for it to match."""
+    return score - 0.05 * (h + 1) * (q_idx - kv_idx).abs()
+
+
+# -- sharding, one process ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_every_token_is_held_by_exactly_one_rank(name, ranks):
+    pattern, canvas = CASES[name]
+    cp = shard(pattern, canvas, ranks, **BLOCK)
+    for indices in (cp.token_indices, cp.kv_token_indices):
+        held = torch.cat([indices(r) for r in range(ranks)])
+        assert held.dtype == torch.long
+        assert torch.equal(held.sort().values, torch.arange(canvas.size))
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "documents"])
+def test_rank_sub_plans_together_allow_exactly_the_pattern(name):
+    """Stacking each rank's sub-plan mask over its own rows gives the reference mask: no pair lost or added."""
+    pattern, canvas = CASES[name]
+    cp = shard(pattern, canvas, 3, **BLOCK)
+    stacked = np.zeros((canvas.size, canvas.size), dtype=bool)
+    for rank in range(3):
+        rows = cp.token_indices(rank).numpy()
+        stacked[rows] = cp.sub_plans[rank].to_mask()[rows]
+    assert np.array_equal(stacked, reference_mask(pattern, canvas))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fetched_rows_are_exactly_the_needed_rows_held_elsewhere(name):
+    pattern, canvas = CASES[name]
+    cp = shard(pattern, canvas, 4, **BLOCK)
+    needed = needed_kv(cp.plan, cp.q_owner, 4)
+    for rank in range(4):
+        fetched = np.concatenate(list(cp.received[rank]))
+        assert np.array_equal(np.sort(fetched), np.flatnonzero(needed[rank] & (cp.kv_owner != rank)))
+        for source, tokens in cp.received_tokens(rank).items():
+            assert (cp.kv_owner[tokens] == source).all()
+    assert cp.bytes_moved(16, torch.float32) <= cp.all_gather_bytes(16, torch.float32)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_balance_is_at_least_as_good_as_lpt(name):
+    pattern, canvas = CASES[name]
+    for ranks in (2, 4):
+        cp = shard(pattern, canvas, ranks, **BLOCK)
+        work = tile_work(cp.plan)
+        assert imbalance(work, _tile_owner(cp), ranks) <= max(1.05, imbalance(work, lpt(work, ranks), ranks)) + 1e-9
+
+
+def _tile_owner(cp) -> np.ndarray:
+    owner = np.empty(cp.plan.parts[0].n_q_tiles, dtype=np.int64)
+    for rank, tiles in enumerate(cp.rank_tiles):
+        owner[tiles] = rank
+    return owner
+
+
+def test_local_pattern_moves_a_fraction_of_an_all_gather():
+    cp = shard(patterns.sliding_window(128), Canvas(4096), 8)
+    assert cp.balance <= 1.05
+    assert cp.bytes_moved(128, torch.bfloat16) <= 0.25 * cp.all_gather_bytes(128, torch.bfloat16)
+    assert "rank 7" in cp.describe()
+
+
+def test_shard_rejects_bad_world_size_and_routing():
+    with pytest.raises(ValueError, match="world_size"):
+        shard(Causal(), Canvas(64), 0)
+    with pytest.raises(ValueError, match="Routing"):
+        shard(patterns.moba(16, 2), Canvas(64), 2)
+    with pytest.raises(ValueError, match="rank"):
+        shard(Causal(), Canvas(64), 2).token_indices(2)
+
+
+def test_compile_refuses_a_plan_of_another_pattern():
+    import maskir
+
+    cp = shard(Causal(), Canvas(64), 2, **BLOCK)
+    with pytest.raises(ValueError, match="plan was made for"):
+        maskir.compile(patterns.swin(4), Canvas(64), heads=1, head_dim=16, plan=cp.sub_plans[0], backend="reference")
+
+
+# -- attention over gloo -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inputs(name: str, heads: int, kv_heads: int):
+    """q, k, v, dout (float32, seeded by the case) and the segment ids of a case."""
+    pattern, canvas = CASES[name]
+    generator = torch.Generator().manual_seed(len(name))
+    q, dout = (torch.randn(2, heads, canvas.size, 16, generator=generator) for _ in range(2))
+    k, v = (torch.randn(2, kv_heads, canvas.size, 16, generator=generator) for _ in range(2))
+    segments = _segments(canvas.size, 2) if any(isinstance(node, Segments) for node in pattern.walk()) else None
+    return q, k, v, dout, segments
+
+
+def _expected(name: str, heads: int, kv_heads: int, score_mod) -> list[torch.Tensor]:
+    """Output and q/k/v gradients of the whole problem in one process, float64 dense reference."""
+    pattern, canvas = CASES[name]
+    q, k, v, dout, segments = _inputs(name, heads, kv_heads)
+    full = [t.double().requires_grad_() for t in (q, k, v)]
+    repeat = heads // kv_heads
+    out = reference_attention(
+        full[0], full[1].repeat_interleave(repeat, 1), full[2].repeat_interleave(repeat, 1), pattern, canvas,
+        score_mod=score_mod, segments=segments,
+    )  # fmt: skip
+    (out * dout.double()).sum().backward()
+    return [out.detach(), *(t.grad for t in full)]
+
+
+def _check_case(rank: int, world: int, check: tuple, expected: list[torch.Tensor], mesh) -> None:
+    from maskir.distributed import attention, gather, scatter
+
+    name, backend, heads, kv_heads, score_mod = check
+    pattern, canvas = CASES[name]
+    cp = shard(pattern, canvas, world, heads=heads, **BLOCK)
+    q, k, v, dout, segments = _inputs(name, heads, kv_heads)
+    local = [scatter(q, cp, rank), scatter(k, cp, rank, kv=True), scatter(v, cp, rank, kv=True)]
+    local = [t.requires_grad_() for t in local]
+    out = attention(*local, cp, group=mesh, mesh_dim="cp", segments=segments, score_mod=score_mod, backend=backend)
+    (out * scatter(dout, cp, rank)).sum().backward()
+    got = [gather(out, cp), *(gather(t.grad, cp, kv=i > 0) for i, t in enumerate(local))]
+    for what, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        error = (a.double() - b).abs().max().item()
+        assert error < 2e-5, (
+            f"{name} on {world} ranks ({backend}): {what} differs from the float64 reference by {error}"
+        )
+
+
+def _worker(rank: int, world: int, port: int, checks: list[tuple], expected: list[list[torch.Tensor]]) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))  # attention takes the mesh, gather the group
+    try:
+        for check, wanted in zip(checks, expected):
+            _check_case(rank, world, check, wanted, mesh)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world: int, checks: list[tuple]) -> None:
+    """Run ``checks`` (name, backend, heads, kv heads, score_mod) on ``world`` gloo processes."""
+    expected = [_expected(name, heads, kv_heads, score_mod) for name, _, heads, kv_heads, score_mod in checks]
+    mp.spawn(_worker, args=(world, _free_port(), checks, expected), nprocs=world, join=True)
+
+
+def test_two_ranks_match_the_float64_reference():
+    """Every pattern of CASES (reference backend, which runs dense on the rank's buffers), and the rank's
+    sub-plan through the generated Triton kernels (interpreter) with GQA and a score_mod."""
+    checks = [(name, "reference", 2, 2, None) for name in CASES]
+    checks += [("na2d", "triton", 2, 1, _bias_score_mod)]
+    _spawn(2, checks)
+
+
+def test_four_ranks_match_the_float64_reference():
+    _spawn(4, [(name, "reference", 1, 1, None) for name in CASES])
