@@ -12,7 +12,9 @@ inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +56,15 @@ def host_vector_lanes() -> int:
     return max(1, tvm.target.codegen.llvm_get_vector_width(tvm.target.Target(host_target())) // 32)
 
 
+def host_vector_registers() -> int:
+    """Vector registers of this CPU: 32 with AVX-512 and on AArch64 (NEON), else 16 (AVX2, SSE)."""
+    tvm = _import_tvm()
+    target = tvm.target.Target(host_target())
+    if tvm.target.codegen.target_has_features("avx512f", target) or "aarch64" in str(target.attrs.get("mtriple", "")):
+        return 32
+    return 16
+
+
 def use_threads(threads: int) -> None:
     """Run TVM's parallel loops on ``threads`` threads (TVM's default is half the logical CPUs on x86)."""
     tvm = _import_tvm()
@@ -69,6 +80,24 @@ def build(source: str, target: str = "llvm"):
     if target == "cuda":
         return tvm.compile(module, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
     return tvm.compile(module, target=tvm.target.Target(host_target()))
+
+
+def library_bytes(source: str) -> bytes:
+    """The shared library (bytes) of TVMScript ``source`` built for this CPU: what the cache stores."""
+    with tempfile.TemporaryDirectory(prefix="maskir-tvm-") as folder:
+        path = Path(folder) / "kernels.so"
+        build(source, "llvm").export_library(str(path))
+        return path.read_bytes()
+
+
+def load_library(data: bytes):
+    """Load verified library bytes: written to a private copy (a fresh 0700 folder) that is loaded and
+    removed, so the code that runs is exactly ``data``, whatever happens to the cache file meanwhile."""
+    tvm = _import_tvm()
+    with tempfile.TemporaryDirectory(prefix="maskir-tvm-") as folder:
+        path = Path(folder) / "kernels.so"
+        path.write_bytes(data)
+        return tvm.runtime.load_module(str(path))
 
 
 def cuda_source(generated: TvmSource) -> str:
@@ -87,16 +116,18 @@ class TvmAttention:
     ``forward(q, k, v, *, scale, tensors) -> (out, lse)`` and ``backward(q, k, v, out, lse, dout, *, scale,
     tensors) -> (dq, dk, dv)`` take q [B, H, N_q, D] and k, v [B, H_kv, N_kv, D]; ``tensors`` are the runtime
     tensors named by ``generated.tensor_names``, in that order. lse is fp32 [B, H, N_q], natural log.
+    ``library``: the module already built (``library_bytes`` of ``generated.source``, verified by the
+    caller), else it is built here. Calls run on ``torch.get_num_threads()`` threads.
     """
 
-    def __init__(self, plan: Plan, generated: TvmSource):
+    def __init__(self, plan: Plan, generated: TvmSource, library: bytes | None = None):
         if generated.target != "llvm":
             raise ValueError(f"TvmAttention runs llvm modules on CPU, got target={generated.target!r}.")
         self.plan, self.generated = plan, generated
         self.signature = KernelSignature(
             plan, plan.heads, generated.kv_heads, generated.head_dim, generated.tensor_names, generated.tensor_dims
         )
-        self.executable = build(generated.source, "llvm")
+        self.executable = build(generated.source, "llvm") if library is None else load_library(library)
         self._tables: list[PartTables] | None = None
         self._work: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
