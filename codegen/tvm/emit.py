@@ -36,7 +36,7 @@ from maskir.codegen.tvm.template import (
     PAIR_GRADIENT,
     WALK,
 )
-from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, tile_blocks
+from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, split_vector_loops, tile_blocks
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -227,7 +227,10 @@ def generate_tvm_source(
                 score_mod=lowered.score_mod,
                 score_grad=lowered.score_grad,
             )
-            functions += [fill(kernel, {**values, **blocks}) for kernel in (TILE_FORWARD, TILE_DQ, TILE_DKDV)]
+            functions += [
+                split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes)
+                for kernel in (TILE_FORWARD, TILE_DQ, TILE_DKDV)
+            ]
             continue
         walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
         functions += [

@@ -31,6 +31,9 @@ Placeholders (``string.Template``, blocks keep their indentation): the row kerne
 
 from __future__ import annotations
 
+import re
+from math import gcd
+
 from maskir.codegen.common.expr import Expr
 from maskir.codegen.tvm.render import render_tvm_row
 
@@ -42,6 +45,38 @@ NEG_INF = 'T.float32("-inf")'
 
 def _indent(text: str, spaces: int) -> str:
     return "\n".join(" " * spaces + line if line else line for line in text.splitlines())
+
+
+_VECTOR_LOOP = re.compile(r"^(?P<indent> *)for (?P<var>\w+) in T\.vectorized\((?P<extent>\d+)\):$")
+
+
+def split_vector_loops(text: str, lanes: int, unroll_limit: int = 8) -> str:
+    """Every ``for x in T.vectorized(n)`` of ``text`` as ``for x0 in T.unroll(n / w): for x1 in
+    T.vectorized(w)`` (x -> ``x0 * w + x1`` in its body) with w = gcd(n, lanes), the target's vector
+    width: LLVM then sees vectors it has registers for (a <128 x float> loop body takes it minutes to
+    compile). Chunk loops longer than ``unroll_limit`` stay serial; widths under 4 are left whole."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _VECTOR_LOOP.match(lines[i])
+        width = gcd(int(match["extent"]), lanes) if match else 0
+        if match is None or width < 4 or width == int(match["extent"]):
+            out.append(lines[i])
+            i += 1
+            continue
+        indent, var, chunks = match["indent"], match["var"], int(match["extent"]) // width
+        body_end = i + 1
+        while body_end < len(lines) and (lines[body_end].startswith(indent + " ") or not lines[body_end].strip()):
+            body_end += 1
+        loop = "T.unroll" if chunks <= unroll_limit else "T.serial"
+        out += [f"{indent}for {var}0 in {loop}({chunks}):", f"{indent}    for {var}1 in T.vectorized({width}):"]
+        lane = f"({var}0 * {width} + {var}1)"
+        out += [
+            "    " + re.sub(rf"\b{var}\b", lane, line) if line.strip() else line for line in lines[i + 1 : body_end]
+        ]
+        i = body_end
+    return "\n".join(out)
 
 
 def _lanes(cols: int, *statements: str) -> str:
