@@ -193,12 +193,12 @@ def test_source_is_tvmscript_with_the_lowered_predicate_per_part():
 
 
 def test_only_partial_tile_pairs_evaluate_the_predicate_a_row_at_a_time():
-    """The predicate's row buffers (pa0, pa1, ...) are written only under ``if e >= full_end`` (PARTIAL
-    entries follow the FULL ones in each list), in vectorised loops over a tile row."""
+    """The predicate (over a row's lane tokens ``QTOK[lane]`` / ``KVTOK[lane]``) masks scores only under
+    ``if e >= full_end`` (PARTIAL entries follow the FULL ones in each list), in vectorised loops."""
     planned = plan(Window(20, 5), Canvas(256), heads=2, block_q=32, block_kv=32)
     source = generate_tvm_source(planned, head_dim=16, dtype=torch.float32, vector_lanes=8).source
     lines = source.splitlines()
-    writes = [i for i, line in enumerate(lines) if line.strip().startswith("pa0[")]
+    writes = [i for i, line in enumerate(lines) if line.strip().startswith("S[r, ") and "TOK[(c0 * 8 + c1)]" in line]
     assert len(writes) == 3  # forward, dQ, dK/dV
     for i in writes:
         depth = len(lines[i]) - len(lines[i].lstrip())
