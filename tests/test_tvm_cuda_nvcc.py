@@ -1,6 +1,6 @@
 """The TVM CUDA flavour compiles with nvcc for sm_90 (no GPU needed): registers and spills per kernel.
 
-``python tests/test_tvm_cuda_nvcc.py [entry ...]`` prints the table for the benchmark suite's configurations
+``PYTHONPATH=. python tests/test_tvm_cuda_nvcc.py [entry ...]`` prints the table for the benchmark suite's configurations
 (bf16, head dim 128, 16 heads, the full sizes); the test compiles two of them when nvcc is installed.
 """
 
