@@ -18,11 +18,20 @@ the static plan is built once) against create_block_mask over the same mask (``t
 flex user rebuilds for each new batch of documents or routing choice. Eager create_block_mask is skipped
 for the per-head routing mask (16 x N x N pairs at once).
 
+mask_mods (``Predicate``): "swa_causal_lambda" is the causal SWA above written as a flex-style lambda,
+``maskir.plan(Predicate(lambda b, h, q, kv: (q - kv < 1024) & (kv <= q)))``, which the planner rewrites to
+``Window(1023, 0)`` (16K and 1M tokens; its ratio to the Window row is reported); "causal_documents_product"
+is a mask no rule covers, ``(kv <= q) & (doc[q] == doc[kv]) & ((q * kv) % 7 != 0)`` with 1000-token
+documents, planned from counts over the chunks of the causal superset (16K tokens). For both, maskir's
+``plan_ms`` is the median of repeated plans of the same Predicate after a first call (``first_call_ms``,
+which compiles the counting chunk for the second), against create_block_mask on the same mask_mod.
+
 Appends one JSON object per row to ``benchmarks/results/plan_speed_cpu.jsonl`` and prints a table.
 
     python benchmarks/plan_speed.py                    # all rows; create_block_mask at 64K takes minutes
     python benchmarks/plan_speed.py --skip-flex-64k    # the quick version
     python benchmarks/plan_speed.py --skip-per-call    # causal SWA only
+    python benchmarks/plan_speed.py --only-mask-mods   # the mask_mod rows only
 """
 
 from __future__ import annotations
@@ -75,12 +84,31 @@ print(statistics.median(steady) * 1e3, (peak - before) / 1024, times[0] * 1e3)
 """
 
 
+MASK_MODS = ("swa_causal_lambda", "causal_documents_product")
+DOCUMENTS = None
+
+
+def mask_mod(name: str) -> Callable:
+    """The flex-style mask_mod of a ``MASK_MODS`` row (documents of 1000 tokens, up to 4M tokens)."""
+    global DOCUMENTS
+    if name == "swa_causal_lambda":
+        return lambda b, h, q, kv: (q - kv < WINDOW) & (kv <= q)
+    import torch
+
+    if DOCUMENTS is None:
+        DOCUMENTS = torch.arange(1 << 22) // 1000
+    documents = DOCUMENTS
+    return lambda b, h, q, kv: (kv <= q) & (documents[q] == documents[kv]) & ((q * kv) % 7 != 0)
+
+
 def flex_mask(pattern: str) -> tuple[Callable, int | None, int | None]:
     """(mask_mod, B, H) of create_block_mask for ``pattern``: causal SWA (``PATTERN``) written out by hand,
     else a ``PER_CALL`` catalogue entry through ``to_mask_mod`` with the suite's run-time data (B / H only
     where the mask reads them)."""
     if pattern == PATTERN:
         return (lambda b, h, q, kv: (kv <= q) & (q - kv < WINDOW)), None, None
+    if pattern in MASK_MODS:
+        return mask_mod(pattern), None, None
     import torch
 
     from benchmarks import catalogue, suite
@@ -89,8 +117,8 @@ def flex_mask(pattern: str) -> tuple[Callable, int | None, int | None]:
     entry = catalogue.case(pattern)
     inputs = suite.make_inputs(entry, torch.device("cpu"))
     by_batch, by_head = suite.mask_depends_on(entry)
-    mask_mod = to_mask_mod(entry.pattern, entry.canvas, tensors=inputs.flex_tensors)
-    return mask_mod, catalogue.BATCH if by_batch else None, catalogue.HEADS if by_head else None
+    suite_mask_mod = to_mask_mod(entry.pattern, entry.canvas, tensors=inputs.flex_tensors)
+    return suite_mask_mod, catalogue.BATCH if by_batch else None, catalogue.HEADS if by_head else None
 
 
 def _environment() -> dict:
@@ -151,6 +179,27 @@ def time_maskir(n: int, repeats: int, block: int | None) -> dict:
     }
 
 
+def time_mask_mod(name: str, n: int, repeats: int) -> dict:
+    """maskir.plan of the Predicate of ``name`` (128 x 128 blocks): the first call apart, then the median."""
+    from maskir.ir import Predicate
+
+    predicate = Predicate(mask_mod(name))
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        result = plan(predicate, n, block_q=128, block_kv=128)
+        times.append(time.perf_counter() - start)
+    return {
+        "plan_ms": statistics.median(times[1:]) * 1e3,
+        "first_call_ms": times[0] * 1e3,
+        "planned_as": str(result.pattern),
+        "blocks": f"{result.block_q}x{result.block_kv}",
+        "layout": result.layout.name,
+        "tiles": result.tile_counts.tiles,
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
 def time_per_call(name: str, repeats: int) -> dict:
     """Median time of maskir's per-call planning of suite entry ``name`` on CPU: the run-time tensors and
     tile gates of both directions (``CompiledAttention.tile_gates``), what every call does before its
@@ -204,6 +253,29 @@ def time_create_block_mask(pattern: str, n: int, repeats: int, compiled: bool) -
     return {**row, "plan_ms": ms, "peak_mib": mib, **({"first_call_ms": first} if compiled else {})}
 
 
+def mask_mod_rows(rows: list, args, against_flex: Callable) -> None:
+    """The MASK_MODS rows: the lambda SWA against Window(1023, 0) (16K, 1M) and create_block_mask (16K);
+    the documents x product mask against create_block_mask (16K)."""
+    repeats = min(args.repeats, 5)
+    for n in (16384, 1 << 20):
+        window = time_maskir(n, args.repeats, 128)
+        row = {
+            "pattern": "swa_causal_lambda",
+            "impl": "maskir-mask_mod",
+            "N": n,
+            **time_mask_mod("swa_causal_lambda", n, args.repeats),
+        }
+        row["window_plan_ms"] = window["plan_ms"]
+        row["ratio_to_window"] = row["plan_ms"] / window["plan_ms"]
+        if n == 16384:
+            against_flex(row, row["plan_ms"])
+        else:
+            rows.append(row)
+    row = {"pattern": "causal_documents_product", "impl": "maskir-mask_mod", "N": 16384}
+    row |= time_mask_mod("causal_documents_product", 16384, repeats)
+    against_flex(row, row["plan_ms"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=21, help="maskir runs per size (median)")
@@ -211,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-flex-64k", action="store_true", help="skip create_block_mask at 64K (minutes, or OOM)")
     parser.add_argument(
         "--skip-per-call", action="store_true", help=f"skip the per-call planning rows ({', '.join(PER_CALL)})"
+    )
+    parser.add_argument(
+        "--only-mask-mods", action="store_true", help=f"only the mask_mod rows ({', '.join(MASK_MODS)})"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON lines file to append to")
     args = parser.parse_args(argv)
@@ -231,16 +306,17 @@ def main(argv: list[str] | None = None) -> None:
                 maskir_row[f"speedup_vs_{impl}"] = flex_row["plan_ms"] / maskir_ms
             rows.append(flex_row)
 
-    for n in (16384, 65536):
+    mask_mod_rows(rows, args, against_flex)
+    for n in () if args.only_mask_mods else (16384, 65536):
         maskir_row = {"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)}
         if n == 65536 and args.skip_flex_64k:
             rows.append(maskir_row)
         else:
             against_flex(maskir_row, maskir_row["tables_ms"])
-    for n in (1 << 20, 1 << 22):
+    for n in () if args.only_mask_mods else (1 << 20, 1 << 22):
         rows.append({"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)})
         rows.append({"pattern": PATTERN, "impl": "maskir-auto", "N": n, **time_maskir(n, args.repeats, None)})
-    if not args.skip_per_call:
+    if not (args.skip_per_call or args.only_mask_mods):
         from benchmarks import catalogue, suite
 
         for name in PER_CALL:

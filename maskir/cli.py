@@ -299,6 +299,40 @@ def cmd_source(args: argparse.Namespace) -> None:
         raise ValueError(str(err)) from None
 
 
+@command(
+    "cp",
+    SPEC,
+    CANVAS,
+    argument("--ranks", type=int, nargs="+", default=[8, 64], help="context-parallel world sizes (default 8 64)"),
+    argument("--hw", default="h100", help="hardware and links: h100, h200, a100, b200 (NVLink + InfiniBand)"),
+    argument("--heads", type=int, default=16, help="heads (default 16)"),
+    argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
+    argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type (default bf16)"),
+    argument("--documents", type=int, default=0, help="for Segments(): pack this many equal documents"),
+)
+def cmd_cp(args: argparse.Namespace) -> None:
+    """Context parallelism: maskir's sharding beside torch's HeadTail and PTRR balancers and a ring
+    all-gather of K/V (imbalance, bytes per forward, the simulator's per-rank step time)."""
+    from maskir.distributed.compare import CpComparison, compare
+
+    pattern, canvas, kv_canvas = load_pattern(args.spec, args.canvas, None)
+    segments = None
+    if args.documents:
+        import torch
+
+        if args.documents < 1 or canvas.size % args.documents:
+            raise ValueError(f"--documents must divide the {canvas.size} tokens, got {args.documents}.")
+        segments = (torch.arange(canvas.size, dtype=torch.int32) // (canvas.size // args.documents))[None]
+    print(CpComparison.HEADER)
+    print(CpComparison.RULE)
+    for ranks in args.ranks:
+        row = compare(
+            pattern, canvas, ranks, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, hardware=args.hw,
+            segments=segments,
+        )  # fmt: skip
+        print(row.row())
+
+
 @command("cache", argument("action", choices=("ls", "clear", "info"), help="list, delete or summarise entries"))
 def cmd_cache(args: argparse.Namespace) -> None:
     """List, clear or summarise the kernel cache ($MASKIR_CACHE_DIR, default ~/.cache/maskir).

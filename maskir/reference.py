@@ -337,5 +337,22 @@ def reference_attention(
     lse = torch.logsumexp(scores, dim=-1)
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     probs = torch.exp(scores - safe_lse[..., None])
-    out = probs @ v64
+    out = _attend(probs, v64, allowed)
     return (out, lse) if return_lse else out
+
+
+def _attend(probs: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """probs @ v where a non-finite v row reaches only the rows allowed to attend to it.
+
+    A dense product would multiply it by the 0 of every other row (0 * NaN = NaN, 0 * inf = NaN) and
+    spread it everywhere. So rows of v holding NaN/inf are left out of the product and added back only on
+    allowed (q, kv) pairs, through a where on v (not on the product) so that gradients stay finite too.
+    """
+    bad = ~torch.isfinite(v).all(-1)  # [B, H, N_kv]
+    out = probs @ torch.where(bad[..., None], 0.0, v)
+    if bool(bad.any()):
+        b, h, j = bad.nonzero(as_tuple=True)
+        reach = allowed[b, h, :, j][..., None]  # [M, N_q, 1]: rows allowed to attend to kv row j
+        values = torch.where(reach, v[b, h, j][:, None, :], 0.0)  # [M, N_q, D]
+        out = out.index_put((b, h), probs[b, h, :, j][..., None] * values, accumulate=True)
+    return out

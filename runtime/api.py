@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -16,6 +17,10 @@ from maskir.runtime.compiled import CompiledAttention
 MEMO_SIZE = 64
 """How many configurations ``maskir.attention`` keeps compiled (least recently used ones go first)."""
 _COMPILED: OrderedDict[tuple, CompiledAttention] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+"""Guards ``_COMPILED`` and ``_BUILDING`` (maskir.attention may be called from several threads)."""
+_BUILDING: dict[tuple, threading.Lock] = {}
+"""One lock per configuration being built: a configuration asked for by two threads is built once."""
 _TRACED: dict[str, tuple[CompiledAttention, dict[str, torch.Tensor] | None]] = {}
 """Builds made while torch.compile traced ``maskir.attention`` and the tensors their score_mod read then,
 by op handle: the compiled graphs call them (never evicted: a graph keeps only the handle)."""
@@ -83,7 +88,8 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     captured now: in-place updates (an optimizer step) are seen by later calls, a rebound name needs a new
     compile. Floating ones that require grad get gradients (``maskir.score_mods`` has bias tables, ALiBi
     slopes, T5 buckets); then the score_mod is traced again on each call, so a tensor it derives from a
-    trained one (``log_slopes.exp()``) is rebuilt each step.
+    trained one (``log_slopes.exp()``) is rebuilt each step (not inside ``torch.compile``, whose graph reads
+    the tensors captured here: let the score_mod read the parameter itself there).
     ``plan``: a prebuilt plan of ``pattern`` on these canvases and heads to run instead of planning (e.g. a
     context-parallel rank's sub-plan from ``maskir.distributed``); block_q, block_kv and layout are then unused.
     """
@@ -183,24 +189,37 @@ def _memoised(
     structure, captures = _traced_score_mod(score_mod, backend)
     function = score_mod if backend == "reference" else None
     key = (pattern, canvas, kv_canvas, heads, kv_heads, head_dim, dtype, device.type, function, backend, structure)
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = compile(
-            pattern,
-            canvas,
-            heads=heads,
-            head_dim=head_dim,
-            dtype=dtype,
-            device=device,
-            kv_canvas=kv_canvas,
-            kv_heads=kv_heads,
-            score_mod=score_mod,
-            backend=backend,
-        )
-    _COMPILED[key] = compiled
-    _COMPILED.move_to_end(key)
-    while len(_COMPILED) > MEMO_SIZE:
-        _COMPILED.popitem(last=False)
+    with _MEMO_LOCK:
+        compiled = _COMPILED.get(key)
+        building = _BUILDING.setdefault(key, threading.Lock()) if compiled is None else None
+    if building is not None:
+        with building:  # threads asking for one configuration at once: the first builds, the others wait
+            with _MEMO_LOCK:
+                compiled = _COMPILED.get(key)
+            try:
+                if compiled is None:
+                    compiled = compile(
+                        pattern,
+                        canvas,
+                        heads=heads,
+                        head_dim=head_dim,
+                        dtype=dtype,
+                        device=device,
+                        kv_canvas=kv_canvas,
+                        kv_heads=kv_heads,
+                        score_mod=score_mod,
+                        backend=backend,
+                    )
+                with _MEMO_LOCK:
+                    _COMPILED[key] = compiled
+            finally:
+                with _MEMO_LOCK:
+                    _BUILDING.pop(key, None)
+    with _MEMO_LOCK:
+        _COMPILED[key] = compiled
+        _COMPILED.move_to_end(key)
+        while len(_COMPILED) > MEMO_SIZE:
+            _COMPILED.popitem(last=False)
     return compiled, captures
 
 

@@ -128,23 +128,38 @@ def check_segments(
             raise ValueError(f"segments ({side}) must have shape [B={batch}, N={n}], got {tuple(ids.shape)}.")
         if ids.device != device:
             raise ValueError(f"segments must be on {device} like q, got {ids.device}.")
-    q_ids, kv_ids = pair
-    if q_ids.dtype in NARROW_INTS and kv_ids.dtype in NARROW_INTS:
-        return q_ids.to(torch.int32).contiguous(), kv_ids.to(torch.int32).contiguous()
-    ranges = [integer_range(ids) for ids in (q_ids, kv_ids)]
+    q_ids, kv_ids = int32_ids(*pair)
+    return q_ids, kv_ids
+
+
+def int32_ids(*ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Integer id tensors as contiguous int32 tensors that are equal exactly where the inputs are (and in
+    the same order): cast when every id fits int32, else renumbered by rank over all of them together.
+    int8/uint8/int16/int32 need no check; wider dtypes read their range once (one synchronisation);
+    inside torch.compile the int32 range is a run-time assertion instead of a renumbering."""
+    if all(t.dtype in NARROW_INTS for t in ids):
+        return tuple(t.to(torch.int32).contiguous() for t in ids)
+    ranges = [integer_range(t) for t in ids if t.numel()]
     if torch.compiler.is_compiling():  # a graph cannot branch on data: assert the int32 range at run time
         for low, high in ranges:
             torch._check(low >= INT32.min, lambda: "segment ids must fit int32 under torch.compile")
             torch._check(high <= INT32.max, lambda: "segment ids must fit int32 under torch.compile")
-        return q_ids.to(torch.int32).contiguous(), kv_ids.to(torch.int32).contiguous()
+        return tuple(t.to(torch.int32).contiguous() for t in ids)
     if all(INT32.min <= low and high <= INT32.max for low, high in ranges):
-        return q_ids.to(torch.int32).contiguous(), kv_ids.to(torch.int32).contiguous()
-    if torch.uint64 in (q_ids.dtype, kv_ids.dtype) and q_ids.dtype != kv_ids.dtype:
+        return tuple(t.to(torch.int32).contiguous() for t in ids)
+    dtypes = {t.dtype for t in ids}
+    if torch.uint64 in dtypes and len(dtypes) > 1:
         raise TypeError(
-            f"segments: q ids are {q_ids.dtype} and kv ids {kv_ids.dtype}; uint64 ids compare exactly only with "
-            "uint64 ids: give both sides the same dtype."
+            f"segments: ids of dtypes {sorted(map(str, dtypes))}; uint64 ids compare exactly only with uint64 ids: "
+            "give every side the same dtype."
         )
-    common = torch.promote_types(q_ids.dtype, kv_ids.dtype)
-    both = torch.cat([q_ids.to(common).flatten(), kv_ids.to(common).flatten()])
-    ranks = torch.unique(both, sorted=True, return_inverse=True)[1].to(torch.int32)
-    return ranks[: q_ids.numel()].view(batch, n_q).contiguous(), ranks[q_ids.numel() :].view(batch, n_kv).contiguous()
+    common = ids[0].dtype
+    for t in ids[1:]:
+        common = torch.promote_types(common, t.dtype)
+    ranks = torch.unique(torch.cat([t.to(common).flatten() for t in ids]), sorted=True, return_inverse=True)[1]
+    ranks = ranks.to(torch.int32)
+    out, start = [], 0
+    for t in ids:
+        out.append(ranks[start : start + t.numel()].view(t.shape).contiguous())
+        start += t.numel()
+    return tuple(out)

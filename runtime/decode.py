@@ -17,6 +17,7 @@ generation loop never re-plans (``maskir.planner.decode``). Kernels: ``codegen.t
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ import torch
 from maskir.ir import Pattern, Segments
 from maskir.planner.decode import check_decodable, decode_plan, kv_bucket, prefers_decode
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, source_digest
-from maskir.runtime.checks import DTYPES
+from maskir.runtime.checks import DTYPES, int32_ids, is_integer_tensor
 
 CPU_SMS = 4
 """SMs assumed for splitting on CPU (the interpreter runs programs one after another)."""
@@ -93,14 +94,14 @@ class DecodeAttention:
 
     def plan(self, positions: int):
         """The decode plan of the bucket that holds ``positions`` absolute positions (built once)."""
-        bucket = kv_bucket(positions)
+        bucket = kv_bucket(self.pattern, positions)
         if bucket not in self._plans:
             self._plans[bucket] = decode_plan(self.pattern, bucket, self.heads)
         return self._plans[bucket]
 
     def kernels(self, n_q: int, positions: int):
         """The ``TritonDecode`` for ``n_q`` queries per head in the bucket of ``positions`` (built once)."""
-        bucket = kv_bucket(positions)
+        bucket = kv_bucket(self.pattern, positions)
         if (n_q, bucket) not in self._kernels:
             self._kernels[n_q, bucket] = self._build(n_q, self.plan(positions))
         return self._kernels[n_q, bucket]
@@ -146,7 +147,7 @@ class DecodeAttention:
     def source(self, n_q: int, positions: int) -> str:
         """The generated decode module for ``n_q`` queries in the bucket of ``positions`` positions."""
         self.kernels(n_q, positions)
-        return self._sources[n_q, kv_bucket(positions)]
+        return self._sources[n_q, kv_bucket(self.pattern, positions)]
 
     # -- a call ------------------------------------------------------------------------------------
 
@@ -294,8 +295,7 @@ class DecodeAttention:
                     "(the document of every absolute position)."
                 )
             if (
-                not isinstance(segments, torch.Tensor)
-                or segments.dtype.is_floating_point
+                not is_integer_tensor(segments)
                 or segments.dim() != 2
                 or segments.shape[0] != batch
                 or segments.shape[1] < positions
@@ -304,7 +304,7 @@ class DecodeAttention:
                     f"segments must be an int tensor [B={batch}, >= {positions}] (one id per absolute position), got "
                     f"{getattr(segments, 'shape', type(segments))}."
                 )
-            ids = segments.to(device=device, dtype=torch.int32).contiguous()
+            (ids,) = int32_ids(segments.to(device=device))  # exact: wide ids are renumbered, never cast
             named["segments_q"] = named["segments_kv"] = ids
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
@@ -433,10 +433,11 @@ def decode(
             device=q.device,
             score_mod=score_mod,
         )
-    _MEMO[key] = attention
+    _MEMO[key] = attention  # (re)inserted last: the most recently used
     _MEMO.move_to_end(key)
     while len(_MEMO) > MEMO_SIZE:
-        _MEMO.popitem(last=False)
+        with contextlib.suppress(KeyError):  # another thread may have emptied it meanwhile
+            _MEMO.popitem(last=False)
     return attention(
         q,
         k_cache,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import maskir
-from maskir import Canvas, Causal, Full, PerHead, Routing, Segments, Sink, SlidingWindow, Window
+from maskir import Canvas, Causal, Full, Global, PerHead, Routing, Segments, Sink, SlidingWindow, Window
 from maskir.reference import evaluate_pairs
 from tests.kernel_cases import alibi, softcap
 
@@ -264,3 +264,39 @@ def test_decode_lists_are_the_plan_rows_cut_to_the_valid_tiles(pattern):
             kept = (row >= first[r]) & (row < stop[r])
             assert index[bounds[r] : bounds[r + 1]].tolist() == row[kept].tolist()
             assert full[r] == kept[: table.kv_full[t]].sum()
+
+
+def test_a_slot_without_queries_walks_no_tiles():
+    """Batch 0's 3 queries (286..288) span two q tiles, so the call has two slots; batch 1's (297..299) lie in
+    one, and its second slot's list is empty (no K/V read for rows that are all masked)."""
+    from maskir.planner.decode import decode_grid, decode_plan
+
+    planned = decode_plan(Causal(), 512, 2)
+    grid, lists, _ = decode_grid(planned, 2, 3, np.array([286, 297]), np.array([289, 300]), sms=4)
+    assert grid.slots == 2 and grid.row_blocks == 1
+    assert lists.count.reshape(2, 2).tolist() == [[5, 5], [5, 0]]  # (batch, slot): kv tiles 0..4
+
+
+def test_a_window_wider_than_the_cache_decodes_on_a_bucket_that_holds_the_window():
+    """Early in generation a 4096-wide window is wider than the 100-position cache: the plan's canvas is the
+    smallest power of two the pattern is defined on (4096), and the result is the full-attention one."""
+    from maskir.planner.decode import kv_bucket, pattern_extent
+
+    pattern = (Window(4095, 0) & Causal()) | Sink(4)
+    assert pattern_extent(pattern) == 4096 and kv_bucket(pattern, 100) == 4096
+    assert kv_bucket(Causal() | Global((3, 9000)), 100) == 16384
+    q, k, v = tensors(1, 2, 1, 2, 100)
+    got = maskir.decode(q, k, v, pattern, kv_lens=[100], return_lse=True)
+    check_close(got, reference_decode(q, k, v, Causal(), [100], [98]), torch.float32)
+
+
+def test_paged_generation_example_matches_float64():
+    """examples/decode_paged.py: token-by-token decoding over a shuffled page pool equals float64 attention."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "decode_paged.py"
+    spec = importlib.util.spec_from_file_location("decode_paged", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(steps=2) <= TOL[torch.float32]

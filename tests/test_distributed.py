@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +19,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
-from maskir import Canvas, Causal, Segments, patterns
+from maskir import Canvas, Causal, Segments, Window, patterns
 from maskir.distributed import shard
 from maskir.distributed.balance import imbalance, lpt
-from maskir.distributed.shard import needed_kv, tile_work
+from maskir.distributed.compare import torch_balances
+from maskir.distributed.shard import tile_work
+from maskir.planner import plan
 from maskir.reference import reference_attention, reference_mask
 
 BLOCK = {"block_q": 16, "block_kv": 16}
@@ -32,6 +37,12 @@ CASES = {
     "swin": (patterns.swin(4), Canvas((12, 10))),
     "radial": (patterns.radial(4, 40, 16), Canvas((4, 40))),
 }
+MORE_CASES = {
+    "cross_window": (Window(8, 8), Canvas(50), Canvas(70)),
+    "fewer_tiles_than_ranks": (Causal(), Canvas(40), None),
+}
+"""(pattern, q canvas, kv canvas or None): cross-attention on canvases of different sizes, and 3 q tiles for
+4 ranks (one rank holds no tokens but still sends and receives)."""
 DOCUMENT_STARTS = (0, 13, 40, 41, 70)
 """Packed documents of uneven lengths for the ``documents`` case."""
 
@@ -74,17 +85,34 @@ def test_rank_sub_plans_together_allow_exactly_the_pattern(name):
     assert np.array_equal(stacked, reference_mask(pattern, canvas))
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_fetched_rows_are_exactly_the_needed_rows_held_elsewhere(name):
+def test_cross_attention_places_each_kv_token_once_and_keeps_every_pair():
+    pattern, canvas, kv_canvas = MORE_CASES["cross_window"]
+    cp = shard(pattern, canvas, 3, kv_canvas=kv_canvas, **BLOCK)
+    held = torch.cat([cp.kv_token_indices(r) for r in range(3)])
+    assert torch.equal(held.sort().values, torch.arange(kv_canvas.size))
+    stacked = np.zeros((canvas.size, kv_canvas.size), dtype=bool)
+    for rank in range(3):
+        rows = cp.token_indices(rank).numpy()
+        stacked[rows] = cp.sub_plans[rank].to_mask()[rows]
+    assert np.array_equal(stacked, reference_mask(pattern, canvas, kv_canvas))
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "documents"])
+def test_each_rank_fetches_every_allowed_kv_row_it_does_not_hold_from_its_owner(name):
+    """Own rows plus fetched rows cover every key the rank's queries may attend (reference mask); fetched
+    rows come from their owners, only from other ranks, and add up to bytes_moved <= a ring all-gather."""
     pattern, canvas = CASES[name]
     cp = shard(pattern, canvas, 4, **BLOCK)
-    needed = needed_kv(cp.plan, cp.q_owner, 4)
+    mask = reference_mask(pattern, canvas)
     for rank in range(4):
         fetched = np.concatenate(list(cp.received[rank]))
-        assert np.array_equal(np.sort(fetched), np.flatnonzero(needed[rank] & (cp.kv_owner != rank)))
+        attended = np.flatnonzero(mask[cp.token_indices(rank).numpy()].any(axis=0))
+        assert set(attended) <= set(fetched) | set(cp.kv_token_indices(rank).tolist())
+        assert (cp.kv_owner[fetched] != rank).all() and np.unique(fetched).size == fetched.size
         for source, tokens in cp.received_tokens(rank).items():
             assert (cp.kv_owner[tokens] == source).all()
-    assert cp.bytes_moved(16, torch.float32) <= cp.all_gather_bytes(16, torch.float32)
+    total = sum(cp.bytes_received(r, 16, torch.float32) for r in range(4))
+    assert total == cp.bytes_moved(16, torch.float32) <= cp.all_gather_bytes(16, torch.float32)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -110,6 +138,21 @@ def test_local_pattern_moves_a_fraction_of_an_all_gather():
     assert "rank 7" in cp.describe()
 
 
+def test_segments_given_to_shard_keep_every_allowed_pair_and_fetch_less():
+    """With the ids, a packed-documents pattern keeps every pair its documents allow (the rank sub-plans
+    stacked equal the reference mask) and fetches less than its static superset (causal)."""
+    pattern, canvas = CASES["documents"]
+    ids = _segments(canvas.size, 1)
+    static, opened = shard(pattern, canvas, 3, **BLOCK), shard(pattern, canvas, 3, segments=ids, **BLOCK)
+    assert opened.bytes_moved(16, torch.float32) < static.bytes_moved(16, torch.float32)
+    stacked = np.zeros((canvas.size, canvas.size), dtype=bool)
+    data = (ids.numpy(), ids.numpy())
+    for rank in range(3):
+        rows = opened.token_indices(rank).numpy()
+        stacked[rows] = opened.sub_plans[rank].to_mask(segments=data)[rows]
+    assert np.array_equal(stacked, reference_mask(pattern, canvas, segments=data))
+
+
 def test_shard_rejects_bad_world_size_and_routing():
     with pytest.raises(ValueError, match="world_size"):
         shard(Causal(), Canvas(64), 0)
@@ -127,6 +170,29 @@ def test_compile_refuses_a_plan_of_another_pattern():
         maskir.compile(patterns.swin(4), Canvas(64), heads=1, head_dim=16, plan=cp.sub_plans[0], backend="reference")
 
 
+# -- maskir cp: beside torch's balancers and a ring all-gather ---------------------------------------
+
+
+def test_torch_balancers_split_causal_evenly_and_refuse_sizes_they_cannot_split():
+    """HeadTail pairs 128-block chunks 0+3 and 1+2 of a causal 1024: 1+2+7+8 = 3+4+5+6 blocks each."""
+    token_plan = plan(Causal(), Canvas(1024), layout="identity", block_q=128, block_kv=128)
+    assert torch_balances(token_plan, 2) == (pytest.approx(1.0), pytest.approx(1.0))
+    ragged = plan(Causal(), Canvas(1000), layout="identity", block_q=128, block_kv=128)
+    assert torch_balances(ragged, 8) == (None, None)
+
+
+def test_cp_command_prints_maskir_beside_torch_and_the_ring(capsys):
+    from maskir.cli import main
+
+    assert main(["cp", "Window(255, 0) & Causal()", "--canvas", "2048", "--ranks", "2", "8"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [int(row[2]) for row in rows] == [2, 8]
+    for row in rows:
+        maskir_balance, head_tail, ptrr = float(row[3].split()[0]), float(row[4]), float(row[5])
+        assert maskir_balance <= ptrr <= head_tail
+        assert float(row[8].strip(" %")) <= 100 and float(row[9]) > 0 and float(row[10]) > 0
+
+
 # -- attention over gloo -----------------------------------------------------------------------------
 
 
@@ -136,25 +202,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _case(name: str) -> tuple:
+    """(pattern, q canvas, kv canvas or None for self-attention) of a case."""
+    return (*CASES[name], None) if name in CASES else MORE_CASES[name]
+
+
 def _inputs(name: str, heads: int, kv_heads: int):
     """q, k, v, dout (float32, seeded by the case) and the segment ids of a case."""
-    pattern, canvas = CASES[name]
+    pattern, canvas, kv_canvas = _case(name)
     generator = torch.Generator().manual_seed(len(name))
     q, dout = (torch.randn(2, heads, canvas.size, 16, generator=generator) for _ in range(2))
-    k, v = (torch.randn(2, kv_heads, canvas.size, 16, generator=generator) for _ in range(2))
+    k, v = (torch.randn(2, kv_heads, (kv_canvas or canvas).size, 16, generator=generator) for _ in range(2))
     segments = _segments(canvas.size, 2) if any(isinstance(node, Segments) for node in pattern.walk()) else None
     return q, k, v, dout, segments
 
 
 def _expected(name: str, heads: int, kv_heads: int, score_mod) -> list[torch.Tensor]:
     """Output and q/k/v gradients of the whole problem in one process, float64 dense reference."""
-    pattern, canvas = CASES[name]
+    pattern, canvas, kv_canvas = _case(name)
     q, k, v, dout, segments = _inputs(name, heads, kv_heads)
     full = [t.double().requires_grad_() for t in (q, k, v)]
     repeat = heads // kv_heads
     out = reference_attention(
         full[0], full[1].repeat_interleave(repeat, 1), full[2].repeat_interleave(repeat, 1), pattern, canvas,
-        score_mod=score_mod, segments=segments,
+        kv_canvas=kv_canvas, score_mod=score_mod, segments=segments,
     )  # fmt: skip
     (out * dout.double()).sum().backward()
     return [out.detach(), *(t.grad for t in full)]
@@ -164,9 +235,9 @@ def _check_case(rank: int, world: int, check: tuple, expected: list[torch.Tensor
     from maskir.distributed import attention, gather, scatter
 
     name, backend, heads, kv_heads, score_mod = check
-    pattern, canvas = CASES[name]
-    cp = shard(pattern, canvas, world, heads=heads, **BLOCK)
+    pattern, canvas, kv_canvas = _case(name)
     q, k, v, dout, segments = _inputs(name, heads, kv_heads)
+    cp = shard(pattern, canvas, world, heads=heads, kv_canvas=kv_canvas, segments=segments, **BLOCK)
     local = [scatter(q, cp, rank), scatter(k, cp, rank, kv=True), scatter(v, cp, rank, kv=True)]
     local = [t.requires_grad_() for t in local]
     out = attention(*local, cp, group=mesh, mesh_dim="cp", segments=segments, score_mod=score_mod, backend=backend)
@@ -206,4 +277,20 @@ def test_two_ranks_match_the_float64_reference():
 
 
 def test_four_ranks_match_the_float64_reference():
-    _spawn(4, [(name, "reference", 1, 1, None) for name in CASES])
+    _spawn(4, [(name, "reference", 1, 1, None) for name in [*CASES, *MORE_CASES]])
+
+
+def test_context_parallel_example_matches_one_process(tmp_path):
+    """examples/context_parallel.py launches 2 CPU processes; output and weight gradient equal one process's."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "context_parallel.py")],
+        env={**os.environ, "MASKIR_CACHE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("max |")]
+    assert len(errors) == 2 and max(errors) < 1e-4, done.stdout
+    assert "rank 1:" in done.stdout

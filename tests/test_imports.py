@@ -20,8 +20,8 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
 | maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
-| maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime |
-| maskir.integrations (transformers, ...)  | the same as maskir.nn                                  |
+| maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime, maskir.score_mods |
+| maskir.integrations (transformers, ...)  | those, and maskir.nn                                  |
 | maskir.cli, maskir.__main__              | everything                                            |
 
 The planner ranks layouts and blocks with the simulator's cost model (``maskir.planner.cost`` calls
@@ -75,8 +75,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
     "maskir.viz": (*_IR, "maskir.planner"),
     "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
-    "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime"),
-    "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime"),
+    "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods"),
+    "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods", "maskir.nn"),
 }
 """Group (longest matching prefix of a module name) -> modules it may import besides its own group."""
 ALLOWED["maskir.cli"] = ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")

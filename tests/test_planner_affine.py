@@ -2,7 +2,8 @@
 
 Property: for random mask_mods built from affine comparisons of q and kv (bands, kv ranges, // and % by
 constants, abs, min/max, torch.where, & | ~), the recognised pattern exists, and both its dense mask and
-the plan of the Predicate equal the mask_mod evaluated on every (q, kv) pair by torch.
+the plan of the Predicate equal the mask_mod evaluated on every (q, kv) pair by torch. Mask_mods that are
+only partly affine plan as ``superset & predicate``, exactly.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maskir.canvas import Canvas
-from maskir.ir import Blocks, Causal, Columns, Not, Predicate, Prefix, Strided, Window
+from maskir.ir import And, Blocks, Causal, Columns, Not, Predicate, Prefix, Strided, Window
 from maskir.planner import plan
-from maskir.planner.affine import recognise
+from maskir.planner.affine import analyse, recognise
 from maskir.reference import reference_mask
 
 OPS = ["<", "<=", ">", ">=", "==", "!="]
+TABLE = torch.tensor([0] * 30 + [1] * 50 + [2] * 20)
 
 
 def _compare(x, op: str, y):
@@ -161,3 +163,33 @@ def test_non_affine_mask_mods_are_not_recognised_and_still_plan_exactly(mask_mod
 def test_python_control_flow_is_not_recognised():
     canvas = Canvas((64,))
     assert recognise(Predicate(lambda b, h, q, kv: (kv <= q) if q > 0 else False), canvas, canvas) is None
+
+
+@pytest.mark.parametrize(
+    "mask_mod",
+    [
+        lambda b, h, q, kv: (kv <= q) & (TABLE[q] == TABLE[kv]),
+        lambda b, h, q, kv: (q - kv < 10) & (kv <= q) & ((q * kv) % 3 != 0),
+        lambda b, h, q, kv: ((kv <= q) | (h == 1)) & (q > 5),
+        lambda b, h, q, kv: torch.where(TABLE[q] > 0, kv <= q, kv >= q),
+        lambda b, h, q, kv: ~((q * kv) % 3 == 0) | (abs(q - kv) < 3),
+    ],
+    ids=["causal_documents", "window_product", "head", "where_table", "not_product"],
+)
+def test_partly_affine_mask_mods_plan_exactly_within_their_affine_superset(mask_mod):
+    """Where the fragment cannot follow (tables, q * kv, h), the affine parts still bound the predicate:
+    the planner plans ``superset & predicate``, equal to the mask on every head."""
+    canvas = Canvas((100,))
+    predicate = Predicate(mask_mod)
+    found = analyse(predicate, canvas, canvas)
+    assert found is not None and not found[1]
+    for head in range(2):
+        assert (reference_mask(found[0], canvas) >= reference_mask(predicate, canvas, head=head)).all()
+    planned = plan(predicate, canvas, heads=2, block_q=16, block_kv=16)
+    for head in range(2):
+        np.testing.assert_array_equal(planned.to_mask(head), reference_mask(predicate, canvas, head=head))
+
+
+def test_a_causal_mask_mod_with_a_table_plans_as_causal_and_the_predicate():
+    predicate = Predicate(lambda b, h, q, kv: (kv <= q) & (TABLE[q] == TABLE[kv]))
+    assert plan(predicate, 100, block_q=16, block_kv=16).pattern == And(Causal(), predicate)

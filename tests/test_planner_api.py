@@ -13,7 +13,7 @@ import pytest
 import maskir
 from maskir.canvas import Canvas
 from maskir.ir import Blocks, Causal, Columns, Neighborhood, PerHead, Predicate, Segments, Sink, Window
-from maskir.planner import LAYOUTS, Plan, TileKind, fallback, plan, plan_cost
+from maskir.planner import LAYOUTS, Plan, TileKind, plan, plan_cost, progress
 from maskir.planner.build import candidate_plans
 from maskir.planner.picture import block_map, draw_plan
 from maskir.reference import reference_mask
@@ -166,7 +166,7 @@ class _Terminal(io.StringIO):
 
 
 def test_exact_evaluation_redraws_a_progress_line_on_a_terminal(monkeypatch):
-    monkeypatch.setattr(fallback, "PROGRESS_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_AFTER_SECONDS", 0.0)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     planned = plan(Predicate(lambda b, h, q, kv: (q + kv) % 3 == 0) & Window(20, 0), 512, block_q=64, block_kv=64)
@@ -177,7 +177,7 @@ def test_exact_evaluation_redraws_a_progress_line_on_a_terminal(monkeypatch):
 
 def test_exact_evaluation_logs_progress_without_carriage_returns_when_stderr_is_a_file(monkeypatch, caplog, tmp_path):
     """A log file gets no redrawn lines: progress goes to the maskir.planner logger, rate-limited."""
-    monkeypatch.setattr(fallback, "PROGRESS_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_AFTER_SECONDS", 0.0)
     with open(tmp_path / "stderr.log", "w+") as log_file:
         monkeypatch.setattr(sys, "stderr", log_file)
         with caplog.at_level(logging.INFO, logger="maskir.planner"):

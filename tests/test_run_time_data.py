@@ -98,3 +98,15 @@ def test_routing_indices_of_every_integer_dtype_match_int64_ones(dtype):
     expected = maskir.attention(q, k, v, Routing(8, 2), routing=indices, backend="reference")
     out = maskir.attention(q, k, v, Routing(8, 2), routing=indices.to(dtype), backend="reference")
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_decode_keeps_wide_segment_ids_apart():
+    """maskir.decode reads segment ids too: documents 0, 2**32 and 2**33 stay three documents."""
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 2, 2, D, generator=generator)
+    k, v = (torch.randn(1, 2, 96, D, generator=generator) for _ in range(2))
+    small = torch.repeat_interleave(torch.arange(3), 32)[None]
+    pattern = Segments() & Causal()
+    expected = maskir.decode(q, k, v, pattern, kv_lens=[96], segments=small)
+    for wide in (small * 2**32, small.to(torch.uint64) * 2**62):
+        torch.testing.assert_close(maskir.decode(q, k, v, pattern, kv_lens=[96], segments=wide), expected)

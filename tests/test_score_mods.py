@@ -7,6 +7,7 @@ Kernel backends repeat these cases in tests/test_score_mod_grads.py.
 """
 
 import math
+from importlib.util import find_spec
 
 import pytest
 import torch
@@ -223,6 +224,46 @@ def test_soft_cap_with_a_learnable_cap_after_a_bias_equals_its_formula():
     (want,) = torch.autograd.grad(expected.sum(), leaf)
     torch.testing.assert_close(out, expected.float(), atol=2e-5, rtol=0)
     torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-4)
+
+
+def every_helper(swin, nat, slopes, t5, cap):
+    """Every helper in one score_mod: Swin and NAT (dilation 2) tables on an 8 x 8 canvas, ALiBi, T5, cap."""
+    return compose(
+        relative_position_bias(swin, (8, 8), convention="swin"),
+        relative_position_bias(nat, (8, 8), convention="nat", dilation=2),
+        alibi(slopes, symmetric=True),
+        t5_bias(t5, num_buckets=8, max_distance=12),
+        soft_cap(cap),
+    )
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["triton", pytest.param("tvm", marks=pytest.mark.skipif(find_spec("tvm") is None, reason="no apache-tvm"))],
+)
+def test_every_helper_trains_on_each_kernel_backend_as_in_float64(backend):
+    """One build per backend, with GQA (one kv head): the gradient of each helper's tensor equals float64
+    autograd of the same helpers (whose formulas the tests above check)."""
+    gen = torch.Generator().manual_seed(7)
+    tensors = [
+        torch.randn(HEADS, 7, 7, generator=gen),
+        torch.randn(HEADS, 5, 5, generator=gen),
+        alibi_slopes(HEADS),
+        torch.randn(8, HEADS, generator=gen),
+        torch.tensor(2.5),
+    ]
+    tensors = [t.requires_grad_() for t in tensors]
+    pattern = Blocks(4) | Neighborhood(3, dilation=2)
+    q, k, v = random_qkv(64)
+    k, v = (t.detach()[:, :1].requires_grad_() for t in (k, v))
+    out = maskir.attention(q, k, v, pattern, (8, 8), score_mod=every_helper(*tensors), backend=backend, enable_gqa=True)
+    got = torch.autograd.grad(out.square().sum(), (q, k, v, *tensors))
+    leaves = [t.detach().double().requires_grad_() for t in tensors]
+    expected = maskir.reference_attention(q, k, v, pattern, (8, 8), score_mod=every_helper(*leaves))
+    want = torch.autograd.grad(expected.square().sum(), (q, k, v, *leaves))
+    torch.testing.assert_close(out, expected.float(), atol=2e-5, rtol=0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), atol=3e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,8 @@ def kernel_calls(
     """(label, kernel name, arguments) of each distinct launch a forward plus backward makes (meta tensors).
 
     Each plan part is its own specialisation (PART, gather flags), labelled ``"_fwd part 1"`` and so on.
-    ``tensors``: the run-time data tensors; by default the score_mod's captured tensors.
+    ``tensors``: the run-time data tensors; by default the score_mod's captured tensors. The backward asks
+    for the gradients of the score_mod's float tensors, so dQ is compiled with its table-gradient step.
     """
     recorder = _RecordingAttention(module, plan, generated)
     meta = torch.device("meta")
@@ -80,7 +81,9 @@ def kernel_calls(
     k = torch.empty(batch, kv_heads, plan.kv_canvas.size, dim, dtype=dtype, device=meta)
     tensors = [t.to(meta) for t in tensors] or [t.to(meta) for t in generated.static_tensors.values()]
     out, lse = recorder.forward(q, k, k, scale=dim**-0.5, tensors=tensors)
-    recorder.backward(q, k, k, out, lse, out, scale=dim**-0.5, tensors=tensors)
+    tables = generated.table_grads  # a score_mod's float tensors: compile the dQ kernel that trains them
+    trained = [i for i, name in enumerate(generated.tensor_names) if tables is not None and name in tables.offsets]
+    recorder.backward(q, k, k, out, lse, out, scale=dim**-0.5, tensors=tensors, trained=trained)
     calls: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, args in recorder.calls:
         part = args.get("PART", 0)
@@ -193,19 +196,29 @@ def check_plan(
     kv_heads: int | None = None,
     capability: tuple[int, int] = (9, 0),
     tensors: Callable[[tuple[str, ...]], Sequence[torch.Tensor]] | None = None,
+    score_mod: Callable | None = None,
 ) -> list[KernelReport]:
     """Generate the module for ``plan`` (GPU flavour), import it from a temp file and compile its kernels.
 
-    ``tensors(names)`` gives example (e.g. meta) tensors for the run-time data the kernels read, if any.
+    ``tensors(names)`` gives example (e.g. meta) tensors for the run-time data the kernels read, if any;
+    the tensors ``score_mod`` captures are passed as they are (a bias table: its dQ step trains it).
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile_check must run without TRITON_INTERPRET=1: use a subprocess.")
     generated = generate_source(
-        plan, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, interpret=False, capability=capability
+        plan,
+        head_dim=head_dim,
+        dtype=dtype,
+        kv_heads=kv_heads,
+        score_mod=score_mod,
+        interpret=False,
+        capability=capability,
     )
     with tempfile.TemporaryDirectory(prefix="maskir-compile-") as tmp:
         module = import_source(generated.source, Path(tmp) / f"{config}.py")
-        examples = tensors(generated.tensor_names) if tensors is not None else ()
+        captured = generated.static_tensors
+        given = tensors([n for n in generated.tensor_names if n not in captured]) if tensors is not None else []
+        examples = [captured[n] if n in captured else given.pop(0) for n in generated.tensor_names] if given else ()
         return check_module(config, module, plan, generated, dtype=dtype, capability=capability, tensors=examples)
 
 

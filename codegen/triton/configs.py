@@ -78,6 +78,7 @@ def choose_config(
     pair_loads: int = 0,
     pair_ops: int = 0,
     swap_ab: bool | None = None,
+    table_grads: bool = False,
 ) -> KernelConfig:
     """The configuration for plan tiles ``block_q`` x ``block_kv`` and a (power of two) padded head dim.
 
@@ -86,7 +87,8 @@ def choose_config(
     ``pair_ops``: operations of the largest predicate/score_mod on [rows, chunk] tensors; above
     ``HEAVY_PAIR_OPS`` the live temporaries need narrower chunks too (radial: 31 ops spilled at 32 wide).
     ``swap_ab``: force the dK/dV step's orientation on the GPU (None: swapAB where kv rows < WGMMA_MIN_M;
-    ``benchmarks/ab_swap.py`` times both).
+    ``benchmarks/ab_swap.py`` times both). ``table_grads``: the dQ step also adds a score_mod's table
+    gradients (a [rows, chunk, entries] one-hot temporary): 8 warps hold it without spills.
     """
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}.")
@@ -127,6 +129,7 @@ def choose_config(
         # forward of routing_top8 spilled (255 registers) once its tile gate was added (triton 3.9)
         fwd=LaunchOptions(num_warps=8 if pair_loads else warps(fwd_rows), num_stages=stages),
         preprocess=LaunchOptions(num_warps=4, num_stages=1),
-        dq=LaunchOptions(num_warps=warps(dq_rows), num_stages=stages),
+        # the table-gradient one-hot of Swin/NA2D tables spilled 324 B at 4 warps (sm_90, triton 3.9)
+        dq=LaunchOptions(num_warps=8 if table_grads else warps(dq_rows), num_stages=stages),
         dkdv=LaunchOptions(num_warps=dkdv_warps, num_stages=stages),
     )

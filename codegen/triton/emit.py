@@ -45,9 +45,10 @@ from maskir.ir import is_dynamic
 from maskir.planner.plan import Plan, TileKind
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
-ENTRY_CHUNK, ENTRY_CHUNK_INTERPRETED = 8, 16
+ENTRY_CHUNK, ENTRY_CHUNK_INTERPRETED = 8, 256
 """Table entries per one-hot step of the table-gradient accumulation: few on a GPU (a [rows, chunk, entries]
-temporary lives in registers), many in the interpreter (its cost is per operation)."""
+temporary lives in registers), many in the interpreter (its cost is per operation: a full [N, N] bias at N = 64
+and 128 tokens took 13 s and 29 s with 16, 7 s and 3.5 s with 256)."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,14 @@ class GeneratedSource:
     each. ``static_tensors``: those captured by the score_mod (name -> tensor), passed on every call.
     ``score_mod_text``: the traced score_mod as text (a cache key field), None without one.
     ``table_grads``: the layout of the table-gradient buffer when the score_mod reads float tensors.
+    ``config``: the training kernels' configuration; None for a decode module (``emit_decode``), whose
+    launch options are its ``LAUNCH_OPTIONS``.
     """
 
     source: str
     tensor_names: tuple[str, ...]
     tensor_dims: tuple[int, ...]
-    config: KernelConfig
+    config: KernelConfig | None
     score_mod_text: str | None = None
     static_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     table_grads: TableGrads | None = None
@@ -214,6 +217,7 @@ def generate_source(
         capability=capability,
         pair_loads=functions.pair_loads,
         pair_ops=functions.pair_ops,
+        table_grads=functions.table_grads is not None,
     )
     _check_config(plan, config)
     source = assemble_source(

@@ -11,8 +11,9 @@ merged output's LSE and delta and sums the parts' gradients (all deterministic; 
 Gradients of the float tensors a score_mod reads (``trained``): each dQ program adds its pairs'
 dS * d score_mod / d T[e] into its own row of a [dQ programs, entries] fp32 buffer (``_accumulate``), and
 the rows are summed in order afterwards. Memory: 4 bytes x (dQ programs of every part) x (entries of
-those tensors), e.g. 16 heads x 256 q tiles x 3,600 entries (a [16, 15, 15] table) = 59 MB; no atomics,
-so two runs give the same bits.
+those tensors), e.g. 4,096 dQ programs (16 heads x 256 q tiles of 64 rows) x 3,600 entries (a
+[16, 15, 15] table) = 59 MB, x 17,424 entries ([16, 33, 33]) = 285 MB; no atomics, so two runs give the
+same bits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from maskir.codegen.common.gating import GatedLists, PartGate
 from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
+from maskir.codegen.triton.interpreter_lock import run_kernel
 from maskir.planner.plan import Plan
 
 
@@ -116,9 +118,11 @@ class TritonAttention:
         if gate is None:
             return None
         data = tuple((id(t), t._version) for t in tensors)
-        if not fresh and self._recent_lists[0] != data:
-            self._recent_lists = (data, tuple(tensors), {})
-        memo = {} if fresh else self._recent_lists[2]
+        recent = self._recent_lists  # read once: another thread may replace it with its own call's lists
+        if not fresh and recent[0] != data:
+            recent = (data, tuple(tensors), {})
+            self._recent_lists = recent
+        memo = {} if fresh else recent[2]
         wanted = (0, 1) if backward else (0,)
         missing = tuple(d for d in wanted if (key, d) not in memo)
         if missing:
@@ -148,7 +152,7 @@ class TritonAttention:
 
     def launch(self, name: str, grid: tuple[int, int], args: dict[str, Any]) -> None:
         """Run kernel ``name`` of the module on ``grid`` with keyword ``args`` and its launch options."""
-        getattr(self.module, name)[grid](**args, **self.module.LAUNCH_OPTIONS[name])
+        run_kernel(self.module, name, grid, args)
 
     # -- forward -----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ programs merge in one ``_merge`` launch: ``tables.merge_lse`` (the merge of a pl
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from types import ModuleType
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from maskir.codegen.triton.emit import GeneratedSource
+from maskir.codegen.triton.interpreter_lock import run_kernel
 from maskir.planner.decode import DecodeGrid, decode_grid, query_tiles, valid_tiles
 from maskir.planner.plan import Plan
 
@@ -38,28 +40,29 @@ class TritonDecode:
         self.heads, self.kv_heads = int(module.N_HEADS), int(module.N_KV_HEADS)
         self.n_q, self.head_dim = int(module.N_Q), int(module.HEAD_DIM)
         self.pack, self.rows, self.row_blocks = int(module.PACK), int(module.DECODE_ROWS), int(module.ROW_BLOCKS)
-        self._lists: OrderedDict[tuple, tuple[DecodeGrid, dict[str, torch.Tensor], np.ndarray]] = OrderedDict()
+        self._lists: OrderedDict[tuple, tuple[DecodeGrid, dict[str, torch.Tensor]]] = OrderedDict()
 
     def grid(
         self, q_offsets: np.ndarray, kv_lens: np.ndarray, *, ring: int | None, sms: int, splits: int | None, device
     ) -> tuple[DecodeGrid, dict[str, torch.Tensor]]:
         """The grid and device lists of a call (memoised on what they depend on)."""
-        first_q, slots = query_tiles(q_offsets, self.n_q, self.pack, self.rows, self.row_blocks)
+        first_q, last_q = query_tiles(q_offsets, self.n_q, self.pack, self.rows, self.row_blocks)
         first_kv, stop_kv = valid_tiles(kv_lens, ring)
-        key = (first_q.tobytes(), slots, first_kv.tobytes(), stop_kv.tobytes(), sms, splits, str(device))
-        if key in self._lists:
-            self._lists.move_to_end(key)
-        else:
+        key = (first_q.tobytes(), last_q.tobytes(), first_kv.tobytes(), stop_kv.tobytes(), sms, splits, str(device))
+        entry = self._lists.get(key)  # read once: another thread may evict the key meanwhile
+        if entry is None:
             grid, lists, groups = decode_grid(
                 self.plan, self.kv_heads, self.n_q, q_offsets, kv_lens, sms=sms, ring=ring, splits=splits
             )
             arrays = {"LIST_START": lists.start, "LIST_FULL": lists.full, "LIST_INDEX": lists.index, "GROUPS": groups}
             tensors = {name: torch.as_tensor(a.astype(np.int32), device=device) for name, a in arrays.items()}
-            self._lists[key] = (grid, tensors, lists.count)
-            if len(self._lists) > LIST_MEMO:
+            entry = self._lists[key] = (grid, tensors)
+            while len(self._lists) > LIST_MEMO:
                 self._lists.popitem(last=False)
-        grid, tensors, _ = self._lists[key]
-        return grid, tensors
+        else:
+            with contextlib.suppress(KeyError):
+                self._lists.move_to_end(key)
+        return entry
 
     def _tensor_args(self, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -121,4 +124,4 @@ class TritonDecode:
 
     def launch(self, name: str, grid: tuple[int, ...], args: dict[str, Any]) -> None:
         """Run kernel ``name`` of the module on ``grid`` with keyword ``args`` and its launch options."""
-        getattr(self.module, name)[grid](**args, **self.module.LAUNCH_OPTIONS[name])
+        run_kernel(self.module, name, grid, args)

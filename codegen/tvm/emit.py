@@ -21,6 +21,7 @@ import torch
 from maskir.codegen.common.expr import Expr
 from maskir.codegen.common.lowered import LoweredPlan, check_kernel_arguments, lower_plan, source_title
 from maskir.codegen.common.source_text import comment_lines
+from maskir.codegen.common.table_grad import TableGrads
 from maskir.codegen.common.template import fill
 from maskir.codegen.tvm.render import BUFFER_DTYPES, render_tvm
 from maskir.codegen.tvm.template import (
@@ -34,6 +35,9 @@ from maskir.codegen.tvm.template import (
     FORWARD_PAIR,
     KV_LIST,
     PAIR_GRADIENT,
+    TABLE_BUFFER,
+    TABLE_GRAD,
+    TABLE_PARAMS,
     WALK,
 )
 from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, split_vector_loops, tile_blocks
@@ -60,6 +64,7 @@ class TvmSource:
     tensor_kinds: tuple[str, ...]
     score_mod_text: str | None = None
     static_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    table_grads: TableGrads | None = None
 
 
 def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: int, target: str) -> None:
@@ -85,6 +90,39 @@ def _loops(target: str, outer: str, tiles: int, rows: int) -> dict[str, str]:
             "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
         }
     return {"outer": f"T.parallel(batch * {outer})", "tile": f"T.serial({tiles})", "row": f"T.serial({rows})"}
+
+
+def table_rows(target: str, batch_heads: int, n_q_tiles: int, block_q: int) -> int:
+    """Rows of a part's dQ table-gradient buffer: one per unit of work that runs alone (a batch x head x
+    q tile of the llvm tile kernels, a thread, i.e. a q slot of one batch x head, on cuda)."""
+    return batch_heads * n_q_tiles * (block_q if target == "cuda" else 1)
+
+
+def _table_text(tables: TableGrads | None, target: str, values: dict[str, str]) -> dict[str, str]:
+    """Values of the ``$table_*`` placeholders (the dQ kernel's table-gradient statements, or nothing), given
+    a part's other ``values``."""
+    if tables is None:
+        return {"table_params": "", "table_buffer": "", "table_grad": ""}
+    row = "(bh * $n_q_tiles + qt) * $block_q + r" if target == "cuda" else "item"
+    steps = [
+        fill(
+            TABLE_GRAD,
+            {
+                **values,
+                "table_weight": _statements(load.weight, f"tw{j}_", f"weight_{j}"),
+                "table_entry": _statements(load.entry, f"te{j}_", f"entry_{j}"),
+                "weight_name": f"weight_{j}",
+                "entry_name": f"entry_{j}",
+                "tg_row": row,
+            },
+        )
+        for j, load in enumerate(tables.loads)
+    ]
+    return {
+        "table_params": TABLE_PARAMS,
+        "table_buffer": TABLE_BUFFER.replace("$tg_entries", str(tables.entries)),
+        "table_grad": "\n".join(steps),
+    }
 
 
 def _walk(token: str, block: int) -> dict[str, str]:
@@ -216,6 +254,7 @@ def generate_tvm_source(
             "score": _optional(lowered.score_mod, "ps", "s", "score"),
             "score_grad": _optional(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
         }
+        values.update(_table_text(lowered.table_grads, target, values))
         if target == "llvm":
             blocks = tile_blocks(
                 block_q=plan.block_q,
@@ -226,6 +265,7 @@ def generate_tvm_source(
                 predicate=predicate,
                 score_mod=lowered.score_mod,
                 score_grad=lowered.score_grad,
+                table_grad=values["table_grad"] or None,
             )
             functions += [
                 split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes)
@@ -250,4 +290,5 @@ def generate_tvm_source(
         tensor_kinds=tuple(lowered.refs[name].dtype for name in lowered.tensor_names),
         score_mod_text=lowered.score_mod_text,
         static_tensors=lowered.static_tensors,
+        table_grads=lowered.table_grads,
     )

@@ -11,8 +11,11 @@ inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,8 +76,34 @@ def use_threads(threads: int) -> None:
         tvm.get_global_func("runtime.config_threadpool")(-3, threads, cpus)  # threads share the allowed CPUs
 
 
+BUILT_SIZE = 64
+"""How many built modules ``build`` keeps (least recently used ones go first)."""
+_BUILT: OrderedDict[tuple[str, str], object] = OrderedDict()
+_BUILDING: dict[tuple[str, str], threading.Lock] = {}
+_BUILT_LOCK = threading.Lock()
+
+
 def build(source: str, target: str = "llvm"):
-    """Parse TVMScript ``source`` and build it for ``target`` ("llvm": this CPU, or "cuda" for sm_90)."""
+    """Parse TVMScript ``source`` and build it for ``target`` ("llvm": this CPU, or "cuda" for sm_90), once
+    per (text, target) in a process: threads asking for one module at once wait for the first build."""
+    key = (hashlib.sha256(source.encode()).hexdigest(), target)
+    with _BUILT_LOCK:
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        with _BUILT_LOCK:
+            built = _BUILT.get(key)
+        if built is None:
+            built = _build(source, target)
+        with _BUILT_LOCK:
+            _BUILT[key] = built
+            _BUILT.move_to_end(key)
+            while len(_BUILT) > BUILT_SIZE:
+                _BUILT.popitem(last=False)
+            _BUILDING.pop(key, None)
+    return built
+
+
+def _build(source: str, target: str):
     tvm = _import_tvm()
     module = tvm.script.from_source(source)
     if target == "cuda":
@@ -133,8 +162,8 @@ class TvmAttention:
 
     def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
-        if self._tables is None:
-            self._tables = []
+        if self._tables is None:  # built whole, then published: a concurrent call never sees it half made
+            built = []
             for part in self.plan.parts:
                 tables = part_tables(self.plan, part, "cpu")
                 q_tokens = (
@@ -147,7 +176,8 @@ class TvmAttention:
                     if tables.kv_gather
                     else identity_tokens(tables.n_kv_tiles, self.plan.block_kv, self.plan.kv_canvas.size, "cpu")
                 )
-                self._tables.append((tables, q_tokens, kv_tokens))
+                built.append((tables, q_tokens, kv_tokens))
+            self._tables = built
         return self._tables
 
     def work(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -238,6 +268,11 @@ class TvmAttention:
                 "This backend does not yet differentiate the tensors a score_mod reads; use backend='reference'."
             )
         self._check(q, k, v, tensors)
+        table_grads = self.generated.table_grads
+        names = [self.generated.tensor_names[i] for i in trained]
+        if names and (table_grads is None or not set(names) <= table_grads.offsets.keys()):
+            raise ValueError(f"Only float tensors a score_mod reads get gradients, not {names}.")
+        table_parts = []  # one row of table gradients per unit of work (b, h, q tile) of a part, summed in order
         q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
         lse = lse.to(torch.float32).contiguous()
         delta = (out.to(torch.float32) * dout.to(torch.float32)).sum(-1).contiguous()
@@ -250,6 +285,10 @@ class TvmAttention:
             dk = torch.zeros(k.shape, dtype=torch.float32)
             dv = torch.zeros(v.shape, dtype=torch.float32)
             common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
+            table_args = ()
+            if table_grads is not None:
+                table_parts.append(torch.zeros((q.shape[0] * q.shape[1] * tables.n_q_tiles, table_grads.entries)))
+                table_args = (table_parts[-1], int(bool(names)))
             self._call(
                 f"dq_{index}",
                 *common,
@@ -260,10 +299,15 @@ class TvmAttention:
                 q_work,
                 *buffers,
                 float(scale),
+                *table_args,
             )
             self._call(
                 f"dkdv_{index}",
                 *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, kv_work, *buffers, float(scale),
             )  # fmt: skip
             grads.append((dq, dk, dv))
-        return sum_part_grads(grads, (q, k, v))
+        summed = sum_part_grads(grads, (q, k, v))
+        if not names:
+            return summed
+        table = torch.cat(table_parts).sum(0)  # every unit's row, summed in one fixed order
+        return (*summed, *(table_grads.gradient(table, name).to(tensors[i].dtype) for i, name in zip(trained, names)))

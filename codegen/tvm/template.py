@@ -19,6 +19,12 @@ heads of the target), ``$tensor_params``/``$tensor_buffers`` (runtime tensors), 
 (``$walk`` over a tile list with each kernel's ``$pair`` step, ``$kv_list``, ``$pair_gradient``), and the
 rendered ``$allowed``, ``$score`` and ``$score_grad`` statement blocks (each block indented like its
 placeholder).
+
+A score_mod that reads float tensors adds ``$table_params``/``$table_buffer`` to dQ and ``$table_grad``
+(``TABLE_GRAD`` per trainable load, ``codegen.common.table_grad``) to its pair step: when ``train_tables``
+is set, TG[row, entry] += dS * d score_mod / d load, where ``row`` is the unit of work that owns it (a
+batch x head of the parallel loop on llvm, a thread on cuda); the launcher sums the rows in order. No
+atomics, so the sums are the same on every run.
 """
 
 COMMON_PARAMS = """\
@@ -105,6 +111,7 @@ if s > T.float32("-inf"):
 
 DQ_PAIR = """\
 $pair_gradient
+$table_grad
 for d in T.serial($head_dim):
     grad[d] = grad[d] + ds * T.Cast("float32", K[b, kvh, kv, d])"""
 
@@ -135,13 +142,15 @@ score = dots[0] * sm_scale
 $score
 p = T.exp(s - lse)
 $score_grad
-ds = p * (dots[1] - delta) * dmod"""
-"""One allowed (q, kv) pair of the backward: P and dS (needs b, h, kvh, q, kv, lse and delta bound)."""
+ds_mod = p * (dots[1] - delta)
+ds = ds_mod * dmod"""
+"""One allowed (q, kv) pair of the backward: P, dS of the modified score (``ds_mod``) and of the raw score
+(``ds``); needs b, h, kvh, q, kv, lse and delta bound."""
 
 DQ = """\
     @T.prim_func
     def dq_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, kv_start_: T.handle,
-            kv_full_: T.handle, kv_index_: T.handle$tensor_params, sm_scale: T.float32):
+            kv_full_: T.handle, kv_index_: T.handle$tensor_params, sm_scale: T.float32$table_params):
 $common_buffers
         DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
         DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
@@ -149,6 +158,7 @@ $common_buffers
         KV_START = T.match_buffer(kv_start_, (n_start,), "int32")
         KV_FULL = T.match_buffer(kv_full_, (n_full,), "int32")
         KV_INDEX = T.match_buffer(kv_index_, (n_index,), "int32")
+        $table_buffer
         for bh in $outer:
             for qt in $q_tile:
                 for r in $q_row:
@@ -207,3 +217,15 @@ $common_buffers
                             DK[b, kvh, kv, d] = grad_k[d] * sm_scale
                             DV[b, kvh, kv, d] = grad_v[d]
 """
+
+TABLE_PARAMS = ", tg_: T.handle, train_tables: T.int32"
+TABLE_BUFFER = """\
+n_tg_rows = T.int32()
+TG = T.match_buffer(tg_, (n_tg_rows, $tg_entries), "float32")"""
+TABLE_GRAD = """\
+if train_tables != 0:
+    $table_weight
+    $table_entry
+    if $entry_name >= 0:
+        TG[$tg_row, $entry_name] = TG[$tg_row, $entry_name] + ds_mod * $weight_name"""
+"""One trainable load's gradient: dS of the modified score times d score_mod / d load, into its entry."""

@@ -178,6 +178,18 @@ def _gradient_scores(rows: int, cols: int, delta: str, dmod: bool) -> str:
     )
 
 
+def _table_gradient(block_kv: int, block_q: int, table_grad: str) -> str:
+    """dQ's trainable-table step over S [keys, queries]: ``table_grad`` per allowed pair (raw score in
+    ``RAW``), with ``ds_mod`` = DP (dS of the modified score), then DP *= DMOD (dS of the raw score)."""
+    pair = f"score = RAW[r, c]\nds_mod = DP[r, c]\n{table_grad}"
+    return (
+        f"if train_tables != 0:\n    for r in T.serial({block_kv}):\n        kv = KVTOK[r]\n"
+        f"        for c in T.serial({block_q}):\n            q = QTOK[c]\n"
+        f"            if kv >= 0 and q >= 0 and RAW[r, c] > {NEG_INF}:\n{_indent(pair, 16)}\n"
+        f"for r in T.serial({block_kv}):\n" + _indent(_lanes(block_q, "DP[r, c] = DP[r, c] * DMOD[r, c]"), 4)
+    )
+
+
 def _statistics(block_q: int) -> str:
     """Per query of a backward tile: ``ROW[0, i]`` = lse (+inf for padding and rows with no allowed key,
     so P = 0) and ``ROW[1, i]`` = delta."""
@@ -230,11 +242,15 @@ def tile_blocks(
     predicate: Expr,
     score_mod: Expr | None,
     score_grad: Expr | None,
+    table_grad: str | None = None,
 ) -> dict[str, str]:
     """The blocks of the three tile kernels for one part: buffers, loads, products, masks, softmax steps.
 
     ``predicate`` is allowed(b, h, q, kv), ``score_mod`` s(score, b, h, q, kv) and ``score_grad`` its
-    d/d score (None without a score_mod), evaluated a tile row at a time. ``vector_lanes`` fp32 lanes per
+    d/d score (None without a score_mod), evaluated a tile row at a time. ``table_grad``: the statements
+    adding one pair's ``ds_mod`` (dS of the modified score) times d score_mod / d load into
+    ``TG[item, entry]`` for the tensors a score_mod trains (``codegen.common.table_grad``; dQ only), run
+    per allowed pair of a tile with ``score`` (the raw score), ``q``, ``kv`` bound. ``vector_lanes`` fp32 lanes per
     vector register and ``vector_registers`` registers (32 with AVX-512 and NEON, 16 with AVX2) size the
     row blocks of the products (half the registers hold accumulators)."""
     bq, bkv, dim = block_q, block_kv, head_dim
@@ -264,7 +280,10 @@ def tile_blocks(
             return ""
         parts = [(score_grad, "pg", "DMOD[r, c] = {value}")] if gradient else []
         parts.append((score_mod, "ps", f"S[r, c] = T.if_then_else(S[r, c] > {NEG_INF}, {{value}}, S[r, c])"))
-        return expression_rows(side, parts)
+        rows = expression_rows(side, parts)
+        if gradient and side == "kv" and table_grad is not None:  # dQ keeps the raw scores for the tables
+            rows = f"for r in T.serial({bkv}):\n" + _indent(_lanes(bq, "RAW[r, c] = S[r, c]"), 4) + "\n" + rows
+        return rows
 
     blocks = {
         "fwd_mask": mask("kv"),
@@ -276,6 +295,8 @@ def tile_blocks(
     }
     f32, i32 = "float32", "int32"
     dmod = {"DMOD": ((bkv, bq), f32)} if score_mod is not None else {}
+    if table_grad is not None:
+        dmod["RAW"] = ((bkv, bq), f32)
     dmod_t = {"DMOD": ((bq, bkv), f32)} if score_mod is not None else {}
     scratch = {"EXPN": ((max(bq, bkv),), f32), "EXPR": ((max(bq, bkv),), f32)}
     q_rows = {"QS": ((bq, dim), f32), "QTOK": ((bq,), i32)}
@@ -310,7 +331,8 @@ def tile_blocks(
         "pv": product("ACC", "S", "VS", (bq, dim, bkv), registers, accumulate=True, left_transposed=True),
         "dq_p": _probabilities(bkv, bq, "ROW[0, c]"),
         "dq_dp": product("DP", "VS", "DOT", (bkv, bq, dim), registers),
-        "dq_ds": _gradient_scores(bkv, bq, "ROW[1, c]", has_dmod),
+        "dq_ds": _gradient_scores(bkv, bq, "ROW[1, c]", has_dmod and table_grad is None)
+        + ("" if table_grad is None else "\n" + _table_gradient(bkv, bq, table_grad)),
         "dq_grad": product("GRAD", "DP", "KS", (bq, dim, bkv), registers, accumulate=True, left_transposed=True),
         "dkdv_p": _probabilities(bq, bkv, "ROW[0, r]"),
         "dv_grad": product("GV", "S", "DOS", (bkv, dim, bq), registers, accumulate=True, left_transposed=True),
@@ -372,11 +394,12 @@ $common_buffers
 TILE_DQ = """\
     @T.prim_func
     def dq_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, kv_start_: T.handle,
-            kv_full_: T.handle, kv_index_: T.handle, work_: T.handle$tensor_params, sm_scale: T.float32):
+            kv_full_: T.handle, kv_index_: T.handle, work_: T.handle$tensor_params, sm_scale: T.float32$table_params):
 $common_buffers
         DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
         DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
         DQ = T.match_buffer(dq_, (batch, $heads, $n_q, $head_dim), "float32")
+        $table_buffer
         KV_START = T.match_buffer(kv_start_, (n_start,), "int32")
         KV_FULL = T.match_buffer(kv_full_, (n_full,), "int32")
         KV_INDEX = T.match_buffer(kv_index_, (n_index,), "int32")

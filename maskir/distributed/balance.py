@@ -10,9 +10,14 @@ plan's layout order. Output: ``owner[i]``, the rank of tile i. The imbalance of 
   by bisection over the bottleneck with a greedy fill): neighbours stay together, so local patterns move
   only their halo.
 - ``grouped_lpt(g)``: LPT over runs of ``g`` consecutive tiles: between the two.
+- ``chunks(k)``: k contiguous equal-work chunks per rank, dealt out by LPT and swaps.
+- ``...+swaps``: chains or chunks, then single tiles moved or swapped off the most loaded rank.
+- ``lpt+swaps``: LPT, then moves and swaps off the most loaded rank while they lower the maximum.
+- ``snake``: torch's PTRR rule on tiles (round robin by decreasing work, reversed every round), so the
+  best candidate is never worse than PTRR on the same tiles.
 
 ``candidates`` yields all of them; the caller (``shard``) keeps the one moving the fewest bytes among
-those within ``tolerance`` of the best imbalance.
+those within a small slack of the best imbalance.
 """
 
 from __future__ import annotations
@@ -38,6 +43,41 @@ def lpt(work: np.ndarray, ranks: int) -> np.ndarray:
         load, rank = heapq.heappop(heap)
         owner[tile] = rank
         heapq.heappush(heap, (load + float(work[tile]), rank))
+    return owner
+
+
+def refine(work: np.ndarray, owner: np.ndarray, ranks: int, rounds: int = 1000) -> np.ndarray:
+    """Local search from ``owner``: while some move of one tile off the most loaded rank, or swap of one of
+    its tiles with another rank's, lowers the larger of the two loads below the maximum, make the best one.
+    Never raises the maximum load."""
+    owner = owner.copy()
+    load = np.bincount(owner, weights=work, minlength=ranks)
+    for _ in range(rounds):
+        top = int(np.argmax(load))
+        mine = np.flatnonzero(owner == top)
+        others = np.flatnonzero(owner != top)
+        if not mine.size:
+            break
+        w_in, w_out = work[mine][:, None], work[others][None, :]
+        swap = np.maximum(load[top] - w_in + w_out, load[owner[others]][None, :] - w_out + w_in)
+        move = np.maximum(load[top] - w_in, load[None, :] + w_in)  # [mine, ranks]
+        move[:, top] = np.inf
+        best_swap, best_move = swap.min(initial=np.inf), move.min()
+        if min(best_swap, best_move) >= load[top] * (1 - 1e-12):
+            break
+        if best_move <= best_swap:
+            i, rank = np.unravel_index(np.argmin(move), move.shape)
+            tile = mine[i]
+        else:
+            i, j = np.unravel_index(np.argmin(swap), swap.shape)
+            tile, other = mine[i], others[j]
+            rank = owner[other]
+            owner[other] = top
+            load[top] += work[other]
+            load[rank] -= work[other]
+        owner[tile] = rank
+        load[top] -= work[tile]
+        load[rank] += work[tile]
     return owner
 
 
@@ -77,13 +117,47 @@ def chains(work: np.ndarray, ranks: int) -> np.ndarray:
     return _fill(work, hi)
 
 
+def snake(work: np.ndarray, ranks: int) -> np.ndarray:
+    """Round robin over tiles by decreasing work, the direction reversed every round (what torch's PTRR
+    does with 128-token blocks)."""
+    owner = np.empty(work.size, dtype=np.int64)
+    order = np.argsort(-work, kind="stable")
+    position = np.arange(work.size)
+    lap, step = position // ranks, position % ranks
+    owner[order] = np.where(lap % 2 == 0, step, ranks - 1 - step)
+    return owner
+
+
+def chunked(work: np.ndarray, ranks: int, chunks_per_rank: int) -> np.ndarray:
+    """The layout order cut at equal-work quantiles into ``chunks_per_rank * ranks`` contiguous chunks (a
+    tile goes to the chunk holding its midpoint), dealt out by LPT and swaps: near-perfect balance, each
+    rank holding a few contiguous runs."""
+    work = np.asarray(work, dtype=np.float64)
+    count = chunks_per_rank * ranks
+    total = work.sum()
+    if total == 0:
+        return np.arange(work.size) * ranks // max(work.size, 1)
+    middle = np.cumsum(work) - work / 2
+    chunk = np.minimum((middle * count / total).astype(np.int64), count - 1)
+    chunk_work = np.bincount(chunk, weights=work, minlength=count)
+    return refine(chunk_work, lpt(chunk_work, ranks), ranks)[chunk]
+
+
 def candidates(work: np.ndarray, ranks: int) -> Iterator[tuple[str, np.ndarray]]:
     """(name, owner) of every assignment ``shard`` considers."""
     work = np.asarray(work, dtype=np.float64)
-    yield "lpt", lpt(work, ranks)
-    yield "chains", chains(work, ranks)
+    greedy = lpt(work, ranks)
+    yield "lpt", greedy
+    yield "lpt+swaps", refine(work, greedy, ranks)
+    yield "snake", snake(work, ranks)
+    contiguous = chains(work, ranks)
+    yield "chains", contiguous
+    yield "chains+swaps", refine(work, contiguous, ranks)
     per_rank = work.size // max(ranks, 1)
     group = 2
     while group < per_rank:
         yield f"lpt{group}", grouped_lpt(work, ranks, group)
+        runs = chunked(work, ranks, group)
+        yield f"chunks{group}", runs
+        yield f"chunks{group}+swaps", refine(work, runs, ranks)
         group *= 2

@@ -22,16 +22,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from maskir.canvas import Canvas
 from maskir.distributed.balance import candidates, imbalance
-from maskir.ir import Pattern, Routing
+from maskir.ir import Pattern, Routing, Segments
 from maskir.planner import Layout, Plan, PlanPart, TileKind, TileTable, plan
 from maskir.planner.runs import ragged_arange
 
 BALANCE_GOAL = 1.05
-"""Assignments within this imbalance (or within ``BALANCE_SLACK`` of the best one found) compete on bytes."""
-BALANCE_SLACK = 1e-9
+SNAKE_SLACK = 0.02
+"""Assignments within BALANCE_GOAL (or SNAKE_SLACK of the best imbalance found, when no assignment reaches
+the goal) and within SNAKE_SLACK of PTRR's rule on the same tiles compete on bytes."""
+TILES_PER_RANK = 16
+FINER_BLOCKS = (64, 32)
+"""q tile sizes that also compete when the planner's tiles are too few for the ranks (see ``_plans``)."""
 
 
 def _slots(order: np.ndarray | None, size: int, n_tiles: int, block: int) -> np.ndarray:
@@ -56,28 +61,30 @@ def _part_sides(plan: Plan, part: PlanPart) -> tuple[np.ndarray, np.ndarray]:
     return q_slots, kv_slots
 
 
-def tile_work(plan: Plan) -> np.ndarray:
-    """Computed token pairs per q tile of the main layout, summed over heads and parts (float64).
-
-    Per part and head group, a q token's work is the k/v tokens in its tile's listed kv tiles; tokens add
-    up to the main layout's tile that holds them."""
-    main_slots, _ = _part_sides(plan, plan.parts[0])
-    main_tile = _tile_of_token(main_slots, plan.canvas.size)
-    token_work = np.zeros(plan.canvas.size)
+def token_work(plan: Plan) -> np.ndarray:
+    """Computed token pairs per q token, summed over heads and parts (float64 [N_q]): per part and head
+    group, the k/v tokens in the listed kv tiles of the token's q tile."""
+    work = np.zeros(plan.canvas.size)
     for part in plan.parts:
         q_slots, kv_slots = _part_sides(plan, part)
-        kv_sizes = (kv_slots >= 0).sum(axis=1)
-        kv_cum = np.concatenate([[0], np.cumsum(kv_sizes)])
+        kv_cum = np.concatenate([[0], np.cumsum((kv_slots >= 0).sum(axis=1))])
         part_tile = _tile_of_token(q_slots, plan.canvas.size)
+        held = part_tile >= 0
         for group, table in enumerate(part.tables):
             heads_in_group = int((part.head_table[: plan.heads] == group).sum())
-            if not heads_in_group:
-                continue
-            row, first, stop, _ = table.runs.listed()
-            per_row = np.bincount(row, weights=kv_cum[stop] - kv_cum[first], minlength=part.n_q_tiles)
-            held = part_tile >= 0
-            token_work[held] += heads_in_group * per_row[part_tile[held]]
-    return np.bincount(main_tile[main_tile >= 0], weights=token_work[main_tile >= 0], minlength=plan.parts[0].n_q_tiles)
+            if heads_in_group:
+                row, first, stop, _ = table.runs.listed()
+                per_row = np.bincount(row, weights=kv_cum[stop] - kv_cum[first], minlength=part.n_q_tiles)
+                work[held] += heads_in_group * per_row[part_tile[held]]
+    return work
+
+
+def tile_work(plan: Plan) -> np.ndarray:
+    """Computed token pairs per q tile of the main layout (``token_work`` summed over each tile's tokens)."""
+    main_slots, _ = _part_sides(plan, plan.parts[0])
+    tile = _tile_of_token(main_slots, plan.canvas.size)
+    held = tile >= 0
+    return np.bincount(tile[held], weights=token_work(plan)[held], minlength=plan.parts[0].n_q_tiles)
 
 
 def _rank_part_tiles(part_tile: np.ndarray, q_owner: np.ndarray, n_part_tiles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +187,8 @@ class ContextParallelPlan:
 
     ``q_owner`` / ``kv_owner``: int [N_q] / [N_kv], the rank of each token; ``rank_tiles[r]``: r's q tiles
     of the main layout; ``sub_plans[r]``: r's sub-plan; ``received[r][s]``: the original k/v tokens r
-    fetches from s, in s's local order (empty for s == r); ``strategy``: the balancer that won.
+    fetches from s, in s's local order (empty for s == r); ``strategy``: the balancer that won;
+    ``segments``: the ids it was sharded for (None: the static superset, any ids).
     """
 
     plan: Plan
@@ -194,6 +202,7 @@ class ContextParallelPlan:
     sub_plans: tuple[Plan, ...] = field(repr=False)
     received: tuple[tuple[np.ndarray, ...], ...] = field(repr=False)
     strategy: str = ""
+    segments: torch.Tensor | None = field(default=None, repr=False)
 
     def _rank(self, rank: int) -> int:
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < self.world_size:
@@ -246,8 +255,8 @@ class ContextParallelPlan:
         pairs = np.array([self.computed_pairs(r) for r in range(self.world_size)], dtype=np.float64)
         return float(pairs.max() / pairs.mean()) if pairs.sum() else 1.0
 
-    def _row_bytes(self, head_dim: int, dtype, kv_heads: int | None, batch: int) -> int:
-        """Bytes of one k row plus one v row over the batch and kv heads."""
+    def row_bytes(self, head_dim: int, dtype, *, kv_heads: int | None = None, batch: int = 1) -> int:
+        """Bytes of one token's k and v rows over the batch and kv heads (default: the plan's heads)."""
         import torch
 
         itemsize = torch.empty((), dtype=dtype).element_size()
@@ -256,7 +265,7 @@ class ContextParallelPlan:
     def bytes_received(self, rank: int, head_dim: int, dtype, *, kv_heads: int | None = None, batch: int = 1) -> int:
         """Bytes of k and v rank ``rank`` fetches per forward (the backward sends as many dK/dV bytes back)."""
         rows = sum(tokens.size for tokens in self.received[self._rank(rank)])
-        return rows * self._row_bytes(head_dim, dtype, kv_heads, batch)
+        return rows * self.row_bytes(head_dim, dtype, kv_heads=kv_heads, batch=batch)
 
     def bytes_moved(self, head_dim: int, dtype, *, kv_heads: int | None = None, batch: int = 1) -> int:
         """Bytes of k and v all ranks fetch per forward."""
@@ -266,14 +275,18 @@ class ContextParallelPlan:
 
     def all_gather_bytes(self, head_dim: int, dtype, *, kv_heads: int | None = None, batch: int = 1) -> int:
         """Bytes a plain ring all-gather of K/V moves: every rank receives every other rank's k/v rows."""
-        return (self.world_size - 1) * self.plan.kv_canvas.size * self._row_bytes(head_dim, dtype, kv_heads, batch)
+        return (
+            (self.world_size - 1)
+            * self.plan.kv_canvas.size
+            * self.row_bytes(head_dim, dtype, kv_heads=kv_heads, batch=batch)
+        )
 
     def describe(self) -> str:
         """Per rank: tokens, tiles, computed pairs and rows fetched; then balance and traffic."""
         lines = [
             f"context-parallel plan of {self.plan.pattern} on {self.plan.canvas} over {self.world_size} ranks "
-            f"({'self' if self.self_attention else 'cross'}-attention, balancer {self.strategy}, "
-            f"{self.plan.parts[0].n_q_tiles} q tiles of {self.plan.block_q}, layout {self.plan.layout.name})"
+            f"({'self' if self.self_attention else 'cross'}-attention, balancer {self.strategy}: "
+            f"{self.plan.parts[0].n_q_tiles} q tiles, layout {self.plan.layout.name})"
         ]
         for r in range(self.world_size):
             fetched = self.received_tokens(r)
@@ -302,16 +315,20 @@ def shard(
     *,
     heads: int = 1,
     kv_canvas: Canvas | int | tuple[int, ...] | None = None,
+    segments=None,
     **plan_options,
 ) -> ContextParallelPlan:
     """Plan ``pattern`` and split its q tiles over ``world_size`` ranks by computed work.
 
-    The balancers of ``maskir.distributed.balance`` (LPT, contiguous chains, LPT over runs of tiles) are
+    The balancers of ``maskir.distributed.balance`` (LPT, PTRR's snake, contiguous chains, LPT over runs
+    of tiles), on the planner's q tiles and, when those are fewer than 16 per rank, on finer ones, are
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
-    rows fetched; the assignment fetching least among those within 1.05 (or the best imbalance found,
-    when the tile count allows no better) wins. ``plan_options`` go to ``maskir.plan`` (block_q,
-    block_kv, layout). Patterns with ``Segments`` are sharded by their static superset; ``Routing``
-    (chosen from all tokens' pooled q.k at run time) is refused.
+    rows fetched. Those within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and
+    within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins. ``plan_options`` go to ``maskir.plan`` (block_q,
+    block_kv, layout). Patterns with ``Segments`` are sharded by their static superset, or, given
+    ``segments`` (the ids [B, N] of the batch, as ``attention`` will get them), by only the tiles those ids
+    open in some batch row (per-batch balance: shard again for other ids). ``Routing`` (chosen from all
+    tokens' pooled q.k at run time) is refused.
     """
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got world_size={world_size!r}.")
@@ -321,28 +338,69 @@ def shard(
             "Shard a pattern without Routing (e.g. its Blocks/Causal parts)."
         )
     self_attention = kv_canvas is None
-    full = plan(pattern, canvas, kv_canvas, heads=heads, **plan_options)
-    main_slots, _ = _part_sides(full, full.parts[0])
-    work = tile_work(full)
     scored = []
-    for name, tile_owner in candidates(work, world_size):
-        q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
-        needed = needed_kv(full, q_owner, world_size)
-        kv_owner = q_owner if self_attention else _place_kv(full, needed, world_size)
-        scored.append(
-            (
-                imbalance(work, tile_owner, world_size),
-                _fetched_bytes(needed, kv_owner),
-                name,
-                tile_owner,
-                q_owner,
-                kv_owner,
-            )
+    for full in _plans(pattern, canvas, kv_canvas, heads, world_size, plan_options):
+        full = full if segments is None else opened_by(full, segments)
+        main_slots, _ = _part_sides(full, full.parts[0])
+        work = tile_work(full)
+        found = []
+        for name, tile_owner in candidates(work, world_size):
+            q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
+            needed = needed_kv(full, q_owner, world_size)
+            kv_owner = q_owner if self_attention else _place_kv(full, needed, world_size)
+            load = np.bincount(tile_owner, weights=work, minlength=world_size).max()
+            score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner), load)
+            found.append((score, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner)))
+        snake = min(score[0] for score, (_, name, *_) in found if name.startswith("snake"))
+        scored += [(score, snake + SNAKE_SLACK, chosen) for score, chosen in found]
+    goal = max(BALANCE_GOAL, min(score[0] for score, _, _ in scored) + SNAKE_SLACK)
+    allowed = [(score[1:], chosen) for score, snake_bar, chosen in scored if score[0] <= min(goal, snake_bar)]
+    _, chosen = min(allowed, key=lambda s: s[0])
+    full, name, tile_owner, q_owner, kv_owner = chosen
+    cp = _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
+    return cp if segments is None else dataclasses.replace(cp, segments=segments.detach().cpu().clone())
+
+
+def opened_by(full: Plan, segments) -> Plan:
+    """``full`` with only the tiles the segment ids [B, N] open in some batch row (codegen's per-call gate:
+    a tile pair stays when the id ranges of its q and kv tokens overlap)."""
+    from maskir.codegen.common.gating import gated_plan
+    from maskir.runtime.checks import check_segments
+
+    if not any(isinstance(node, Segments) for node in full.pattern.walk()):
+        raise ValueError(f"segments were given but {full.pattern} has no Segments() node.")
+    if not isinstance(segments, torch.Tensor) or segments.dim() != 2:
+        raise ValueError(
+            f"segments must be the ids [B, N] of the batch, got {getattr(segments, 'shape', type(segments))}."
         )
-    best = min(s[0] for s in scored)
-    bar = max(BALANCE_GOAL, best + BALANCE_SLACK)
-    _, _, name, tile_owner, q_owner, kv_owner = min((s for s in scored if s[0] <= bar), key=lambda s: (s[1], s[0]))
-    return _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
+    batch = segments.shape[0]
+    q_ids, kv_ids = check_segments(segments.cpu(), batch, full.canvas.size, full.kv_canvas.size, torch.device("cpu"))
+    opened = [gated_plan(full, {"segments_q": q_ids, "segments_kv": kv_ids}, batch=b) for b in range(batch)]
+    parts = []
+    for index, part in enumerate(full.parts):
+        tables = []
+        for group in range(len(part.tables)):
+            pairs = [p.parts[index].tables[group].pairs() for p in opened]
+            keys, first = np.unique(np.concatenate([q * part.n_kv_tiles + kv for q, kv, _ in pairs]), return_index=True)
+            kinds = np.concatenate([kind for _, _, kind in pairs])[first]
+            tables.append(
+                TileTable.from_pairs(
+                    keys // part.n_kv_tiles, keys % part.n_kv_tiles, kinds, part.n_q_tiles, part.n_kv_tiles
+                )
+            )
+        parts.append(dataclasses.replace(part, tables=tuple(tables)))
+    return dataclasses.replace(full, parts=tuple(parts))
+
+
+def _plans(pattern, canvas, kv_canvas, heads: int, ranks: int, options: dict) -> list[Plan]:
+    """The planner's plan and, when its q tiles give a rank fewer than ``TILES_PER_RANK`` and the caller
+    chose no ``block_q``, plans with the finer q tiles of ``FINER_BLOCKS``."""
+    plans = [plan(pattern, canvas, kv_canvas, heads=heads, **options)]
+    for block in FINER_BLOCKS if "block_q" not in options else ():
+        if plans[-1].parts[0].n_q_tiles >= TILES_PER_RANK * ranks or block >= plans[-1].block_q:
+            continue
+        plans.append(plan(pattern, canvas, kv_canvas, heads=heads, block_q=block, **options))
+    return plans
 
 
 def _token_owner(main_slots: np.ndarray, tile_owner: np.ndarray, size: int) -> np.ndarray:

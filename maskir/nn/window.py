@@ -4,7 +4,9 @@ Swin partitions the feature map into windows (after a cyclic shift for shifted b
 window with ``relative_position_bias_table[relative_position_index]`` added, masks pairs the shift brought
 together, and reverses the partition. Here the whole map is one ``maskir.attention`` call over
 ``Blocks(window, offset=window - shift)`` (equal to the shift plus Swin's mask, DESIGN.md): the planner
-lays tokens out window-major, and the bias is a score_mod reading the table by relative coordinates.
+lays tokens out window-major, and the bias is ``maskir.score_mods.relative_position_bias`` (Swin convention)
+reading the table by map coordinates: inside a shifted window they differ from the rolled ones by a
+constant, so relative positions are Swin's. The table is trainable (gradients from the same backward).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from maskir.ir import Blocks
 from maskir.nn.masked import MaskedAttention
+from maskir.score_mods import relative_position_bias
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -31,19 +34,6 @@ def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(window[0]), torch.arange(window[1]), indexing="ij")).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     return (relative[..., 0] + window[0] - 1) * (2 * window[1] - 1) + relative[..., 1] + window[1] - 1
-
-
-def swin_bias(table: torch.Tensor, window: tuple[int, int], width: int) -> Callable:
-    """score_mod adding Swin's bias ``table[row, h]`` for flat tokens of a map ``width`` wide, with ``row`` as
-    in ``relative_position_index`` from map coordinates (inside one shifted window these differ from the
-    rolled ones by a constant, so the relative position is the same)."""
-
-    def bias(score, b, h, q_idx, kv_idx):
-        dy = q_idx // width - kv_idx // width + (window[0] - 1)
-        dx = q_idx % width - kv_idx % width + (window[1] - 1)
-        return score + table[dy * (2 * window[1] - 1) + dx, h]
-
-    return bias
 
 
 class WindowAttention(MaskedAttention):
@@ -99,7 +89,9 @@ class WindowAttention(MaskedAttention):
                 f"WindowAttention needs a map whose height and width are multiples of window_size="
                 f"{self.window_size}, got {spatial}: pad the map first, as Swin does."
             )
-        return swin_bias(self.relative_position_bias_table, self.window_size, spatial[1])
+        spans = [2 * w - 1 for w in self.window_size]
+        table = self.relative_position_bias_table.T.reshape(self.num_heads, *spans)  # a view: gradients reach it
+        return relative_position_bias(table, spatial, convention="swin")
 
     def extra_repr(self) -> str:
         return (

@@ -276,7 +276,7 @@ class Value:
             raise AttributeError(name)
         function = getattr(torch, name, None)
         if function is None:
-            raise NotAffineError(f"method {name}")
+            return lambda *args, **kwargs: Unknown(self.bounds)
         return lambda *args, **kwargs: _torch_function(function, (self, *args), kwargs)
 
 
@@ -326,9 +326,36 @@ class Divided(Value):
 
 
 class Bool(Value):
-    def __init__(self, value: BoolValue):
-        super().__init__(value.bounds)
-        self.value = value
+    """A traced bool, known between ``lower`` and ``upper`` (equal when exact): lower implies the value implies
+    upper. Operations on bounds: and/or bound-wise, not swaps them; an Unknown comparison is (False, True)."""
+
+    def __init__(self, lower: BoolValue, upper: BoolValue | None = None):
+        super().__init__(lower.bounds)
+        self.lower, self.upper = lower, lower if upper is None else upper
+
+    @classmethod
+    def unknown(cls, bounds: Bounds) -> Bool:
+        return cls(BoolValue.constant(False, bounds), BoolValue.constant(True, bounds))
+
+    @property
+    def exact(self) -> bool:
+        return self.lower.terms == self.upper.terms
+
+
+def both(a: Bool, b: Bool) -> Bool:
+    return Bool(a.lower & b.lower, a.upper & b.upper)
+
+
+def either(a: Bool, b: Bool) -> Bool:
+    return Bool(a.lower | b.lower, a.upper | b.upper)
+
+
+def negation(a: Bool) -> Bool:
+    return Bool(~a.upper, ~a.lower)
+
+
+class Unknown(Value):
+    """An int the fragment cannot follow (a table lookup, q * kv, b, h...): comparisons with it are unknown."""
 
 
 def _lift(x, bounds: Bounds) -> Value:
@@ -354,10 +381,12 @@ def _as_int(v: Value) -> Int:
     return v
 
 
-def _as_bool(v: Value) -> BoolValue:
+def _as_bool(v: Value) -> Bool:
+    if isinstance(v, Unknown):
+        return Bool.unknown(v.bounds)
     if not isinstance(v, Bool):
         raise NotAffineError("an int where a bool is needed")
-    return v.value
+    return v
 
 
 def _constant(v: Value) -> int | None:
@@ -395,8 +424,11 @@ def _divide(kind: str, x: Value, y: Value) -> Value:
 def _where(cond: Value, x: Value, y: Value) -> Value:
     c = _as_bool(cond)
     if isinstance(x, Bool) or isinstance(y, Bool):
-        return Bool((c & _as_bool(x)) | (~c & _as_bool(y)))
+        return either(both(c, _as_bool(x)), both(negation(c), _as_bool(y)))
+    if not c.exact or isinstance(x, Unknown) or isinstance(y, Unknown):
+        return Unknown(x.bounds)
     xs, ys = _as_int(x), _as_int(y)
+    c = c.lower
     not_c = ~c
     pieces = [(c & cx, fx) for cx, fx in xs.pieces] + [(not_c & cy, fy) for cy, fy in ys.pieces]
     return Int(pieces, x.bounds)
@@ -407,8 +439,10 @@ def _compare(op: str, x: Value, y: Value) -> Bool:
         if op not in ("eq", "ne"):
             raise NotAffineError("ordering of bools")
         a, b = _as_bool(x), _as_bool(y)
-        same = (a & b) | (~a & ~b)
-        return Bool(same if op == "eq" else ~same)
+        same = either(both(a, b), both(negation(a), negation(b)))
+        return same if op == "eq" else negation(same)
+    if isinstance(x, Unknown) or isinstance(y, Unknown):
+        return Bool.unknown(x.bounds)
     if isinstance(y, Divided) and not isinstance(x, Divided):
         return _compare(_MIRROR[op], y, x)
     if isinstance(x, Divided):
@@ -523,21 +557,21 @@ def _abs(x: Value) -> Value:
     return _where(_compare("ge", x, _lift(0, x.bounds)), x, _mul(x, _lift(-1, x.bounds)))
 
 
-def _logical(op: Callable[[BoolValue, BoolValue], BoolValue]) -> Callable[[Value, Value], Bool]:
-    return lambda x, y: Bool(op(_as_bool(x), _as_bool(y)))
+def _logical(op: Callable[[Bool, Bool], Bool]) -> Callable[[Value, Value], Bool]:
+    return lambda x, y: op(_as_bool(x), _as_bool(y))
 
 
-def _bitwise(op: Callable[[BoolValue, BoolValue], BoolValue]) -> Callable[[Value, Value], Bool]:
-    def apply(x: Value, y: Value) -> Bool:
-        if not (isinstance(x, Bool) and isinstance(y, Bool)):
-            raise NotAffineError("bitwise logic on ints")
-        return Bool(op(x.value, y.value))
+def _bitwise(op: Callable[[Bool, Bool], Bool]) -> Callable[[Value, Value], Value]:
+    def apply(x: Value, y: Value) -> Value:
+        if isinstance(x, (Int, Divided)) or isinstance(y, (Int, Divided)):
+            return Unknown(x.bounds)  # bitwise logic on ints
+        return op(_as_bool(x), _as_bool(y))
 
     return apply
 
 
 def _not(x: Value) -> Bool:
-    return Bool(~_as_bool(x))
+    return negation(_as_bool(x))
 
 
 BINARY: dict[str, Callable[[Value, Value], Value]] = {
@@ -548,13 +582,13 @@ BINARY: dict[str, Callable[[Value, Value], Value]] = {
     "floor_divide": lambda x, y: _divide("floordiv", x, y),
     "mod": lambda x, y: _divide("mod", x, y),
     "remainder": lambda x, y: _divide("mod", x, y),
-    "and": _bitwise(operator.and_),
-    "or": _bitwise(operator.or_),
-    "xor": _bitwise(lambda a, b: (a & ~b) | (~a & b)),
-    "bitwise_and": _bitwise(operator.and_),
-    "bitwise_or": _bitwise(operator.or_),
-    "logical_and": _logical(operator.and_),
-    "logical_or": _logical(operator.or_),
+    "and": _bitwise(both),
+    "or": _bitwise(either),
+    "xor": _bitwise(lambda a, b: either(both(a, negation(b)), both(negation(a), b))),
+    "bitwise_and": _bitwise(both),
+    "bitwise_or": _bitwise(either),
+    "logical_and": _logical(both),
+    "logical_or": _logical(either),
     "minimum": lambda x, y: _minmax(x, y, "le"),
     "maximum": lambda x, y: _minmax(x, y, "ge"),
     **{op: (lambda o: lambda x, y: _compare(o, x, y))(op) for op in OPS},
@@ -572,26 +606,42 @@ BINARY: dict[str, Callable[[Value, Value], Value]] = {
 UNARY: dict[str, Callable[[Value], Value]] = {
     "neg": lambda x: _mul(x, _lift(-1, x.bounds)),
     "abs": _abs,
-    "invert": lambda x: _not(x) if isinstance(x, Bool) else _fail("~ of an int"),
+    "invert": lambda x: _not(x) if isinstance(x, Bool) else Unknown(x.bounds),
     "bitwise_not": _not,
     "logical_not": _not,
 }
 
 
-def _fail(what: str):
-    raise NotAffineError(what)
+COMPARISONS = {*OPS, "less", "less_equal", "greater", "greater_equal", "not_equal"}
+
+
+def _tolerant(name: str, op: Callable[..., Value]) -> Callable[..., Value]:
+    """``op``, with what the fragment cannot follow made Unknown (an unknown bool for a comparison)."""
+
+    def apply(*values: Value) -> Value:
+        try:
+            return op(*values)
+        except NotAffineError:
+            bounds = values[0].bounds
+            return Bool.unknown(bounds) if name in COMPARISONS else Unknown(bounds)
+
+    return apply
+
+
+BINARY = {name: _tolerant(name, op) for name, op in BINARY.items()}
+UNARY = {name: _tolerant(name, op) for name, op in UNARY.items()}
 
 
 def _torch_function(func, args, kwargs) -> Value:
     """torch.where/minimum/..., and Tensor dunders reached from a tensor operand (``limit > kv``)."""
-    if kwargs:
-        raise NotAffineError(f"keyword arguments to {getattr(func, '__name__', func)}")
     name = getattr(func, "__name__", "").strip("_")
     reflected = name.startswith("r") and name[1:] in BINARY and getattr(func, "__name__", "").startswith("__")
-    bounds = next(a.bounds for a in args if isinstance(a, Value))
-    values = [_lift(a, bounds) for a in args]
+    bounds = next(a.bounds for a in (*args, *kwargs.values()) if isinstance(a, Value))
+    if kwargs:  # e.g. torch.where(c, x, y, out=...): outside the fragment
+        return Unknown(bounds)
+    values = [_lift_or_unknown(a, bounds) for a in args]
     if name == "where" and len(values) == 3:
-        return _where(*values)
+        return _tolerant(name, _where)(*values)
     if name in ("min", "max") and len(values) == 2:
         return BINARY["minimum" if name == "min" else "maximum"](*values)
     if reflected and len(values) == 2:
@@ -600,25 +650,37 @@ def _torch_function(func, args, kwargs) -> Value:
         return BINARY[name](*values)
     if name in UNARY and len(values) == 1:
         return UNARY[name](values[0])
-    raise NotAffineError(f"torch function {getattr(func, '__name__', func)}")
+    return Unknown(bounds)  # a table lookup (T[q]), float math, an op the fragment does not model
+
+
+def _lift_or_unknown(x, bounds: Bounds) -> Value:
+    """``_lift``, with a tensor or number the fragment cannot hold (a 1-D table, a float) as Unknown."""
+    try:
+        return _lift(x, bounds)
+    except NotAffineError:
+        return Unknown(bounds)
 
 
 def _install_operators() -> None:
     """Python operators on proxies: q - kv, kv <= q, m1 & m2, ~m, q // 64, -q, abs(q - kv)..."""
     for name in ("add", "sub", "mul", "floordiv", "mod", "and", "or", "xor", *OPS):
-        setattr(Value, f"__{name}__", (lambda n: lambda self, other: BINARY[n](self, _lift(other, self.bounds)))(name))
+        setattr(
+            Value,
+            f"__{name}__",
+            (lambda n: lambda self, other: BINARY[n](self, _lift_or_unknown(other, self.bounds)))(name),
+        )
     for name in ("add", "sub", "mul", "floordiv", "mod", "and", "or", "xor"):
-        setattr(Value, f"__r{name}__", (lambda n: lambda self, other: BINARY[n](_lift(other, self.bounds), self))(name))
+        setattr(
+            Value,
+            f"__r{name}__",
+            (lambda n: lambda self, other: BINARY[n](_lift_or_unknown(other, self.bounds), self))(name),
+        )
     for name in ("neg", "abs", "invert"):
         setattr(Value, f"__{name}__", (lambda n: lambda self: UNARY[n](self))(name))
     Value.__hash__ = object.__hash__  # defining __eq__ would remove it
 
 
 _install_operators()
-
-
-class Opaque(Value):
-    """b and h: neither an Int nor a Bool, so any use of them is outside the fragment."""
 
 
 def _bounds(canvas: Canvas, kv_canvas: Canvas) -> Bounds:
@@ -654,26 +716,39 @@ def as_pattern(value: BoolValue) -> Pattern:
 
 
 @lru_cache(maxsize=256)
-def recognise(predicate: Predicate, canvas: Canvas, kv_canvas: Canvas) -> Pattern | None:
-    """An IR pattern equal to ``predicate`` on every (q, kv) of the canvases, or None when not affine."""
+def analyse(predicate: Predicate, canvas: Canvas, kv_canvas: Canvas) -> tuple[Pattern, bool] | None:
+    """(IR pattern, exact): a pattern equal to ``predicate`` on every (q, kv) of the canvases (exact) or a
+    superset of it (the affine parts, with what the fragment cannot follow taken as allowed); None when the
+    mask_mod cannot be traced at all (Python control flow on an index, an error)."""
     bounds = _bounds(canvas, kv_canvas)
     try:
         result = predicate.fn(
-            Opaque(bounds), Opaque(bounds), Int.of(Affine(1, 0, 0), bounds), Int.of(Affine(0, 1, 0), bounds)
+            Unknown(bounds), Unknown(bounds), Int.of(Affine(1, 0, 0), bounds), Int.of(Affine(0, 1, 0), bounds)
         )
-        pattern = as_pattern(_as_bool(_lift(result, bounds)))
+        value = _as_bool(_lift_or_unknown(result, bounds))
+        pattern = as_pattern(value.upper)
         check_canvas(pattern, canvas, kv_canvas)  # e.g. Blocks larger than the canvas: evaluate instead
-        return pattern
+        return pattern, value.exact
     except NotAffineError:
         return None
     except (TypeError, ValueError, AttributeError, IndexError, RuntimeError, ZeroDivisionError):
         return None  # the mask_mod did something our proxies do not support: evaluate it exactly
 
 
+def recognise(predicate: Predicate, canvas: Canvas, kv_canvas: Canvas) -> Pattern | None:
+    """An IR pattern equal to ``predicate`` on every (q, kv) of the canvases, or None when not affine."""
+    found = analyse(predicate, canvas, kv_canvas)
+    return found[0] if found is not None and found[1] else None
+
+
 def rewrite_predicates(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas) -> Pattern:
-    """``pattern`` with every recognised Predicate leaf replaced by its IR (the rest unchanged)."""
+    """``pattern`` with every Predicate leaf replaced by its IR when recognised exactly, or by ``superset &
+    predicate`` when its affine parts bound it (so only the superset's tiles are evaluated); the rest unchanged."""
     if isinstance(pattern, Predicate):
-        return recognise(pattern, canvas, kv_canvas) or pattern
+        found = analyse(pattern, canvas, kv_canvas)
+        if found is None or found[0] == Full():
+            return pattern
+        return found[0] if found[1] else And(found[0], pattern)
     if isinstance(pattern, (And, Or)):
         left, right = (rewrite_predicates(c, canvas, kv_canvas) for c in pattern.children())
         return pattern if (left, right) == pattern.children() else type(pattern)(left, right)

@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from maskir.canvas import Canvas
+from maskir.canvas import MAX_TOKENS, Canvas
 from maskir.ir import Pattern, check_canvas
 from maskir.planner.affine import rewrite_predicates
 from maskir.planner.analysis import tile_runs
+from maskir.planner.cells import chunk_counts
 from maskir.planner.cost import plan_cost
 from maskir.planner.heads import head_groups
 from maskir.planner.layouts import LAYOUTS, LayoutChoice, layout_choices
@@ -60,12 +61,15 @@ def plan(
     check_canvas(pattern, canvas, kv_canvas)
     pattern = rewrite_predicates(pattern, canvas, kv_canvas)
     price = cost or plan_cost
-    best_cost, best = cheapest(candidate_plans(pattern, canvas, kv_canvas, heads, block_q, block_kv, layout), price)
-    if layout == "auto":
-        from maskir.planner.union import split_union  # union builds on this module's candidate_plans
+    try:
+        best_cost, best = cheapest(candidate_plans(pattern, canvas, kv_canvas, heads, block_q, block_kv, layout), price)
+        if layout == "auto":
+            from maskir.planner.union import split_union  # union builds on this module's candidate_plans
 
-        split_cost, split = cheapest(split_union(best, price), price)
-        best = split if split_cost < best_cost else best
+            split_cost, split = cheapest(split_union(best, price), price)
+            best = split if split_cost < best_cost else best
+    finally:
+        chunk_counts.cache_clear()  # counts of Predicates are shared by this call's candidates only
     return dataclasses.replace(best, plan_seconds=time.perf_counter() - started)
 
 
@@ -128,9 +132,14 @@ def _as_canvas(value, name: str) -> Canvas:
 def _check_block(name: str, value) -> None:
     if value is None:
         return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 16 or value & (value - 1):
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or not 16 <= value <= MAX_TOKENS
+        or value & (value - 1)
+    ):
         raise ValueError(
-            f"plan argument {name} must be a power of two >= 16 (or None to choose), got {name}={value!r}."
+            f"plan argument {name} must be a power of two >= 16 and <= 2**31 (or None to choose), got {name}={value!r}."
         )
 
 

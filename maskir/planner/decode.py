@@ -13,8 +13,9 @@ Grid (``DecodeGrid``), one program per (split, slot, batch, head pack, row block
   its rows are query-major, packed row r = i * pack + g holds query i of head h0 + g. ``pack`` is 1 when the
   query heads of a kv head use different tile lists (``PerHead`` patterns);
 - **row blocks** of ``rows`` packed rows (a power of two in [16, ``MAX_DECODE_ROWS``]);
-- **slots**: a row block's queries span at most two q tiles of the plan (rows / pack <= DECODE_BLOCK_Q); slot j
-  walks the list of the j-th and masks the rows of the other;
+- **slots**: the q tiles of the plan a row block's queries span (at most two while its rows hold at most
+  DECODE_BLOCK_Q queries; a call takes the most over its row blocks); slot j walks the list of the j-th and
+  masks the rows outside it, and a slot past the row block's last q tile walks an empty list;
 - **splits**: a list of T kv tiles is cut into ``splits`` chunks of ceil(T / splits) tiles, each a program
   writing a partial output and log-sum-exp; the partials merge by log-sum-exp (``tables.merge_lse``).
   ``choose_splits`` cuts the longest list into chunks of at most ceil(work / (TARGET_WAVES x SMs)) tiles
@@ -28,7 +29,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from maskir.canvas import Canvas
-from maskir.ir import Grid, Neighborhood, Pattern, Routing
+from maskir.ir import (
+    Blocks,
+    Columns,
+    Dilated,
+    Global,
+    Grid,
+    Neighborhood,
+    Pattern,
+    Prefix,
+    Routing,
+    Sink,
+    Strided,
+    Stripes,
+    Window,
+)
+from maskir.planner.build import BLOCK_Q_CHOICES
 from maskir.planner.build import plan as make_plan
 from maskir.planner.kinds import EMPTY, FULL
 from maskir.planner.plan import Plan
@@ -64,18 +80,43 @@ def decodable(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas) -> bool:
 def prefers_decode(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas, *, batch: int, heads: int, sms: int) -> bool:
     """Whether a forward of this shape takes the decode kernels (``maskir.attention``, ``CompiledAttention``,
     ``maskir.simulate`` all ask this): a decodable pattern with at most ``DECODE_MAX_Q`` queries per head, or
-    at most ``MAX_FEW_Q`` queries against at least ``FEW_Q_KV_RATIO`` times as many keys whose 64-row q tiles,
-    over batch and heads, are fewer than the SMs."""
+    at most ``MAX_FEW_Q`` queries against at least ``FEW_Q_KV_RATIO`` times as many keys whose training q tiles
+    (the planner's smallest, 64 rows), over batch and heads, are fewer than the SMs."""
     if not decodable(pattern, canvas, kv_canvas):
         return False
     n_q = canvas.size
-    few_tiles = batch * heads * -(-n_q // 64) < sms and kv_canvas.size >= FEW_Q_KV_RATIO * n_q
+    training_tiles = batch * heads * -(-n_q // min(BLOCK_Q_CHOICES))
+    few_tiles = training_tiles < sms and kv_canvas.size >= FEW_Q_KV_RATIO * n_q
     return n_q <= DECODE_MAX_Q or (n_q <= MAX_FEW_Q and few_tiles)
 
 
-def kv_bucket(positions: int) -> int:
-    """The canvas of the decode plan that holds ``positions`` absolute positions: a power of two >= MIN_BUCKET."""
-    return max(MIN_BUCKET, 1 << max(0, int(positions) - 1).bit_length())
+def kv_bucket(pattern: Pattern, positions: int) -> int:
+    """The canvas of the decode plan that holds ``positions`` absolute positions: a power of two >= MIN_BUCKET
+    on which the pattern is defined (``pattern_extent``: a 4096-wide window needs 4097 positions even while
+    the cache holds 100)."""
+    needed = max(int(positions), pattern_extent(pattern))
+    return max(MIN_BUCKET, 1 << max(0, needed - 1).bit_length())
+
+
+def pattern_extent(pattern: Pattern) -> int:
+    """The fewest 1-D positions on which ``pattern`` is defined (``maskir.ir.check_canvas``'s size rules)."""
+    needed = [1]
+    for node in pattern.walk():
+        if isinstance(node, Window):
+            needed.append(max(node.left, node.right) + 1)
+        elif isinstance(node, Dilated):
+            needed.append(node.window * node.dilation + 1)
+        elif isinstance(node, Blocks):
+            needed.append(max(np.atleast_1d(node.size)))
+        elif isinstance(node, Stripes):
+            needed.append(node.width)
+        elif isinstance(node, (Sink, Prefix)):
+            needed.append(node.n)
+        elif isinstance(node, Global):
+            needed.append(max(node.indices) + 1)
+        elif isinstance(node, (Strided, Columns)):
+            needed.append(node.stride)
+    return int(max(needed))
 
 
 def check_decodable(pattern: Pattern) -> None:
@@ -138,13 +179,15 @@ def decode_rows(n_q: int, pack: int) -> tuple[int, int]:
     return rows, -(-packed // rows)
 
 
-def query_tiles(q_offsets: np.ndarray, n_q: int, pack: int, rows: int, row_blocks: int) -> tuple[np.ndarray, int]:
-    """(first q tile [B, row_blocks] of each row block's queries, slots = most q tiles a row block spans)."""
+def query_tiles(
+    q_offsets: np.ndarray, n_q: int, pack: int, rows: int, row_blocks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) q tile [B, row_blocks] of each row block's queries; slots = max(last - first) + 1."""
     first = np.arange(row_blocks) * rows // pack  # packed row r = i * pack + g
     last = np.minimum(n_q - 1, (np.arange(1, row_blocks + 1) * rows - 1) // pack)
     lo = (q_offsets[:, None] + first[None, :]) // DECODE_BLOCK_Q
     hi = (q_offsets[:, None] + last[None, :]) // DECODE_BLOCK_Q
-    return lo, int((hi - lo).max()) + 1
+    return lo, hi
 
 
 def choose_splits(tiles: np.ndarray, programs_per_list: np.ndarray, sms: int) -> int:
@@ -206,14 +249,21 @@ def valid_tiles(kv_lens: np.ndarray, ring: int | None) -> tuple[np.ndarray, np.n
 
 
 def decode_lists(
-    plan: Plan, grid: DecodeGrid, first_q_tiles: np.ndarray, kv_lens: np.ndarray, ring: int | None = None
+    plan: Plan,
+    grid: DecodeGrid,
+    first_q_tiles: np.ndarray,
+    last_q_tiles: np.ndarray,
+    kv_lens: np.ndarray,
+    ring: int | None = None,
 ) -> DecodeLists:
-    """The lists a call walks (``DecodeLists``): rows of the plan's tables, cut to each batch's valid tiles."""
+    """The lists a call walks (``DecodeLists``): rows of the plan's tables, cut to each batch's valid tiles;
+    a slot past the last q tile of its row block's queries gets an empty list (its rows are all masked)."""
     first_kv, stop_kv = valid_tiles(kv_lens, ring)
     shape = (grid.batch, grid.row_blocks, grid.slots)  # list order within a head group
-    q_tiles = (first_q_tiles[:, :, None] + np.arange(grid.slots)).ravel()
+    q_tiles = first_q_tiles[:, :, None] + np.arange(grid.slots)
     first = np.broadcast_to(first_kv[:, None, None], shape).ravel()
-    stop = np.broadcast_to(stop_kv[:, None, None], shape).ravel()
+    stop = np.where(q_tiles <= last_q_tiles[:, :, None], stop_kv[:, None, None], 0).ravel()
+    q_tiles = q_tiles.ravel()
     lists = [row_lists(table.runs, q_tiles, first, stop) for table in plan.parts[0].tables]
     start = np.zeros(len(lists) * q_tiles.size + 1, dtype=np.int64)
     start[1:] = np.cumsum(np.concatenate([tiles for tiles, _, _ in lists]))
@@ -273,11 +323,12 @@ def decode_grid(
     batch = int(q_offsets.shape[0])
     pack = head_pack(plan, kv_heads)
     rows, row_blocks = decode_rows(n_q, pack)
-    first_q_tiles, slots = query_tiles(q_offsets, n_q, pack, rows, row_blocks)
+    first_q_tiles, last_q_tiles = query_tiles(q_offsets, n_q, pack, rows, row_blocks)
     if ring is not None:
         check_ring(plan, q_offsets, n_q, kv_lens, ring)
+    slots = int((last_q_tiles - first_q_tiles).max()) + 1
     grid = DecodeGrid(batch, plan.heads, n_q, pack, rows, row_blocks, slots, 1)
-    lists = decode_lists(plan, grid, first_q_tiles, kv_lens, ring)
+    lists = decode_lists(plan, grid, first_q_tiles, last_q_tiles, kv_lens, ring)
     groups = np.asarray(plan.parts[0].head_table)[:: grid.pack]
     packs = np.bincount(groups, minlength=len(plan.parts[0].tables))  # programs walking each group's lists
     if splits is None:

@@ -1,62 +1,37 @@
 """Exact tile classes by evaluation: the path for leaves no rule covers (``Predicate``), and the test oracle.
 
-For each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
+A ``Predicate`` on identity tiles is counted per 16 x 16 cell in the 2048 x 2048 chunks its candidate
+tiles touch (``cells``: vectorised torch, compiled for large grids), once per plan call, and every
+candidate's tiles are read from the counts. Otherwise, for each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
 blocks of at most ``PAIRS_PER_EVALUATION`` pairs (so memory stays bounded, well under 256 MiB), and a tile
-is FULL when all its pairs are allowed, EMPTY when none is. Runs longer than a second report progress: a
-line redrawn with a carriage return when stderr is a terminal; otherwise (a log file, CI, a notebook's
-captured stream) a ``logging`` INFO record on the ``maskir.planner`` logger at most every
-``LOG_EVERY_SECONDS``, never carriage returns.
+is FULL when all its pairs are allowed, EMPTY when none is. Slow runs report progress (``progress``).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-import time
-
 import numpy as np
 
-from maskir.ir import Pattern
+from maskir.ir import Pattern, Predicate
+from maskir.planner import cells
 from maskir.planner.kinds import EMPTY, FULL, PARTIAL
 from maskir.planner.plan import PAIRS_PER_EVALUATION
-from maskir.planner.tiles import Side
+from maskir.planner.progress import Progress
+from maskir.planner.tiles import IdentitySide, Side
 from maskir.reference import evaluate_pairs
 
-PROGRESS_AFTER_SECONDS = 1.0
-LOG_EVERY_SECONDS = 10.0
-LOGGER = logging.getLogger("maskir.planner")
-
-
-class Progress:
-    """Progress of slow work, reported once it has taken longer than PROGRESS_AFTER_SECONDS: a redrawn line
-    on a terminal stderr, else a log record at most every LOG_EVERY_SECONDS (and one at the end)."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.started, self.shown = what, total, time.perf_counter(), False
-        self.terminal = sys.stderr.isatty()
-        self.logged_at = -float("inf")
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.started <= PROGRESS_AFTER_SECONDS:
-            return
-        self.shown = True
-        message = f"maskir plan: {self.what}: {done:,}/{self.total:,} tiles"
-        if self.terminal:
-            print(f"\r{message}", end="", file=sys.stderr, flush=True)
-        elif now - self.logged_at >= LOG_EVERY_SECONDS or done == self.total:
-            self.logged_at = now
-            LOGGER.info(message)
-
-    def close(self) -> None:
-        if self.shown and self.terminal:
-            print(file=sys.stderr, flush=True)
+USE_CELLS = True
+"""Classify Predicates on identity tiles from cell counts (``cells``); False forces the per-tile path."""
 
 
 def exact_kinds(
     pattern: Pattern, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray, *, head: int = 0, **data
 ) -> np.ndarray:
     """Exact class of each pair (q tile rows[i], kv tile cols[i]); pairs must be sorted by row."""
+    identity = isinstance(q, IdentitySide) and isinstance(kv, IdentitySide)
+    if isinstance(pattern, Predicate) and identity and USE_CELLS:
+        kinds = cells.tile_kinds(pattern, q.canvas.size, kv.canvas.size, q.block, kv.block, rows, cols, head)
+        if kinds is not None:
+            return kinds
     kinds = np.empty(rows.shape, dtype=np.int8)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(rows)) + 1, [rows.size]]) if rows.size else []
     progress = Progress(f"evaluating {pattern} exactly", rows.size)

@@ -22,6 +22,7 @@ from maskir.canvas import Canvas
 from maskir.ir import Pattern, is_dynamic
 from maskir.planner.heads import head_groups
 from maskir.planner.kinds import TileKind
+from maskir.planner.pair_count import count_pairs
 from maskir.planner.runs import TileRuns, ragged_arange
 from maskir.reference import evaluate_pairs
 
@@ -332,9 +333,7 @@ class Plan:
             for part in self.parts:
                 table = part.tables[part.head_table[head]]
                 q_sizes, kv_sizes = self.tile_sizes(part, "q"), self.tile_sizes(part, "kv")
-                partial = sum(
-                    int(block.sum()) for _, _, block in self._row_blocks(part, table, TileKind.PARTIAL, head, data)
-                )
+                partial = self._partial_pairs(part, table, head, data)
                 allowed += count * (table.computed_pairs(q_sizes, kv_sizes, kind=TileKind.FULL) + partial)
         work = np.zeros((self.heads, max(p.n_q_tiles for p in self.parts)), dtype=np.int64)
         for part in self.parts:
@@ -343,6 +342,24 @@ class Plan:
         counts = self.tile_counts
         dense = self.heads * self.canvas.size * self.kv_canvas.size
         return PlanStats(allowed, counts.computed_pairs, counts.full_tiles, counts.partial_tiles, dense, work)
+
+    def _partial_pairs(self, part: PlanPart, table: TileTable, head: int, data: dict) -> int:
+        """Allowed pairs in the PARTIAL tiles of one table: in closed form per run of tiles when the part's
+        pattern allows it and its tiles are token ranges (``pair_count``, O(runs)); else evaluated."""
+        if part.layout.q_tokens is None and part.layout.kv_tokens is None:
+            rows, firsts, stops, _ = table.runs.listed(TileKind.PARTIAL)
+            counted = count_pairs(
+                part.pattern,
+                self.canvas,
+                self.kv_canvas,
+                rows * self.block_q,
+                np.minimum((rows + 1) * self.block_q, self.canvas.size),
+                firsts * self.block_kv,
+                np.minimum(stops * self.block_kv, self.kv_canvas.size),
+            )
+            if counted is not None:
+                return counted
+        return sum(int(block.sum()) for _, _, block in self._row_blocks(part, table, TileKind.PARTIAL, head, data))
 
     @cached_property
     def stats(self) -> PlanStats:

@@ -22,6 +22,9 @@ _LAZY = {
     "KernelModel": "maskir.sim.hardware",
     "KERNELS": "maskir.sim.hardware",
     "get_hardware": "maskir.sim.hardware",
+    "Interconnect": "maskir.sim.hardware",
+    "INTERCONNECT": "maskir.sim.hardware",
+    "get_interconnect": "maskir.sim.hardware",
 }
 
 __all__ = list(_LAZY)

@@ -208,7 +208,7 @@ def simulate_decode(
     if offset < 0:
         raise ValueError(f"q_offset must be >= 0, got {offset} (default kv_len - n_q).")
     offsets, lens = np.full(batch, offset, dtype=np.int64), np.full(batch, kv_len, dtype=np.int64)
-    plan = decode_plan(pattern, kv_bucket(max(kv_len, offset + n_q)), heads)
+    plan = decode_plan(pattern, kv_bucket(pattern, max(kv_len, offset + n_q)), heads)
     grid, lists, groups = decode_grid(plan, kv_heads, n_q, offsets, lens, sms=hw.sms, splits=splits)
     count, full = lists.count.astype(np.int64), lists.full.astype(np.int64)
     launches, kv_tiles = decode_launches(grid, count, full, groups, hw, model, head_dim=head_dim, dtype=dtype)

@@ -163,3 +163,48 @@ def get_kernel(name: str | KernelModel) -> KernelModel:
     if name not in KERNELS:
         raise ValueError(f"Unknown kernel {name!r}; valid names: {', '.join(KERNELS)}.")
     return KERNELS[name]
+
+
+# -- links between GPUs (context parallelism) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """The links of one multi-GPU system, per GPU and per direction: inside a node (NVLink) and across nodes
+    (the GPU's own InfiniBand NIC), in GB/s, and how many GPUs a node holds."""
+
+    name: str
+    node_gbps: float
+    network_gbps: float
+    gpus_per_node: int
+
+    def transfer_seconds(self, node_bytes: float, network_bytes: float) -> float:
+        """Seconds to receive ``node_bytes`` from GPUs of the same node and ``network_bytes`` from other
+        nodes, the two links working at once."""
+        return max(node_bytes / (self.node_gbps * 1e9), network_bytes / (self.network_gbps * 1e9))
+
+
+INTERCONNECT: dict[str, Interconnect] = {
+    # H100 datasheet (SXM5): NVLink 900 GB/s per GPU (both directions: 450 each way); DGX H100 datasheet: 8 GPUs,
+    # 8x single-port ConnectX-7 VPI up to 400 Gb/s InfiniBand (50 GB/s per GPU each way).
+    "h100": Interconnect("h100", 450.0, 50.0, 8),
+    # H200 datasheet (SXM): NVLink 900 GB/s; DGX H200 datasheet: 8 GPUs, 8x ConnectX-7 400 Gb/s InfiniBand.
+    "h200": Interconnect("h200", 450.0, 50.0, 8),
+    # A100 datasheet (80GB SXM): NVLink 600 GB/s; DGX A100 datasheet: 8 GPUs, 8x single-port ConnectX-6 VPI
+    # 200 Gb/s HDR InfiniBand (25 GB/s per GPU each way).
+    "a100": Interconnect("a100", 300.0, 25.0, 8),
+    # HGX B200 datasheet: fifth-generation NVLink 1.8 TB/s per GPU; DGX B200 datasheet: 8 GPUs, 8x single-port
+    # ConnectX-7 VPI up to 400 Gb/s InfiniBand.
+    "b200": Interconnect("b200", 900.0, 50.0, 8),
+}
+
+
+def get_interconnect(name: str | Interconnect) -> Interconnect:
+    """The ``Interconnect`` of a hardware name with NVLink systems in the table (h100, h200, a100, b200)."""
+    if isinstance(name, Interconnect):
+        return name
+    if name not in INTERCONNECT:
+        raise ValueError(
+            f"No interconnect figures for {name!r}; valid names: {', '.join(INTERCONNECT)} (NVLink systems)."
+        )
+    return INTERCONNECT[name]

@@ -1,0 +1,141 @@
+"""Exact tile classes of a ``Predicate`` from counts of allowed pairs per 16 x 16 cell, vectorised.
+
+The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the asked-for
+tiles touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the
+superset an affine part of the mask_mod gives). A chunk calls the mask_mod once with broadcast torch index
+tensors and sums the result into counts per ``CELL`` x ``CELL`` cell (indices past the canvas are clamped
+for the call and excluded from the counts); when the chunks to evaluate hold more than
+``COMPILE_ABOVE_PAIRS`` pairs they run under ``torch.compile`` (one fused loop, every chunk the same shape,
+as ``torch.compile(create_block_mask)`` runs), else eagerly. Memory: one chunk's temporaries, plus a
+prefix-sum table per evaluated chunk. The evaluation runs on CUDA when a tensor the mask_mod captures is
+there.
+
+Chunk sides are multiples of 128, so a tile of a block size dividing them (every block up to 128) lies in
+one chunk; its allowed pairs are a box sum of the chunk's cells, O(1). The
+counts are kept during one ``plan`` call (its block-size candidates share them) and dropped at its end, so
+a later plan sees the tensors the mask_mod reads as they are then.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from maskir.ir import Predicate
+from maskir.planner.kinds import EMPTY, FULL, PARTIAL
+from maskir.planner.progress import Progress
+
+CELL = 16
+"""Cell side in tokens: every block size (a power of two >= 16) is a whole number of cells."""
+CHUNK = 2048
+"""Chunk side in tokens (at most; a multiple of 128)."""
+COMPILE_ABOVE_PAIRS = 1 << 26
+"""Evaluations of more pairs run a torch.compile'd chunk; smaller ones run eagerly."""
+MAX_CHUNKS = 1 << 14
+"""At most this many chunks are kept (64 KiB of prefix sums each); beyond, tiles are evaluated one by one."""
+LOGGER = logging.getLogger("maskir.planner")
+
+
+def device_of(predicate: Predicate) -> torch.device:
+    """CUDA when a tensor the mask_mod reads (closure or global) lives there, else the CPU."""
+    try:
+        names = inspect.getclosurevars(predicate.fn)
+    except TypeError:  # not a Python function (a callable object)
+        return torch.device("cpu")
+    for value in (*names.nonlocals.values(), *names.globals.values()):
+        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+            return value.device
+    return torch.device("cpu")
+
+
+def _counts_of_chunk(fn, q: torch.Tensor, kv: torch.Tensor, q_valid, kv_valid, head: int) -> torch.Tensor:
+    """Allowed pairs per cell of the chunk q [Q] x kv [K] (Q, K multiples of CELL)."""
+    zero = torch.zeros((), dtype=torch.long, device=q.device)
+    allowed = torch.as_tensor(fn(zero, zero + head, q[:, None], kv[None, :])).to(torch.bool)
+    allowed = allowed.expand(q.shape[0], kv.shape[0]) & q_valid[:, None] & kv_valid[None, :]
+    return allowed.view(q.shape[0] // CELL, CELL, kv.shape[0] // CELL, CELL).sum((1, 3), dtype=torch.int32)
+
+
+def _side(n: int) -> int:
+    """Chunk side for n tokens: CHUNK, or n rounded up to a multiple of 128 when that is smaller."""
+    return min(CHUNK, -(-n // 128) * 128)
+
+
+class ChunkCounts:
+    """Per evaluated chunk (i, j): the 2-D prefix sum of its cell counts, int64 [side/CELL + 1, side/CELL + 1]."""
+
+    def __init__(self, predicate: Predicate, n_q: int, n_kv: int, head: int):
+        self.predicate, self.n_q, self.n_kv, self.head = predicate, n_q, n_kv, head
+        self.q_side, self.kv_side = _side(n_q), _side(n_kv)
+        self.device = device_of(predicate)
+        self.prefix: dict[tuple[int, int], np.ndarray] = {}
+
+    def ensure(self, chunks: np.ndarray) -> None:
+        """Evaluate the chunks (rows of [i, j]) not evaluated yet."""
+        missing = [(int(i), int(j)) for i, j in chunks if (int(i), int(j)) not in self.prefix]
+        if not missing:
+            return
+        compiled = len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS
+        count = torch.compile(_counts_of_chunk, dynamic=False) if compiled else _counts_of_chunk
+        progress = Progress(f"evaluating {self.predicate}", len(missing), "chunks")
+        for done, (i, j) in enumerate(missing, 1):
+            q = torch.arange(i * self.q_side, (i + 1) * self.q_side, device=self.device)
+            kv = torch.arange(j * self.kv_side, (j + 1) * self.kv_side, device=self.device)
+            arguments = (self.predicate.fn, q.clamp(max=self.n_q - 1), kv.clamp(max=self.n_kv - 1))
+            arguments += (q < self.n_q, kv < self.n_kv, self.head)
+            try:
+                counts = count(*arguments)
+            except Exception as error:  # torch.compile cannot build this mask_mod here (no compiler, an op)
+                if count is _counts_of_chunk:
+                    raise
+                LOGGER.warning(
+                    "maskir plan: torch.compile failed on %s (%s); evaluating eagerly", self.predicate, error
+                )
+                count = _counts_of_chunk
+                counts = count(*arguments)
+            prefix = np.zeros((counts.shape[0] + 1, counts.shape[1] + 1), dtype=np.int64)
+            np.cumsum(np.cumsum(counts.cpu().numpy(), axis=0, dtype=np.int64), axis=1, out=prefix[1:, 1:])
+            self.prefix[i, j] = prefix
+            progress.update(done)
+        progress.close()
+
+
+@lru_cache(maxsize=8)
+def chunk_counts(predicate: Predicate, n_q: int, n_kv: int, head: int) -> ChunkCounts:
+    """The counts of one predicate, grid and head, shared by the candidates of one plan call."""
+    return ChunkCounts(predicate, n_q, n_kv, head)
+
+
+def tile_kinds(
+    predicate: Predicate,
+    n_q: int,
+    n_kv: int,
+    q_block: int,
+    kv_block: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    head: int = 0,
+) -> np.ndarray | None:
+    """Classes of identity tiles (rows[i], cols[i]) from cell counts; None when too many chunks would be kept
+    or a tile would straddle chunks (the caller evaluates tile by tile)."""
+    counts = chunk_counts(predicate, n_q, n_kv, head)
+    if counts.q_side % q_block or counts.kv_side % kv_block:
+        return None
+    q_first, kv_first = rows * q_block, cols * kv_block
+    chunk_i, chunk_j = q_first // counts.q_side, kv_first // counts.kv_side
+    keys, which = np.unique(np.stack([chunk_i, chunk_j], axis=1), axis=0, return_inverse=True)
+    if len(counts.prefix) + keys.shape[0] > MAX_CHUNKS:
+        return None
+    counts.ensure(keys)
+    prefix = np.stack([counts.prefix[int(i), int(j)] for i, j in keys]) if keys.size else np.zeros((0, 1, 1))
+    which = which.reshape(-1)
+    r0, c0 = (q_first - chunk_i * counts.q_side) // CELL, (kv_first - chunk_j * counts.kv_side) // CELL
+    r1, c1 = r0 + q_block // CELL, c0 + kv_block // CELL
+    hits = prefix[which, r1, c1] - prefix[which, r0, c1] - prefix[which, r1, c0] + prefix[which, r0, c0]
+    q_count = np.minimum(q_first + q_block, n_q) - q_first
+    kv_count = np.minimum(kv_first + kv_block, n_kv) - kv_first
+    return np.where(hits == 0, EMPTY, np.where(hits == q_count * kv_count, FULL, PARTIAL)).astype(np.int8)
