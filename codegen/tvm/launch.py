@@ -262,11 +262,8 @@ class TvmAttention:
         tensors: Sequence[torch.Tensor],
         trained: Sequence[int] = (),
     ) -> tuple[torch.Tensor, ...]:
-        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
-        if trained:
-            raise ValueError(
-                "This backend does not yet differentiate the tensors a score_mod reads; use backend='reference'."
-            )
+        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout; then the gradients of
+        the score_mod tensors at indices ``trained`` of ``tensors``."""
         self._check(q, k, v, tensors)
         table_grads = self.generated.table_grads
         names = [self.generated.tensor_names[i] for i in trained]
