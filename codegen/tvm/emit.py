@@ -2,7 +2,8 @@
 
 The plan is lowered once (:func:`maskir.codegen.common.lowered.lower_plan`, the same expressions the
 Triton backend renders); each part's predicate and the score_mod are rendered as TVMScript statements
-(:func:`render_tvm`) into the kernel texts of :mod:`maskir.codegen.tvm.template`. The text is the whole
+(:func:`render_tvm`) into the kernel texts: the tile kernels of :mod:`maskir.codegen.tvm.tile_template` for
+``llvm``, the row kernels of :mod:`maskir.codegen.tvm.template` for ``cuda``. The text is the whole
 source: ``tvm.script.from_source`` parses it (no imports; it evaluates the expressions in the text), and
 ``tvm.compile`` builds it for ``llvm`` (CPU, the runtime's ``backend="tvm"``) or ``cuda`` (``sm_90``
 source, see ``launch.cuda_source``).
@@ -81,15 +82,13 @@ def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: in
         raise ValueError(f"target must be one of {TARGETS}, got target={target!r}.")
 
 
-def _loops(target: str, outer: str, tiles: int, rows: int) -> dict[str, str]:
-    """Loop heads over (batch x heads, tiles, rows): parallel/serial on llvm, CUDA blocks and threads."""
-    if target == "cuda":
-        return {
-            "outer": f'T.thread_binding(batch * {outer}, thread="blockIdx.y")',
-            "tile": f'T.thread_binding({tiles}, thread="blockIdx.x")',
-            "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
-        }
-    return {"outer": f"T.parallel(batch * {outer})", "tile": f"T.serial({tiles})", "row": f"T.serial({rows})"}
+def _cuda_loops(outer: str, tiles: int, rows: int) -> dict[str, str]:
+    """Loop heads of the row kernels over (batch x heads, tiles, rows): CUDA blocks and threads."""
+    return {
+        "outer": f'T.thread_binding(batch * {outer}, thread="blockIdx.y")',
+        "tile": f'T.thread_binding({tiles}, thread="blockIdx.x")',
+        "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
+    }
 
 
 def table_rows(target: str, batch_heads: int, n_q_tiles: int, block_q: int) -> int:
@@ -224,8 +223,8 @@ def generate_tvm_source(
     params, buffers = _tensor_text(lowered)
     functions = []
     for i, (part, predicate) in enumerate(zip(plan.parts, lowered.predicates)):
-        q_loops = _loops(target, str(plan.heads), part.n_q_tiles, plan.block_q)
-        kv_loops = _loops(target, str(kv_heads), part.n_kv_tiles, plan.block_kv)
+        q_loops = _cuda_loops(str(plan.heads), part.n_q_tiles, plan.block_q)
+        kv_loops = _cuda_loops(str(kv_heads), part.n_kv_tiles, plan.block_kv)
         values = {
             "part": str(i),
             "common_params": COMMON_PARAMS,
