@@ -37,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="maskir-cpu-bench-inductor-"))
+import torch  # noqa: E402 (after the private Inductor cache folder: other processes' entries stay out)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -197,8 +198,15 @@ def measure(case: Case, *, heads: int, head_dim: int, repeats: int, peers: tuple
             impls[peer] = built
     ours = impls["maskir"][0]["fwd"]()
     row: dict = {"pattern": case.name, "spec": str(case.pattern), "canvas": list(case.canvas.shape)}
-    for name, (calls, extra) in impls.items():
-        out = calls["fwd"]()  # warm-up (flex and NATTEN compile here)
+    for name, (calls, extra) in list(impls.items()):
+        try:
+            out = calls["fwd"]()  # warm-up (flex and NATTEN compile here)
+        except Exception as error:  # a peer that fails to build is reported, not timed
+            if name == "maskir":
+                raise
+            row[f"{name}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            del impls[name]
+            continue
         if name != "maskir":
             out = out if out.shape == ours.shape else out.reshape(1, case.tokens, heads, head_dim).transpose(1, 2)
             row[f"{name}_max_abs_diff"] = float((out - ours).abs().max())
