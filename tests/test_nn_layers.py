@@ -1,7 +1,8 @@
 """maskir.nn: NATTEN's modules with their weights, Swin's window attention in one call, MaskedAttention.
 
 Peers: NATTEN 0.21.7's own modules (forward on CPU through its flex backend), a straightforward Swin
-implementation (partition, cyclic shift, mask, reverse) written here, and the float64 reference.
+implementation (partition, cyclic shift, mask, reverse: benchmarks/swin_reference.py), and the float64
+reference.
 """
 
 import warnings
@@ -13,6 +14,7 @@ from torch import nn
 
 import maskir
 import maskir.nn as mnn
+from benchmarks.swin_reference import swin_window_attention
 from maskir import Blocks, Canvas, Causal, Window
 from maskir.reference import reference_attention
 
@@ -81,51 +83,6 @@ def test_neighborhood_module_rejects_bad_input_with_the_fix():
         mnn.NeighborhoodAttention1D(16, 2, 3.0)
 
 
-# --- Swin: a straightforward implementation, partition / roll / mask / reverse, as in Swin's code ---
-
-
-def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    b, h, w, c = x.shape
-    x = x.view(b, h // window[0], window[0], w // window[1], window[1], c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0] * window[1], c)
-
-
-def window_reverse(windows: torch.Tensor, window: tuple[int, int], h: int, w: int) -> torch.Tensor:
-    b = windows.shape[0] // (h // window[0] * (w // window[1]))
-    x = windows.view(b, h // window[0], w // window[1], window[0], window[1], -1)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
-
-
-def swin_shift_mask(h: int, w: int, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
-    """Swin's attn_mask [windows, N, N]: -100 between regions the cyclic shift brought into one window."""
-    image = torch.zeros(1, h, w, 1)
-    regions = [(slice(0, -wi), slice(-wi, -s), slice(-s, None)) for wi, s in zip(window, shift)]
-    for label, (rows, cols) in enumerate((r, c) for r in regions[0] for c in regions[1]):
-        image[:, rows, cols, :] = label
-    labels = window_partition(image, window).squeeze(-1)
-    return (labels[:, None, :] != labels[:, :, None]).double() * -100.0
-
-
-def swin_window_attention(layer: mnn.WindowAttention, x: torch.Tensor) -> torch.Tensor:
-    """Swin v1's block body around WindowAttention: roll, partition, attention with bias and mask, reverse."""
-    b, h, w, c = x.shape
-    window, shift = layer.window_size, layer.shift_size
-    shifted = any(shift)
-    x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if shifted else x
-    windows = window_partition(x, window)
-    n = windows.shape[1]
-    q, k, v = layer.qkv(windows).reshape(-1, n, 3, layer.num_heads, c // layer.num_heads).permute(2, 0, 3, 1, 4)
-    scores = (q * layer.scale) @ k.transpose(-2, -1)
-    bias = layer.relative_position_bias_table[layer.relative_position_index.view(-1)].view(n, n, -1)
-    scores = scores + bias.permute(2, 0, 1)[None]
-    if shifted:
-        mask = swin_shift_mask(h, w, window, shift).to(scores)
-        scores = (scores.view(b, -1, layer.num_heads, n, n) + mask[None, :, None]).view(-1, layer.num_heads, n, n)
-    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c)
-    out = window_reverse(layer.proj(out), window, h, w)
-    return torch.roll(out, shifts=shift, dims=(1, 2)) if shifted else out
-
-
 SWIN_CASES = [((8, 8), 4, 0), ((8, 8), 4, 2), ((6, 8), (3, 4), (1, 2))]
 
 
@@ -153,17 +110,11 @@ def swin_gradients(layer: mnn.WindowAttention, x: torch.Tensor, grad: torch.Tens
     return [x64.grad, reference.qkv.weight.grad, reference.proj.weight.grad, *table]
 
 
-@pytest.mark.parametrize(
-    "backend, train",
-    [("auto", False), ("reference", True)],
-    ids=["triton-frozen-table", "reference-trained-table"],
-)
-def test_window_attention_equals_swin_partition_and_roll_backward(backend, train):
-    """Shifted windows: gradients of the input, the projections and (trained) the bias table equal Swin's.
-    The Triton and TVM kernels do not differentiate a score_mod's tensors yet (issue 15 lands that), so
-    the table is trained through the reference backend and frozen on the Triton one."""
+@pytest.mark.parametrize("train", [False, True], ids=["frozen-table", "trained-table"])
+def test_window_attention_equals_swin_partition_and_roll_backward(train):
+    """Shifted windows: gradients of the input, the projections and (trained) the bias table equal Swin's."""
     torch.manual_seed(0)
-    layer = mnn.WindowAttention(32, 4, 2, 2, backend=backend)
+    layer = mnn.WindowAttention(32, 4, 2, 2)
     nn.init.normal_(layer.relative_position_bias_table, std=1.0)
     layer.relative_position_bias_table.requires_grad_(train)
     x = torch.randn(2, 8, 8, 32, requires_grad=True)
@@ -199,8 +150,8 @@ def nat_rpb_score_mod(rpb: torch.Tensor, spatial: tuple[int, ...], dilation: tup
     ids=str,
 )
 def test_neighborhood_rpb_adds_nat_bias_and_trains(na_dim, spatial, kernel_size, dilation, is_causal):
-    """rpb [heads, 2k-1, ...] in NAT/DiNAT's convention: forward (Triton kernels) and the gradient of rpb
-    (reference backend, until the kernels differentiate score_mod tensors) equal the float64 formula."""
+    """rpb [heads, 2k-1, ...] in NAT/DiNAT's convention: forward and the gradient of rpb equal the float64
+    formula."""
     torch.manual_seed(0)
     args = dict(kernel_size=kernel_size, dilation=dilation, is_causal=is_causal, rpb=True)
     layer = MASKIR_MODULES[na_dim](32, 2, **args)
@@ -221,7 +172,6 @@ def test_neighborhood_rpb_adds_nat_bias_and_trains(na_dim, spatial, kernel_size,
         torch.testing.assert_close(layer(x).double(), want, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(want)
     want.backward(grad)
-    layer.backend = "reference"
     layer(x).backward(grad.float())
     torch.testing.assert_close(layer.rpb.grad.double(), reference.rpb.grad, atol=1e-5, rtol=1e-5)
     assert layer.rpb.grad.abs().sum() > 0
