@@ -88,7 +88,8 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     captured now: in-place updates (an optimizer step) are seen by later calls, a rebound name needs a new
     compile. Floating ones that require grad get gradients (``maskir.score_mods`` has bias tables, ALiBi
     slopes, T5 buckets); then the score_mod is traced again on each call, so a tensor it derives from a
-    trained one (``log_slopes.exp()``) is rebuilt each step.
+    trained one (``log_slopes.exp()``) is rebuilt each step (not inside ``torch.compile``, whose graph reads
+    the tensors captured here: let the score_mod read the parameter itself there).
     ``plan``: a prebuilt plan of ``pattern`` on these canvases and heads to run instead of planning (e.g. a
     context-parallel rank's sub-plan from ``maskir.distributed``); block_q, block_kv and layout are then unused.
     """

@@ -32,6 +32,7 @@ KERNEL = textwrap.dedent(
         tl.store(out, 1.0)
     """
 )
+LAUNCH = "\nLAUNCH_OPTIONS = {'fill_again': {}}\n"
 
 
 def build():
@@ -82,6 +83,22 @@ def test_triton_interpreter_runs_the_verified_kernel_not_an_edited_file(tmp_path
     out = torch.zeros(1)
     module.fill[(1,)](out)
     assert out.item() == 1.0
+
+
+def test_triton_interpreter_runs_the_verified_kernel_after_linecache_is_cleared(tmp_path):
+    import linecache
+
+    from maskir.codegen.triton.interpreter_lock import run_kernel
+
+    chained = "tl.store(out + tl.arange(0, 2), tl.where(0 < tl.arange(0, 2) < 2, 1.0, 3.0))"  # rewritten from source
+    kernel = KERNEL.replace("def fill(out)", "def fill_again(out)").replace("tl.store(out, 1.0)", chained)
+    cache, entry = fresh_entry(tmp_path, kernel + LAUNCH)
+    module = cache.load_module(entry)
+    entry.path.write_text("raise SystemExit('read from disk')\n")
+    linecache.clearcache()
+    out = torch.zeros(2)
+    run_kernel(module, "fill_again", (1,), {"out": out})
+    assert out.tolist() == [3.0, 1.0]
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o730], ids=lambda mode: f"{mode:o}")

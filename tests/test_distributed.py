@@ -19,11 +19,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
-from maskir import Canvas, Causal, Segments, patterns
+from maskir import Canvas, Causal, Segments, Window, patterns
 from maskir.distributed import shard
 from maskir.distributed.balance import imbalance, lpt
 from maskir.distributed.compare import torch_balances
-from maskir.distributed.shard import needed_kv, tile_work
+from maskir.distributed.shard import tile_work
 from maskir.planner import plan
 from maskir.reference import reference_attention, reference_mask
 
@@ -37,6 +37,12 @@ CASES = {
     "swin": (patterns.swin(4), Canvas((12, 10))),
     "radial": (patterns.radial(4, 40, 16), Canvas((4, 40))),
 }
+MORE_CASES = {
+    "cross_window": (Window(8, 8), Canvas(50), Canvas(70)),
+    "fewer_tiles_than_ranks": (Causal(), Canvas(40), None),
+}
+"""(pattern, q canvas, kv canvas or None): cross-attention on canvases of different sizes, and 3 q tiles for
+4 ranks (one rank holds no tokens but still sends and receives)."""
 DOCUMENT_STARTS = (0, 13, 40, 41, 70)
 """Packed documents of uneven lengths for the ``documents`` case."""
 
@@ -79,17 +85,34 @@ def test_rank_sub_plans_together_allow_exactly_the_pattern(name):
     assert np.array_equal(stacked, reference_mask(pattern, canvas))
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_fetched_rows_are_exactly_the_needed_rows_held_elsewhere(name):
+def test_cross_attention_places_each_kv_token_once_and_keeps_every_pair():
+    pattern, canvas, kv_canvas = MORE_CASES["cross_window"]
+    cp = shard(pattern, canvas, 3, kv_canvas=kv_canvas, **BLOCK)
+    held = torch.cat([cp.kv_token_indices(r) for r in range(3)])
+    assert torch.equal(held.sort().values, torch.arange(kv_canvas.size))
+    stacked = np.zeros((canvas.size, kv_canvas.size), dtype=bool)
+    for rank in range(3):
+        rows = cp.token_indices(rank).numpy()
+        stacked[rows] = cp.sub_plans[rank].to_mask()[rows]
+    assert np.array_equal(stacked, reference_mask(pattern, canvas, kv_canvas))
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "documents"])
+def test_each_rank_fetches_every_allowed_kv_row_it_does_not_hold_from_its_owner(name):
+    """Own rows plus fetched rows cover every key the rank's queries may attend (reference mask); fetched
+    rows come from their owners, only from other ranks, and add up to bytes_moved <= a ring all-gather."""
     pattern, canvas = CASES[name]
     cp = shard(pattern, canvas, 4, **BLOCK)
-    needed = needed_kv(cp.plan, cp.q_owner, 4)
+    mask = reference_mask(pattern, canvas)
     for rank in range(4):
         fetched = np.concatenate(list(cp.received[rank]))
-        assert np.array_equal(np.sort(fetched), np.flatnonzero(needed[rank] & (cp.kv_owner != rank)))
+        attended = np.flatnonzero(mask[cp.token_indices(rank).numpy()].any(axis=0))
+        assert set(attended) <= set(fetched) | set(cp.kv_token_indices(rank).tolist())
+        assert (cp.kv_owner[fetched] != rank).all() and np.unique(fetched).size == fetched.size
         for source, tokens in cp.received_tokens(rank).items():
             assert (cp.kv_owner[tokens] == source).all()
-    assert cp.bytes_moved(16, torch.float32) <= cp.all_gather_bytes(16, torch.float32)
+    total = sum(cp.bytes_received(r, 16, torch.float32) for r in range(4))
+    assert total == cp.bytes_moved(16, torch.float32) <= cp.all_gather_bytes(16, torch.float32)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -179,25 +202,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _case(name: str) -> tuple:
+    """(pattern, q canvas, kv canvas or None for self-attention) of a case."""
+    return (*CASES[name], None) if name in CASES else MORE_CASES[name]
+
+
 def _inputs(name: str, heads: int, kv_heads: int):
     """q, k, v, dout (float32, seeded by the case) and the segment ids of a case."""
-    pattern, canvas = CASES[name]
+    pattern, canvas, kv_canvas = _case(name)
     generator = torch.Generator().manual_seed(len(name))
     q, dout = (torch.randn(2, heads, canvas.size, 16, generator=generator) for _ in range(2))
-    k, v = (torch.randn(2, kv_heads, canvas.size, 16, generator=generator) for _ in range(2))
+    k, v = (torch.randn(2, kv_heads, (kv_canvas or canvas).size, 16, generator=generator) for _ in range(2))
     segments = _segments(canvas.size, 2) if any(isinstance(node, Segments) for node in pattern.walk()) else None
     return q, k, v, dout, segments
 
 
 def _expected(name: str, heads: int, kv_heads: int, score_mod) -> list[torch.Tensor]:
     """Output and q/k/v gradients of the whole problem in one process, float64 dense reference."""
-    pattern, canvas = CASES[name]
+    pattern, canvas, kv_canvas = _case(name)
     q, k, v, dout, segments = _inputs(name, heads, kv_heads)
     full = [t.double().requires_grad_() for t in (q, k, v)]
     repeat = heads // kv_heads
     out = reference_attention(
         full[0], full[1].repeat_interleave(repeat, 1), full[2].repeat_interleave(repeat, 1), pattern, canvas,
-        score_mod=score_mod, segments=segments,
+        kv_canvas=kv_canvas, score_mod=score_mod, segments=segments,
     )  # fmt: skip
     (out * dout.double()).sum().backward()
     return [out.detach(), *(t.grad for t in full)]
@@ -207,9 +235,9 @@ def _check_case(rank: int, world: int, check: tuple, expected: list[torch.Tensor
     from maskir.distributed import attention, gather, scatter
 
     name, backend, heads, kv_heads, score_mod = check
-    pattern, canvas = CASES[name]
+    pattern, canvas, kv_canvas = _case(name)
     q, k, v, dout, segments = _inputs(name, heads, kv_heads)
-    cp = shard(pattern, canvas, world, heads=heads, segments=segments, **BLOCK)
+    cp = shard(pattern, canvas, world, heads=heads, kv_canvas=kv_canvas, segments=segments, **BLOCK)
     local = [scatter(q, cp, rank), scatter(k, cp, rank, kv=True), scatter(v, cp, rank, kv=True)]
     local = [t.requires_grad_() for t in local]
     out = attention(*local, cp, group=mesh, mesh_dim="cp", segments=segments, score_mod=score_mod, backend=backend)
@@ -249,7 +277,7 @@ def test_two_ranks_match_the_float64_reference():
 
 
 def test_four_ranks_match_the_float64_reference():
-    _spawn(4, [(name, "reference", 1, 1, None) for name in CASES])
+    _spawn(4, [(name, "reference", 1, 1, None) for name in [*CASES, *MORE_CASES]])
 
 
 def test_context_parallel_example_matches_one_process(tmp_path):

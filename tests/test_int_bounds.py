@@ -119,3 +119,20 @@ def test_kernels_equal_the_reference_at_the_edges_of_the_range(backend, pattern,
     q, k, v = qkv(canvas.size)
     out = maskir.attention(q, k, v, pattern, canvas, backend=backend)
     torch.testing.assert_close(out, reference_attention(q, k, v, pattern, canvas).float(), atol=2e-4, rtol=0)
+
+
+def test_a_mask_mod_integer_outside_the_range_is_a_value_error():
+    from maskir import Predicate
+    from maskir.codegen.common.lower import lower_predicate
+
+    def far(b, h, q, kv):
+        return kv <= q + 2**40
+
+    with pytest.raises(ValueError, match="1099511627776 in the mask_mod"):
+        lower_predicate(Predicate(far), Canvas(64))
+
+
+@pytest.mark.parametrize("block", [2**32, 2**40, 2**31 + 16])
+def test_tile_sizes_past_the_largest_canvas_are_refused(block):
+    with pytest.raises(ValueError, match=r"block_q must be a power of two >= 16 and <= 2\*\*31"):
+        plan(Causal(), Canvas(64), block_q=block)

@@ -97,3 +97,20 @@ def test_a_configuration_asked_for_by_threads_at_once_is_built_once(backend, mon
     outs = run_threads(lambda i: maskir.attention(q, k, v, pattern, backend=backend), 4)
     assert len(builds) == 1
     assert all(torch.equal(out, outs[0]) for out in outs)
+
+
+def test_one_tvm_module_compiled_by_threads_at_once_is_built_once(monkeypatch):
+    pytest.importorskip("tvm")
+    import maskir.codegen.tvm.launch as tvm_launch
+
+    builds = []
+    real_build = tvm_launch._build
+    monkeypatch.setattr(tvm_launch, "_build", lambda *a: builds.append(1) or real_build(*a))
+    pattern = Window(4, 1) & Causal(1)
+    compiled = run_threads(
+        lambda i: maskir.compile(pattern, N, heads=2, head_dim=D, dtype=torch.float32, backend="tvm"), 2
+    )
+    assert len(builds) == 1
+    q, k, v = qkv(0)
+    expected = reference_attention(q, k, v, pattern).float()
+    assert all(float((c(q, k, v) - expected).abs().max()) < 2e-4 for c in compiled)

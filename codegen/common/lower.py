@@ -199,6 +199,13 @@ def _per_head(node: PerHead, ctx: _Lowering) -> Expr:
 
 def _predicate(node: Predicate, ctx: _Lowering) -> Expr:
     allowed = trace(node.fn, MASK_MOD_ARGS, ctx.captures, "mask_mod")
+    for item in E.topo(allowed):  # the mask_mod's integers are IR integers too: int32 in the kernels
+        if item.is_const and item.dtype == "int" and not -INT_LIMIT <= item.value <= INT_LIMIT:
+            raise ValueError(
+                f"{node}: the integer {item.value} in the mask_mod is outside [-{INT_LIMIT}, {INT_LIMIT}], the "
+                "int32 range kernels compute indices with; clamp it to the canvas (a bound past the last token "
+                "means the same as one at it)."
+            )
     return allowed if allowed.dtype == "bool" else E.ne(allowed, 0)
 
 

@@ -9,6 +9,7 @@ the cache), which is safe from several threads.
 
 from __future__ import annotations
 
+import linecache
 import threading
 from types import ModuleType
 from typing import Any
@@ -18,11 +19,22 @@ from triton.runtime.interpreter import InterpretedFunction
 INTERPRETER_LOCK = threading.Lock()
 
 
+def _keep_source_lines(module: ModuleType, filename: str) -> None:
+    """The interpreter reads a kernel's source through ``inspect`` (``linecache``) at its first launch. A
+    module executed from a verified string (``maskir.runtime.verified_import``) has a virtual ``<...>``
+    file name that ``linecache`` never reads from disk; if its lines were dropped (``linecache.clearcache``),
+    register them again from the module's own loader, never from a file."""
+    if filename.startswith("<") and filename not in linecache.cache:
+        source = module.__loader__.get_source(module.__name__)
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+
+
 def run_kernel(module: ModuleType, name: str, grid: tuple[int, ...], args: dict[str, Any]) -> None:
     """Run kernel ``name`` of a generated module on ``grid`` with keyword ``args`` and its launch options."""
     kernel = getattr(module, name)
     if isinstance(kernel, InterpretedFunction):
         with INTERPRETER_LOCK:
+            _keep_source_lines(module, kernel.fn.__code__.co_filename)
             kernel[grid](**args, **module.LAUNCH_OPTIONS[name])
     else:
         kernel[grid](**args, **module.LAUNCH_OPTIONS[name])

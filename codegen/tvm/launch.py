@@ -11,6 +11,9 @@ inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -39,8 +42,34 @@ def _import_tvm():
     return tvm
 
 
+BUILT_SIZE = 64
+"""How many built modules ``build`` keeps (least recently used ones go first)."""
+_BUILT: OrderedDict[tuple[str, str], object] = OrderedDict()
+_BUILDING: dict[tuple[str, str], threading.Lock] = {}
+_BUILT_LOCK = threading.Lock()
+
+
 def build(source: str, target: str = "llvm"):
-    """Parse TVMScript ``source`` and build it for ``target`` ("llvm", or "cuda" for sm_90)."""
+    """Parse TVMScript ``source`` and build it for ``target`` ("llvm", or "cuda" for sm_90), once per
+    (text, target) in a process: threads asking for one module at once wait for the first build."""
+    key = (hashlib.sha256(source.encode()).hexdigest(), target)
+    with _BUILT_LOCK:
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        with _BUILT_LOCK:
+            built = _BUILT.get(key)
+        if built is None:
+            built = _build(source, target)
+        with _BUILT_LOCK:
+            _BUILT[key] = built
+            _BUILT.move_to_end(key)
+            while len(_BUILT) > BUILT_SIZE:
+                _BUILT.popitem(last=False)
+            _BUILDING.pop(key, None)
+    return built
+
+
+def _build(source: str, target: str):
     tvm = _import_tvm()
     module = tvm.script.from_source(source)
     if target == "cuda":

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from maskir.canvas import Canvas
+from maskir.canvas import MAX_TOKENS, Canvas
 from maskir.ir import Pattern, check_canvas
 from maskir.planner.affine import rewrite_predicates
 from maskir.planner.analysis import tile_runs
@@ -132,9 +132,14 @@ def _as_canvas(value, name: str) -> Canvas:
 def _check_block(name: str, value) -> None:
     if value is None:
         return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 16 or value & (value - 1):
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or not 16 <= value <= MAX_TOKENS
+        or value & (value - 1)
+    ):
         raise ValueError(
-            f"plan argument {name} must be a power of two >= 16 (or None to choose), got {name}={value!r}."
+            f"plan argument {name} must be a power of two >= 16 and <= 2**31 (or None to choose), got {name}={value!r}."
         )
 
 
