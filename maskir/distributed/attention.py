@@ -132,12 +132,12 @@ def attention(
             "cp_plan was sharded for the segment ids of one batch (shard(..., segments=ids)); pass those same ids "
             "as segments=, or shard again for these."
         )
-    batch, kv_heads, _, head_dim = k.shape
+    batch, kv_heads, n_local_kv, head_dim = k.shape
     n_q, n_kv = cp_plan.plan.canvas.size, cp_plan.plan.kv_canvas.size
     device = q.device
 
     # 1. fetch the k/v rows this rank's tiles list from their owners: [rows, B * H_kv * 2D]
-    local_rows = torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(kv_index.numel(), -1)
+    local_rows = torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(n_local_kv, batch * kv_heads * 2 * head_dim)
     send = [torch.as_tensor(p, dtype=torch.long) for p in cp_plan.send_positions(rank)]
     received = cp_plan.received[rank]
     fetched = FetchRows.apply(local_rows, send, [int(t.size) for t in received], group)
@@ -152,7 +152,7 @@ def attention(
 
     # 3. the rank's sub-plan through the runtime's kernels; 4. its own output rows
     if not cp_plan.rank_tiles[rank].size:  # no q tiles: keep the graph joined so the backward exchange runs
-        return q.new_zeros(q.shape) + 0 * kv_rows.sum()
+        return 0 * q + 0 * kv_rows.sum()
     compiled = _compiled(cp_plan, rank, q, k, score_mod, backend)
     out_full = compiled(q_full, k_full.contiguous(), v_full.contiguous(), scale=scale, segments=segments)
     return out_full.index_select(2, q_at)

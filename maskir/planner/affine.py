@@ -130,7 +130,7 @@ class BoolValue:
         terms = [t for t in terms if not t.empty()]
         if len(terms) > 4 * MAX_TERMS:
             raise NotAffineError(f"more than {4 * MAX_TERMS} terms before simplification")
-        self.terms = _simplified(terms)
+        self.terms = _simplified(terms) if len(terms) > 1 else terms
         if len(self.terms) > MAX_TERMS:
             raise NotAffineError(f"more than {MAX_TERMS} terms")
 
