@@ -1,6 +1,6 @@
 """The ``maskir`` command line: each subcommand is one function that calls one library function and prints.
 
-A subcommand is added with ``@command(name, *arguments)`` on a function ``(args) -> None``; the first
+A subcommand is added with ``@command(name, *arguments)`` on a function ``(args) -> None | exit status``; the first
 line of its docstring is its help. Library modules are imported inside the commands, so ``maskir
 --help`` stays fast. Errors a user can fix (bad spec text, a canvas that does not fit, a missing file)
 print one line to stderr and exit with status 2, without a traceback.
@@ -19,6 +19,7 @@ import numpy as np
 from maskir import __version__
 from maskir.canvas import Canvas
 from maskir.ir import Pattern
+from maskir.sim.target import ARCHES
 
 DENSE_PAIR_LIMIT = 4096 * 4096
 """Largest Nq * Nkv for which ``maskir parse`` builds the dense mask (16 MiB of bools)."""
@@ -27,7 +28,7 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, Perm
 """Exceptions that report bad input (``SpecError`` is a ``ValueError``); anything else keeps its traceback."""
 
 Argument = tuple[tuple[str, ...], dict]
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], tuple[Argument, ...]]] = {}
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], tuple[Argument, ...]]] = {}
 
 
 def argument(*flags: str, **options) -> Argument:
@@ -38,7 +39,7 @@ def argument(*flags: str, **options) -> Argument:
 def command(name: str, *arguments: Argument):
     """Register the decorated function as subcommand ``name`` taking ``arguments``."""
 
-    def register(fn: Callable[[argparse.Namespace], None]):
+    def register(fn: Callable[[argparse.Namespace], int | None]):
         COMMANDS[name] = (fn, arguments)
         return fn
 
@@ -141,16 +142,35 @@ PLAN_OPTIONS = (
 )
 
 
+TARGET_OPTIONS = (
+    argument("--arch", choices=tuple(ARCHES), default="sm_90", help="GPU architecture to build for (default sm_90)"),
+    argument(
+        "--hw",
+        help="datasheet entry plans are priced with (default: the arch's: "
+        + ", ".join(f"{arch.name} {arch.hardware}" for arch in ARCHES.values())
+        + "; also h100-pcie, h200, rtx4090)",
+    ),
+)
+
+
+def _target(args: argparse.Namespace):
+    """The ``KernelSpec`` of ``--arch``/``--hw`` with the command's head dim, dtype and kv heads."""
+    from maskir.sim.target import KernelSpec
+
+    sizes = {"head_dim": getattr(args, "head_dim", 128), "dtype": getattr(args, "dtype", "bf16")}
+    kv_heads = getattr(args, "kv_heads", None) or args.heads
+    return KernelSpec.for_arch(args.arch, hw=args.hw, kv_heads=kv_heads, **sizes)
+
+
 def _plan(args: argparse.Namespace):
     from maskir.planner import plan
 
     pattern, canvas, kv_canvas = load_pattern(args.spec, args.canvas, args.kv_canvas)
-    return plan(
-        pattern, canvas, kv_canvas, heads=args.heads, block_q=args.block_q, block_kv=args.block_kv, layout=args.layout
-    )
+    options = {"block_q": args.block_q, "block_kv": args.block_kv, "layout": args.layout}
+    return plan(pattern, canvas, kv_canvas, heads=args.heads, spec=_target(args), **options)
 
 
-@command("plan", SPEC, CANVAS, KV_CANVAS, *PLAN_OPTIONS)
+@command("plan", SPEC, CANVAS, KV_CANVAS, *PLAN_OPTIONS, *TARGET_OPTIONS)
 def cmd_plan(args: argparse.Namespace) -> None:
     """Plan a pattern into block-sparse tiles and print blocks, layout, tiles, density, efficiency and time."""
     print(_plan(args).describe())
@@ -162,6 +182,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     CANVAS,
     KV_CANVAS,
     *PLAN_OPTIONS,
+    *TARGET_OPTIONS,
     argument("-o", "--output", type=Path, required=True, metavar="MAP.png", help="where to write the picture"),
     argument("--tokens", action="store_true", help="also draw the per-token mask (small canvases only)"),
     argument("--head", type=int, default=0, help="head to draw, for PerHead patterns (default 0)"),
@@ -180,7 +201,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     SPEC,
     CANVAS,
     KV_CANVAS,
-    argument("--hw", default="h100", help="hardware model: h100, h100-pcie, h200, a100, b200, l40s, rtx4090"),
+    *TARGET_OPTIONS,
     argument("--heads", type=int, default=16, help="query heads (default 16)"),
     argument("--kv-heads", type=int, default=None, help="kv heads (GQA; default: --heads)"),
     argument("--q-offset", type=int, default=0, help="absolute position of the first query (decode; default 0)"),
@@ -201,8 +222,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from maskir.sim import simulate
 
     pattern, canvas, kv_canvas = load_pattern(args.spec, args.canvas, args.kv_canvas)
+    target = _target(args)
     options = {
-        "hardware": args.hw,
+        "hardware": target.hardware,
         "batch": args.batch,
         "heads": args.heads,
         "head_dim": args.head_dim,
@@ -215,7 +237,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "q_offset": args.q_offset,
         "decode": {"auto": None, "decode": True}.get(args.kernels, False),
     }
-    print(simulate(pattern, canvas, **options, **decode))
+    print(simulate(pattern, canvas, **options, **decode, spec=target))
     if args.compare == "flex":
         print()
         print(simulate(pattern, canvas, kernel="flex", **options))
@@ -262,11 +284,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     CANVAS,
     KV_CANVAS,
     *PLAN_OPTIONS,
+    *TARGET_OPTIONS,
     argument(
         "--backend",
         choices=("triton", "tvm", "tvm-cuda"),
         default="triton",
-        help="triton: the Triton module configured for sm_90 (default); tvm: the TVMScript module for llvm; "
+        help="triton: the Triton module configured for --arch (default); tvm: the TVMScript module for llvm; "
         "tvm-cuda: the CUDA C++ TVM generates for sm_90 (no GPU needed)",
     ),
     argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
@@ -283,7 +306,9 @@ def cmd_source(args: argparse.Namespace) -> None:
     if args.backend == "triton":
         from maskir.codegen.triton.emit import generate_source
 
-        print(generate_source(plan, **options).source, end="")
+        target = _target(args)
+        gpu = {"capability": target.capability, "shared_memory_per_block": target.shared_memory_per_block}
+        print(generate_source(plan, **options, **gpu).source, end="")
         return
     from maskir.codegen.tvm.emit import generate_tvm_source
 
@@ -297,6 +322,42 @@ def cmd_source(args: argparse.Namespace) -> None:
         print(cuda_source(generated), end="")
     except ImportError as err:
         raise ValueError(str(err)) from None
+
+
+@command(
+    "check",
+    SPEC,
+    CANVAS,
+    KV_CANVAS,
+    *PLAN_OPTIONS,
+    *TARGET_OPTIONS,
+    argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
+    argument("--kv-heads", type=int, help="key/value heads for GQA (default: --heads)"),
+    argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type (default bf16)"),
+)
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compile a pattern's Triton kernels for --arch (no GPU) and print shared memory, registers, spills and
+    MMA kind per kernel; exit status 1 when a kernel spills or exceeds the per-block shared memory."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("maskir check compiles for a GPU target: run it without TRITON_INTERPRET=1.")
+    import torch
+
+    from maskir.codegen.triton.compile_check import check_plan, format_table, meta_tensors
+
+    plan, target = _plan(args), _target(args)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    reports = check_plan(
+        args.arch,
+        plan,
+        head_dim=args.head_dim,
+        dtype=dtype,
+        kv_heads=target.kv_heads,
+        capability=target.capability,
+        tensors=lambda names: meta_tensors(names, plan),
+    )
+    print(f"{plan.pattern} on {plan.canvas}: {target}")
+    print(format_table(reports))
+    return 0 if all(report.ok for report in reports) else 1
 
 
 @command(
@@ -394,10 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``maskir ARGV``; returns the exit status (0 ok, 2 bad input)."""
+    """Run ``maskir ARGV``; returns the exit status (0 ok, 2 bad input, or the status a command returns)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except USER_ERRORS as err:
         message = " ".join(str(err).split())
         print(f"maskir {args.command}: error: {message}", file=sys.stderr)
@@ -405,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (maskir ... | head): stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def _traced_score_mod(score_mod: Callable | None, backend: str) -> tuple[tuple |
 
     try:
         traced = trace_score_mod(score_mod)
-    except Exception:  # any failure of user code under tracing: the reference backend calls it as is
-        if backend == "reference":
+    except Exception:  # any failure of user code under tracing: the reference and flex backends call it as is
+        if backend in ("reference", "flex"):
             return None, {}
         raise
     refs = traced.tensors()
@@ -82,7 +82,8 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
     """Plan ``pattern`` and build its kernels once; call the result in a training loop.
 
     ``kv_heads`` (default ``heads``) below ``heads`` is GQA/MQA. ``backend`` is "auto" (Triton: compiled
-    on CUDA, interpreted on CPU), "triton", "tvm" (TensorIR built for llvm: CPU tensors only) or
+    on CUDA, interpreted on CPU), "triton", "tvm" (TensorIR built for llvm: CPU tensors only), "flex"
+    (torch's flex_attention over the plan's BlockMask: compiled on CUDA, forward only on CPU) or
     "reference" (float64 dense, for checking). ``device`` defaults to CUDA when there is one (CPU for
     backend "tvm"). ``pattern`` may be spec text (``maskir.parse``). Tensors a ``score_mod`` reads are
     captured now: in-place updates (an optimizer step) are seen by later calls, a rebound name needs a new
@@ -144,7 +145,7 @@ def attention(
     ``canvas`` is the token grid of q (default: 1-D of Nq tokens); ``kv_canvas`` that of k/v (default: the
     same canvas when Nkv == Nq, else 1-D). Compiled objects are memoised per configuration; use
     ``maskir.compile`` to hold one explicitly. Fully masked rows give 0 (lse -inf). ``backend``: as in
-    ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "reference"). A ``score_mod`` is traced on every
+    ``maskir.compile`` ("auto", "triton", "tvm" on CPU, "flex", "reference"). A ``score_mod`` is traced on every
     call (well under a millisecond) so that what it reads now is used (a rebound name, a tensor it
     builds); hold a ``maskir.compile`` object to skip that. Under ``torch.compile(fullgraph=True)`` the
     kernels are planned and built while tracing (no eager call needed first; spec text and patterns
@@ -187,7 +188,7 @@ def _memoised(
     anew on every call (in a module's forward) finds the kernels its first one built. The reference
     backend calls the score_mod itself, so there the function is the key."""
     structure, captures = _traced_score_mod(score_mod, backend)
-    function = score_mod if backend == "reference" else None
+    function = score_mod if backend in ("reference", "flex") else None
     key = (pattern, canvas, kv_canvas, heads, kv_heads, head_dim, dtype, device.type, function, backend, structure)
     with _MEMO_LOCK:
         compiled = _COMPILED.get(key)

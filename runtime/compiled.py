@@ -22,12 +22,13 @@ from maskir.runtime.decode import LocalDecode
 from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
 from maskir.runtime.reference_backend import ReferenceKernels
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
+from maskir.runtime.target import device_spec
 
 if TYPE_CHECKING:
     from maskir.codegen.common.expr import Expr
     from maskir.codegen.common.gating import GatedLists
 
-BACKENDS = ("auto", "triton", "tvm", "reference")
+BACKENDS = ("auto", "triton", "tvm", "flex", "reference")
 _HANDLES = itertools.count()
 """Numbers that make each CompiledAttention's op handle unique for the process."""
 PROGRESS_SECONDS = 1.0
@@ -108,6 +109,9 @@ class CompiledAttention:
         self.dtype, self.device = dtype, torch.device(device)
         self.score_mod = score_mod
         self.backend = resolve_backend(backend, self.device)
+        self.spec = device_spec(
+            self.device, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod is not None
+        )
         if plan is not None and (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (
             pattern,
             canvas,
@@ -119,8 +123,14 @@ class CompiledAttention:
                 f"not for {pattern} on {canvas} x {kv_canvas} with {heads} heads: pass a plan of this pattern."
             )
         self.plan: Plan = plan or plan_pattern(
-            pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout
+            pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout, spec=self.spec
         )
+        if self.backend == "flex" and plan is None and len({part.layout.name for part in self.plan.parts}) > 1:
+            # a BlockMask has one token order: a union split into parts of several orders is planned unsplit
+            blocks = {"block_q": block_q, "block_kv": block_kv}
+            self.plan = plan_pattern(
+                pattern, canvas, kv_canvas, heads=heads, **blocks, layout="identity", spec=self.spec
+            )
         self._routing = routing_node(pattern)
         fields = {
             "pattern": str(pattern),
@@ -152,6 +162,8 @@ class CompiledAttention:
             self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names, score_expr)
         elif self.backend == "tvm":
             self._build_tvm(fields, cache)
+        elif self.backend == "flex":
+            self._build_flex()
         else:
             self._build_triton(fields, cache)
         ops.register(self.handle, self.kernels)
@@ -181,6 +193,8 @@ class CompiledAttention:
             kv_heads=self.kv_heads,
             score_mod=self.score_mod,
             interpret=interpret,
+            capability=self.spec.capability or (9, 0),
+            shared_memory_per_block=self.spec.shared_memory_per_block or None,
         )
         entry = self._cached(cache, fields, generated.source, score_mod=generated.score_mod_text, interpret=interpret)
         self._source = entry.source
@@ -213,6 +227,19 @@ class CompiledAttention:
         self.kernels = launch.TvmAttention(self.plan, generated, library)  # entry.source == generated.source
         self.tensor_names = tuple(generated.tensor_names)
         self._captured = generated.static_tensors
+
+    def _build_flex(self) -> None:
+        from maskir.runtime.flex_backend import TENSOR_NAMES as FLEX_TENSORS
+        from maskir.runtime.flex_backend import FlexKernels
+
+        uses_segments = any(isinstance(node, Segments) for node in self.pattern.walk())
+        self.tensor_names = tuple(
+            name
+            for name in FLEX_TENSORS
+            if (name.startswith("segments") and uses_segments) or (name == "routing_map" and self._routing)
+        )
+        self._source, self._captured = None, {}
+        self.kernels = FlexKernels(self.plan, self.score_mod, self.tensor_names, self.kv_heads)
 
     def _run_tensors(self, q, k, segments, routing, captures=None) -> list[torch.Tensor]:
         batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
@@ -331,6 +358,8 @@ class CompiledAttention:
 
     def source(self) -> str:
         """The generated kernel source (as stored in the cache)."""
+        if self.backend == "flex":
+            return f"# backend 'flex': torch's flex_attention runs {self.pattern} over this plan's BlockMask\n"
         if self._source is None:
             return f"# backend 'reference': no generated kernel; maskir.reference.reference_attention runs {self.pattern}\n"
         return self._source

@@ -116,12 +116,15 @@ def test_each_rank_fetches_every_allowed_kv_row_it_does_not_hold_from_its_owner(
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_balance_is_at_least_as_good_as_lpt(name):
+def test_balance_meets_the_goal_or_stays_within_the_slack_of_lpt(name):
+    """The chosen split is within 1.05, or within 0.02 of LPT on the same tiles; .balance is its imbalance."""
     pattern, canvas = CASES[name]
     for ranks in (2, 4):
         cp = shard(pattern, canvas, ranks, **BLOCK)
         work = tile_work(cp.plan)
-        assert imbalance(work, _tile_owner(cp), ranks) <= max(1.05, imbalance(work, lpt(work, ranks), ranks)) + 1e-9
+        chosen = imbalance(work, _tile_owner(cp), ranks)
+        assert chosen <= max(1.05, imbalance(work, lpt(work, ranks), ranks) + 0.02) + 1e-9
+        assert cp.balance == pytest.approx(chosen)
 
 
 def _tile_owner(cp) -> np.ndarray:

@@ -11,11 +11,12 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.reference, maskir.patterns        | maskir (package), maskir.canvas, maskir.ir            |
 | maskir.score_mods                        | maskir.canvas                                         |
 | maskir.spec                              | those, and maskir.patterns                            |
-| maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost |
+| maskir.planner                           | those, and maskir.reference, maskir.patterns, maskir.spec, maskir.sim.cost, maskir.sim.target |
 | maskir.sim.{hardware,schedule}           | nothing (numpy only)                                  |
 | maskir.sim.cost                          | maskir.sim.hardware, maskir.sim.schedule              |
-| maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the three above |
-| maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.codegen.common |
+| maskir.sim.target                        | maskir.sim.hardware                                   |
+| maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the four above |
+| maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.sim.target, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
 | maskir.distributed                       | the runtime and everything it may import              |
@@ -53,7 +54,8 @@ ROOT_PACKAGE = "maskir.__init__"
 _BASE = ("maskir.canvas",)
 _IR = (ROOT_PACKAGE, *_BASE, "maskir.ir")
 _FIRST = (*_IR, "maskir.reference", "maskir.patterns", "maskir.spec")
-_CODEGEN = (*_IR, "maskir.planner", "maskir.codegen.common")
+_TARGET = "maskir.sim.target"
+_CODEGEN = (*_IR, "maskir.planner", _TARGET, "maskir.codegen.common")
 ALLOWED: dict[str, tuple[str, ...]] = {
     ROOT_PACKAGE: (*_BASE, "maskir.ir"),
     "maskir.canvas": (),
@@ -62,11 +64,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.patterns": _IR,
     "maskir.score_mods": _BASE,
     "maskir.spec": (*_IR, "maskir.patterns"),
-    "maskir.planner": (*_FIRST, "maskir.sim.cost"),
+    "maskir.planner": (*_FIRST, "maskir.sim.cost", "maskir.sim.target"),
     "maskir.sim.hardware": (),
     "maskir.sim.schedule": (),
     "maskir.sim.cost": ("maskir.sim.hardware", "maskir.sim.schedule"),
-    "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule"),
+    "maskir.sim.target": ("maskir.sim.hardware",),
+    "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule", _TARGET),
     "maskir.codegen": _CODEGEN,
     "maskir.codegen.common": _CODEGEN,
     "maskir.codegen.triton": _CODEGEN,

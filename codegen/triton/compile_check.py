@@ -8,7 +8,8 @@ with the wheel, run by that compile) reports registers and spills. Triton raises
 without a device, so ``KernelReport.ok`` checks the limits itself.
 
 ``triton.jit`` returns interpreter functions when ``TRITON_INTERPRET=1`` is set at import, so compile in a
-process without it (tests/test_sm90_compile.py runs itself as a subprocess).
+process without it (tests/test_sm90_compile.py and tests/test_compile_matrix.py run themselves as
+subprocesses; ``maskir check`` refuses to run with it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from maskir.codegen.common.ptxas import parse_ptxas_log
 from maskir.codegen.triton.configs import SHARED_MEMORY_BYTES
 from maskir.codegen.triton.emit import GeneratedSource, generate_source
 from maskir.codegen.triton.launch import TritonAttention
+from maskir.ir import Routing
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,16 @@ def product_rows(module: ModuleType, name: str) -> int:
     return int(getattr(module, _ROWS[name]))
 
 
+TENSOR_CORE_OPS = (("wgmma", "wgmma.mma_async"), ("tcgen05", "tcgen05.mma"), ("mma", "mma.sync"))
+"""(kind, PTX instruction prefix): Hopper's warpgroup MMA, Blackwell's (sm_100) tensor-memory MMA, and the
+warp-level ``mma.sync`` of sm_80 onwards."""
+
+
 def tensor_core_kind(ptx: str) -> str:
-    """The tensor-core instructions in a kernel's PTX: "wgmma" (sm_90 warpgroup MMA only), "mma"
-    (``mma.sync`` only), "wgmma+mma" (both: some product missed wgmma), or "none"."""
-    kinds = [name for name, op in (("wgmma", "wgmma.mma_async"), ("mma", "mma.sync")) if op in ptx]
+    """The tensor-core instructions in a kernel's PTX joined by "+" in ``TENSOR_CORE_OPS`` order: "wgmma"
+    (sm_90 warpgroup MMA only), "tcgen05" (sm_100), "mma" (``mma.sync`` only), "wgmma+mma" (some product
+    missed wgmma), or "none"."""
+    kinds = [name for name, op in TENSOR_CORE_OPS if op in ptx]
     return "+".join(kinds) or "none"
 
 
@@ -222,15 +230,31 @@ def check_plan(
         return check_module(config, module, plan, generated, dtype=dtype, capability=capability, tensors=examples)
 
 
+def meta_tensors(names: Sequence[str], plan) -> list[torch.Tensor]:
+    """Meta tensors standing in for a plan's run-time data, batch 1: segment ids [1, N] int32 and the routing
+    map [1, heads, q blocks, kv blocks] int8 (blocks of the pattern's ``Routing`` node)."""
+    block = next((node.block for node in plan.pattern.walk() if isinstance(node, Routing)), 1)
+    n_q, n_kv = plan.canvas.size, plan.kv_canvas.size
+    shapes = {
+        "segments_q": ((1, n_q), torch.int32),
+        "segments_kv": ((1, n_kv), torch.int32),
+        "routing_map": ((1, plan.heads, -(-n_q // block), -(-n_kv // block)), torch.int8),
+    }
+    unknown = [name for name in names if name not in shapes]
+    if unknown:
+        raise ValueError(f"No example shape for run-time tensors {unknown}: pass check_plan(..., tensors=...).")
+    return [torch.empty(shapes[name][0], dtype=shapes[name][1], device="meta") for name in names]
+
+
 def format_table(reports: list[KernelReport]) -> str:
     """A fixed-width table: config, kernel, shared bytes, registers, spills, warps/stages, rows, MMA kind, ok."""
     lines = [
-        f"{'config':<24}{'kernel':<24}{'shared':>8}{'regs':>6}{'spills':>8}{'warps':>7}{'stages':>7}{'rows':>6}"
+        f"{'config':<30}{'kernel':<24}{'shared':>8}{'regs':>6}{'spills':>8}{'warps':>7}{'stages':>7}{'rows':>6}"
         f"{'mma':>7}  ok"
     ]
     for r in reports:
         lines.append(
-            f"{r.config:<24}{r.kernel:<24}{r.shared:>8}{r.registers:>6}{r.spills:>8}{r.num_warps:>7}"
+            f"{r.config:<30}{r.kernel:<24}{r.shared:>8}{r.registers:>6}{r.spills:>8}{r.num_warps:>7}"
             f"{r.num_stages:>7}{r.rows:>6}{r.tensor_core:>7}  {'yes' if r.ok else 'NO'}"
         )
     return "\n".join(lines)

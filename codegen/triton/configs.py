@@ -13,10 +13,24 @@ from dataclasses import dataclass
 
 import torch
 
+from maskir.sim.target import ARCHES
+
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-SHARED_MEMORY_BYTES = {(9, 0): 232448, (8, 0): 166912, (8, 9): 101376, (8, 6): 101376, (10, 0): 232448}
-"""Per-block shared memory limits (opt-in maximum) by compute capability."""
+SHARED_MEMORY_BYTES = {arch.capability: arch.shared_memory_per_block for arch in ARCHES.values()}
+"""Per-block shared memory limits (opt-in maximum) by compute capability (``maskir.sim.target.ARCHES``)."""
+THREE_STAGE_SHARED_BYTES = 200 * 1024
+"""Per-block shared memory from which K/V loads run three stages deep (sm_90 suite: 131,072 B at most);
+below it (sm_8x, sm_120's 99 KiB) two stages: the causal forward needed 114,688 B at three on sm_89."""
+BLACKWELL_NARROW_PAIR_OPS = 5
+"""On sm_100 (tcgen05) forwards whose predicate has this many pair operations step 32 kv positions: the
+dilated window and NA2D (5 and 7 operations) spilled 16 B at 64-wide steps with triton 3.9."""
+MMA_SYNC_ROW_ELEMENTS = 64 * 128
+"""Before sm_90 (``mma.sync``: operands and accumulators in registers), dQ programs whose rows x head dim
+reach this run 8 warps, dK/dV programs own at most 64 kv rows on 8 warps, and the forward steps 32 kv
+positions on 4 warps: the sm_80/sm_89 suite spilled with sm_90's choices (forward 64 x 128 at 4 warps and
+64-wide steps: 16-56 B; dK/dV 128 rows: 64-384 B), and at 8 warps ptxas held the forward of Swin and NA3D
+to 128 registers and spilled 64-72 B."""
 HEAVY_PAIR_OPS = 16
 """Predicates with more pair operations than this step in narrow chunks (sm_90 suite: NA3D's 11 fit)."""
 DKDV_ELEMENTS_FOR_8_WARPS = 64 * 128
@@ -75,6 +89,7 @@ def choose_config(
     *,
     interpret: bool,
     capability: tuple[int, int] = (9, 0),
+    shared_memory_per_block: int | None = None,
     pair_loads: int = 0,
     pair_ops: int = 0,
     swap_ab: bool | None = None,
@@ -89,6 +104,7 @@ def choose_config(
     ``swap_ab``: force the dK/dV step's orientation on the GPU (None: swapAB where kv rows < WGMMA_MIN_M;
     ``benchmarks/ab_swap.py`` times both). ``table_grads``: the dQ step also adds a score_mod's table
     gradients (a [rows, chunk, entries] one-hot temporary): 8 warps hold it without spills.
+    ``shared_memory_per_block``: the target's limit in bytes (None: ``SHARED_MEMORY_BYTES[capability]``).
     """
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}.")
@@ -98,13 +114,22 @@ def choose_config(
         return KernelConfig(
             block_kv, block_kv, block_q, block_q, block_q, block_q, block_kv, swap, single, single, single, single
         )
+    if shared_memory_per_block is None:
+        if tuple(capability) not in SHARED_MEMORY_BYTES:
+            raise ValueError(
+                f"No shared memory limit known for capability={capability}: pass shared_memory_per_block "
+                f"(known capabilities: {', '.join(map(str, SHARED_MEMORY_BYTES))})."
+            )
+        shared_memory_per_block = SHARED_MEMORY_BYTES[tuple(capability)]
     fp32 = dtype == torch.float32
     row_bytes = head_dim_pad * (4 if fp32 else 2)
     heavy = row_bytes >= 512  # 16-bit head dim 256, fp32 head dim >= 128: split tiles, narrow steps
     narrow = heavy or pair_loads > 0 or pair_ops > HEAVY_PAIR_OPS
-    stages = 2 if heavy or capability[0] < 9 else 3
+    mma_sync = capability[0] < 9
+    narrow_fwd = narrow or mma_sync or (capability[0] >= 10 and pair_ops >= BLACKWELL_NARROW_PAIR_OPS)
+    stages = 3 if not heavy and capability[0] >= 9 and shared_memory_per_block >= THREE_STAGE_SHARED_BYTES else 2
     fwd_rows = dq_rows = _chunk(block_q, 32 if heavy and fp32 else 128)
-    dkdv_rows = _chunk(block_kv, 32 if heavy else 128)
+    dkdv_rows = _chunk(block_kv, 32 if heavy else 64 if mma_sync else 128)
     # swapAB puts the q chunk in M of S and dP: a chunk of WGMMA_MIN_M q positions keeps those on wgmma too.
     # 16-bit only: wgmma reads transposed operands of 16-bit types (fp32 Swin dK/dV spilled 3.5 KB with it)
     swap = capability[0] >= 9 and dkdv_rows < WGMMA_MIN_M and not heavy and not fp32 if swap_ab is None else swap_ab
@@ -112,12 +137,15 @@ def choose_config(
     def warps(rows: int) -> int:
         return 8 if rows >= 128 or heavy or fp32 else 4
 
+    def backward_warps(rows: int) -> int:
+        return 8 if mma_sync and rows * head_dim_pad >= MMA_SYNC_ROW_ELEMENTS else warps(rows)
+
     # dK/dV keeps two fp32 accumulators and the K and V rows per program: 64 x 128 of each is ~190
     # registers a thread at 4 warps before any score tile (NA2D spilled with triton 3.6's ptxas).
-    dkdv_warps = 8 if dkdv_rows * head_dim_pad >= DKDV_ELEMENTS_FOR_8_WARPS else warps(dkdv_rows)
+    dkdv_warps = 8 if mma_sync or dkdv_rows * head_dim_pad >= DKDV_ELEMENTS_FOR_8_WARPS else warps(dkdv_rows)
 
     return KernelConfig(
-        fwd_chunk_n=_chunk(block_kv, 32 if narrow else 64 if row_bytes > 128 or fp32 else 128),
+        fwd_chunk_n=_chunk(block_kv, 32 if narrow_fwd else 64 if row_bytes > 128 or fp32 else 128),
         dq_chunk_n=_chunk(block_kv, 16 if narrow else 32),
         dkdv_chunk_m=_chunk(block_q, WGMMA_MIN_M if swap else 16 if narrow else 32),
         preprocess_rows=32 if heavy else 64,
@@ -130,6 +158,6 @@ def choose_config(
         fwd=LaunchOptions(num_warps=8 if pair_loads else warps(fwd_rows), num_stages=stages),
         preprocess=LaunchOptions(num_warps=4, num_stages=1),
         # the table-gradient one-hot of Swin/NA2D tables spilled 324 B at 4 warps (sm_90, triton 3.9)
-        dq=LaunchOptions(num_warps=8 if table_grads else warps(dq_rows), num_stages=stages),
+        dq=LaunchOptions(num_warps=8 if table_grads else backward_warps(dq_rows), num_stages=stages),
         dkdv=LaunchOptions(num_warps=dkdv_warps, num_stages=stages),
     )

@@ -196,12 +196,14 @@ def generate_source(
     score_mod: Callable | None = None,
     interpret: bool = False,
     capability: tuple[int, int] = (9, 0),
+    shared_memory_per_block: int | None = None,
     config: KernelConfig | None = None,
 ) -> GeneratedSource:
     """The Triton module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` (GQA) kv heads.
 
     ``interpret``: the source runs under ``TRITON_INTERPRET=1`` (casts 16-bit tiles to fp32 before ``tl.dot``,
-    whole-tile steps). ``capability`` picks GPU launch options (ignored when interpreting); ``config``
+    whole-tile steps). ``capability`` and ``shared_memory_per_block`` (bytes; None: the capability's limit in
+    ``maskir.sim.target.ARCHES``) pick GPU launch options (ignored when interpreting); ``config``
     overrides ``choose_config``'s choice (its chunks must divide the plan's tiles).
     """
     kv_heads = plan.heads if kv_heads is None else kv_heads
@@ -215,6 +217,7 @@ def generate_source(
         dtype,
         interpret=interpret,
         capability=capability,
+        shared_memory_per_block=shared_memory_per_block,
         pair_loads=functions.pair_loads,
         pair_ops=functions.pair_ops,
         table_grads=functions.table_grads is not None,

@@ -24,11 +24,12 @@ from maskir.ir import Pattern, check_canvas
 from maskir.planner.affine import rewrite_predicates
 from maskir.planner.analysis import tile_runs
 from maskir.planner.cells import chunk_counts
-from maskir.planner.cost import plan_cost
+from maskir.planner.cost import cost_for
 from maskir.planner.heads import head_groups
 from maskir.planner.layouts import LAYOUTS, LayoutChoice, layout_choices
 from maskir.planner.plan import Layout, Plan, PlanPart, TileTable
 from maskir.planner.tiles import ExplicitSide, make_side
+from maskir.sim.target import KernelSpec
 
 BLOCK_Q_CHOICES = (64, 128)
 BLOCK_KV_CHOICES = (32, 64, 128)
@@ -47,20 +48,23 @@ def plan(
     block_kv: int | None = None,
     layout: str = "auto",
     cost: Cost | None = None,
+    spec: KernelSpec | None = None,
 ) -> Plan:
     """Plan ``pattern`` into block-sparse tiles without materializing the N x N mask.
 
     ``block_q``/``block_kv``: powers of two >= 16, or None to let the cost choose (q from 64/128, kv from
     32/64/128). ``layout``: "auto" (cheapest candidate, unions may be split) or one of ``LAYOUTS``.
-    ``cost``: a callable Plan -> float to minimise (default ``plan_cost``).
+    ``cost``: a callable Plan -> float to minimise (default ``plan_cost`` priced for ``spec``, a
+    ``maskir.sim.target.KernelSpec``: the GPU, head dim and dtype the kernels are built for; None prices
+    an H100 at head dim 128, bf16).
     """
     started = time.perf_counter()
     canvas = _as_canvas(canvas, "canvas")
     kv_canvas = canvas if kv_canvas is None else _as_canvas(kv_canvas, "kv_canvas")
-    _check_arguments(pattern, heads, block_q, block_kv, layout, cost)
+    _check_arguments(pattern, heads, block_q, block_kv, layout, cost, spec)
     check_canvas(pattern, canvas, kv_canvas)
     pattern = rewrite_predicates(pattern, canvas, kv_canvas)
-    price = cost or plan_cost
+    price = cost or cost_for(spec)
     try:
         best_cost, best = cheapest(candidate_plans(pattern, canvas, kv_canvas, heads, block_q, block_kv, layout), price)
         if layout == "auto":
@@ -143,7 +147,7 @@ def _check_block(name: str, value) -> None:
         )
 
 
-def _check_arguments(pattern, heads, block_q, block_kv, layout, cost) -> None:
+def _check_arguments(pattern, heads, block_q, block_kv, layout, cost, spec) -> None:
     if not isinstance(pattern, Pattern):
         raise TypeError(f"plan needs a maskir Pattern, got {type(pattern).__name__}.")
     if not isinstance(heads, (int, np.integer)) or isinstance(heads, bool) or heads < 1:
@@ -154,3 +158,5 @@ def _check_arguments(pattern, heads, block_q, block_kv, layout, cost) -> None:
         raise ValueError(f"plan argument layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {layout!r}.")
     if cost is not None and not callable(cost):
         raise TypeError(f"plan argument cost must be a callable Plan -> float, got {cost!r}.")
+    if spec is not None and not isinstance(spec, KernelSpec):
+        raise TypeError(f"plan argument spec must be a maskir.sim.target.KernelSpec or None, got {spec!r}.")

@@ -5,6 +5,20 @@ achieves on them, as fractions of peak, ALU operations and cycles, so one fit tr
 first order. The FlexAttention constants were fitted by ``benchmarks/fit_sim.py`` on the H100 anchors in
 ``shared/anchors/h100_flex_sdpa.jsonl``; re-run it to refit and paste its output here.
 Imports nothing from maskir: the planner reads this table to price layouts.
+
+Sources of ``HARDWARE`` (each entry's comment names the figures it takes from them):
+- H100 / H100 PCIe: https://www.nvidia.com/en-us/data-center/h100/ (datasheet) and
+  https://resources.nvidia.com/en-us-tensor-core (Hopper architecture whitepaper)
+- H200: https://www.nvidia.com/en-us/data-center/h200/
+- A100: https://www.nvidia.com/en-us/data-center/a100/ and
+  https://images.nvidia.com/aem-dam/en-zz/Solutions/data-center/nvidia-ampere-architecture-whitepaper.pdf
+- B200: https://www.nvidia.com/en-us/data-center/hgx/ (HGX B200) and
+  https://chipsandcheese.com/p/nvidias-b200-keeping-the-cuda-juggernaut-rolling
+- L40S: https://www.nvidia.com/en-us/data-center/l40s/
+- RTX 4090: https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf
+- RTX A6000: https://www.nvidia.com/en-us/design-visualization/rtx-a6000/ (datasheet)
+- shared memory per SM: https://docs.nvidia.com/cuda/ampere-tuning-guide/ and
+  https://docs.nvidia.com/cuda/ada-tuning-guide/
 """
 
 from __future__ import annotations
@@ -84,6 +98,10 @@ HARDWARE: dict[str, Hardware] = {
     # fp32 accumulate, dense (330.4 with sparsity), 82.6 TFLOP/s fp32, 1,008 GB/s GDDR6X, 128 SMs,
     # 2.52 GHz boost, 72 MiB L2; Ada tuning guide: 100 KiB shared memory per SM.
     "rtx4090": Hardware("rtx4090", 128, 2.52, 165.2, 82.6, 1.008, 100, 72),
+    # NVIDIA RTX A6000 datasheet (sm_86): 309.7 TFLOP/s tensor with sparsity (154.8 dense), 38.7 TFLOP/s fp32,
+    # 768 GB/s GDDR6, 84 SMs (10,752 CUDA cores) at 1.80 GHz boost, 6 MiB L2 (GA102, Ampere whitepaper);
+    # Ampere tuning guide: 100 KiB shared memory per SM on compute capability 8.6.
+    "a6000": Hardware("a6000", 84, 1.80, 154.8, 38.7, 0.768, 100, 6),
 }
 
 DTYPES: dict[str, tuple[int, float]] = {"bf16": (2, 1.0), "fp16": (2, 1.0), "fp32": (4, 0.5)}

@@ -10,19 +10,29 @@ from maskir.sim.cost import dense_workload, simulate_plan, time_workload
 from maskir.sim.decode import DecodeReport, simulate_decode
 from maskir.sim.hardware import get_hardware, get_kernel
 from maskir.sim.report import PairCounts, SimReport
+from maskir.sim.target import KernelSpec
 
 UNSUPPORTED_NAMES = tuple(node.__name__ for node in UNSUPPORTED)
 FLEX_BLOCK = 128
 """FlexAttention's block mask granularity (``create_block_mask``'s default BLOCK_SIZE)."""
 
 
-def kernel_plan(kernel: str, pattern: Pattern, canvas: Canvas, kv_canvas: Canvas | None = None, *, heads: int = 1):
-    """The plan ``kernel`` runs: flex's is the identity layout with 128 x 128 tiles, maskir's the planner's."""
+def kernel_plan(
+    kernel: str,
+    pattern: Pattern,
+    canvas: Canvas,
+    kv_canvas: Canvas | None = None,
+    *,
+    heads: int = 1,
+    spec: KernelSpec | None = None,
+):
+    """The plan ``kernel`` runs: flex's is the identity layout with 128 x 128 tiles, maskir's the planner's
+    (priced for ``spec``, None: the planner's default)."""
     if get_kernel(kernel).name == "flex":
         return make_plan(
             pattern, canvas, kv_canvas, heads=heads, block_q=FLEX_BLOCK, block_kv=FLEX_BLOCK, layout="identity"
         )
-    return make_plan(pattern, canvas, kv_canvas, heads=heads)
+    return make_plan(pattern, canvas, kv_canvas, heads=heads, spec=spec)
 
 
 def pair_counts(plan) -> PairCounts:
@@ -61,6 +71,7 @@ def simulate(
     kv_heads: int | None = None,
     q_offset: int = 0,
     decode: bool | None = None,
+    spec: KernelSpec | None = None,
 ) -> SimReport | DecodeReport:
     """Predict ``pattern`` on ``canvas`` with ``kernel`` ("maskir" or "flex") on ``hardware``.
 
@@ -72,6 +83,8 @@ def simulate(
     ``DecodeReport``: ``kv_heads`` (GQA: query heads packed per kv head), ``q_offset`` (absolute position of
     the first query; 0 as in ``maskir.attention``, ``maskir.decode`` defaults to kv length - queries).
     ``decode``: force (True) or refuse (False) the decode kernels; None chooses by shape.
+    ``spec``: the target maskir's plan is priced for (``maskir.sim.target.KernelSpec``; None: the
+    planner's default, an H100 at head dim 128, bf16); ``maskir simulate --arch/--hw`` passes it.
     """
     if not isinstance(pattern, Pattern):
         raise TypeError(f"simulate needs a Pattern (maskir.parse turns text into one), got {type(pattern).__name__}.")
@@ -105,7 +118,7 @@ def simulate(
             dtype=dtype,
         )
     if plan is None:
-        plan = kernel_plan(model.name, pattern, canvas, kv_canvas, heads=heads)
+        plan = kernel_plan(model.name, pattern, canvas, kv_canvas, heads=heads, spec=spec)
     elif (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (pattern, canvas, kv_canvas, heads):
         raise ValueError(
             f"simulate argument plan is of {plan.pattern} on {plan.canvas} x {plan.kv_canvas}, {plan.heads} heads; "
