@@ -1,14 +1,25 @@
-"""maskir's backends on a CPU, side by side: TVM (llvm), the Triton interpreter and the float64 reference.
+"""maskir's TVM backend on a CPU next to compiled flex_attention, SDPA and NATTEN: one process, same tensors.
 
-Per pattern, the same q, k, v (fp32, B=1) through ``maskir.compile(..., device="cpu", backend=...)``:
-``build_s`` (plan, generate, build; a fresh cache), and the medians over ``--repeats`` calls of the
-forward (``fwd_ms``) and of forward + backward (``fwdbwd_ms``), plus the largest forward difference from
-the reference. The interpreter is slow by design (it runs Triton's GPU kernels in Python for testing):
-``--skip-interpreter`` leaves it out. Appends one JSON object per (pattern, backend) to
-``benchmarks/results/cpu_backends.jsonl`` and prints a table.
+The DESIGN.md suite (``benchmarks/catalogue.py``) at its 4,096-token size (``medium``: the same pattern
+families), B=1, ``--heads`` 4, ``--head-dim`` 64, fp32. Per entry:
 
-    python benchmarks/cpu_backends.py                      # all three backends
-    python benchmarks/cpu_backends.py --skip-interpreter   # TVM and the reference only
+- maskir: ``maskir.compile(..., backend="tvm")`` (tile kernels built for this CPU); ``build_s`` is plan +
+  generate + build in a fresh cache; forward and forward + backward;
+- flex: ``torch.compile(flex_attention)`` with a BlockMask from ``create_block_mask`` over
+  ``maskir.codegen.flex.to_mask_mod`` (the same pattern); forward only: flex has no backward on a CPU;
+- SDPA: no mask for ``Full()``, ``is_causal`` for ``Causal()``, else an explicit boolean mask; forward and
+  forward + backward;
+- NATTEN: ``natten.functional.neighborhood_attention_generic`` (its CPU path) on the neighborhood entries,
+  forward only.
+
+Timing: each repeat runs every implementation once, in turn (interleaved, so machine load hits all
+alike), and the medians over ``--repeats`` are reported with the 1-minute load average before and after.
+Ratios are peer time / maskir time (> 1: maskir is faster). Each entry is appended as one JSON object to
+``benchmarks/results/cpu_backends.jsonl``, the run's table is written to ``cpu_backends.md`` there, and
+``--readme`` puts it into README.md between the ``cpu-backends`` markers.
+
+    python benchmarks/cpu_backends.py                      # the whole suite (~15 min on 2 cores)
+    python benchmarks/cpu_backends.py --only swin_128x128_w8 causal --repeats 3
 """
 
 from __future__ import annotations
@@ -21,93 +32,277 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported, for the interpreter rows
-
-import torch  # noqa: E402
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="maskir-cpu-bench-inductor-"))
+import torch  # noqa: E402 (after the private Inductor cache folder: other processes' entries stay out)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import maskir  # noqa: E402
-from maskir.canvas import Canvas  # noqa: E402
+from benchmarks.catalogue import CATALOGUE, Case  # noqa: E402
+from maskir.ir import Causal, Full, Neighborhood  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "cpu_backends.jsonl"
-CASES = [
-    ("na2d_32x32_k7", "Neighborhood(7)", (32, 32)),
-    ("swa_causal_w128_1024", "Window(127, 0)", (1024,)),
-    ("swin_32x32_w8", "Blocks(8)", (32, 32)),
-]
-"""(name, spec text, canvas): 1024 tokens each, small enough for the interpreter."""
-HEADS, HEAD_DIM = 4, 64
+RESULTS = ROOT / "benchmarks" / "results"
+SIZE = "medium"
+"""The catalogue size timed: 4,096 tokens for every entry."""
+README_MARKERS = ("<!-- cpu-backends:begin -->", "<!-- cpu-backends:end -->")
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+@dataclass
+class Inputs:
+    """q, k, v, dO [B, H, N, D] and the entry's run-time data (maskir's and flex's forms)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    dout: torch.Tensor
+    data: dict = field(default_factory=dict)
+    flex_tensors: dict = field(default_factory=dict)
 
 
-def measure(name: str, spec: str, shape: tuple[int, ...], backend: str, repeats: int) -> dict:
-    """One row: build time, forward and forward+backward medians, forward error vs the reference."""
-    canvas = Canvas(shape)
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, canvas.size, HEAD_DIM, generator=generator) for _ in "qkv")
+def make_inputs(case: Case, heads: int, head_dim: int, seed: int = 0) -> Inputs:
+    from maskir.runtime.routing import routing_map, routing_node
+
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v, dout = (torch.randn(1, heads, case.tokens, head_dim, generator=generator) for _ in range(4))
+    segments, routing = case.segment_ids(1), case.routing_indices(q, k)
+    data, tensors = {}, {}
+    if segments is not None:
+        data["segments"] = tensors["segments_q"] = tensors["segments_kv"] = segments
+    if routing is not None:
+        data["routing"] = routing
+        tensors["routing_map"] = routing_map(q, k, routing_node(case.pattern), routing)
+    return Inputs(q, k, v, dout, data, tensors)
+
+
+def _leaves(inputs: Inputs) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v)]
+
+
+def build_maskir(case: Case, inputs: Inputs) -> tuple[dict[str, Callable], dict]:
+    heads, head_dim = inputs.q.shape[1], inputs.q.shape[3]
     started = time.perf_counter()
     compiled = maskir.compile(
-        spec, canvas, heads=HEADS, head_dim=HEAD_DIM, dtype=torch.float32, device="cpu", backend=backend, quiet=True
-    )
+        case.pattern, case.canvas, heads=heads, head_dim=head_dim, dtype=torch.float32, device="cpu",
+        backend="tvm", quiet=True,
+    )  # fmt: skip
     build_s = time.perf_counter() - started
-    with torch.no_grad():
-        out = compiled(q, k, v)
-        fwd_ms = _median_ms(lambda: compiled(q, k, v), repeats)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    fwdbwd_ms = _median_ms(lambda: compiled(*leaves).sum().backward(), repeats)
-    reference = maskir.reference.reference_attention(q.double(), k.double(), v.double(), maskir.parse(spec), canvas)
-    return {
-        "pattern": name,
-        "spec": spec,
-        "canvas": list(shape),
-        "backend": backend,
-        "heads": HEADS,
-        "head_dim": HEAD_DIM,
-        "build_s": round(build_s, 3),
-        "fwd_ms": round(fwd_ms, 2),
-        "fwdbwd_ms": round(fwdbwd_ms, 2),
-        "max_abs_err_vs_reference": float((out.double() - reference).abs().max()),
-        "repeats": repeats,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "load_1min": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__,
-    }
+    leaves = _leaves(inputs)
+
+    def forward():
+        with torch.no_grad():
+            return compiled(inputs.q, inputs.k, inputs.v, **inputs.data)
+
+    def forward_backward():
+        compiled(*leaves, **inputs.data).backward(inputs.dout)
+
+    extra = {"build_s": round(build_s, 2), "blocks": [compiled.plan.block_q, compiled.plan.block_kv]}
+    return {"fwd": forward, "fwdbwd": forward_backward}, extra
+
+
+def build_flex(case: Case, inputs: Inputs) -> tuple[dict[str, Callable], dict]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from maskir.codegen.flex import to_mask_mod
+
+    mask_mod = to_mask_mod(case.pattern, case.canvas, tensors=inputs.flex_tensors)
+    block_mask = create_block_mask(mask_mod, 1, inputs.q.shape[1], case.tokens, case.tokens, device="cpu")
+    attend = torch.compile(flex_attention)
+
+    def forward():
+        with torch.no_grad():
+            return attend(inputs.q, inputs.k, inputs.v, block_mask=block_mask)
+
+    return {"fwd": forward}, {"block_density": round(1.0 - block_mask.sparsity() / 100.0, 4)}
+
+
+def dense_mask(case: Case, inputs: Inputs) -> torch.Tensor:
+    """The allowed pairs [1, H, N, N] as bool, from the flex mask_mod (the same lowering)."""
+    from maskir.codegen.flex import to_mask_mod
+
+    mask_mod = to_mask_mod(case.pattern, case.canvas, tensors=inputs.flex_tensors)
+    n, heads = case.tokens, inputs.q.shape[1]
+    index = torch.arange(n)
+    b, h = torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.arange(heads).view(1, -1, 1, 1)
+    return torch.broadcast_to(mask_mod(b, h, index.view(1, 1, -1, 1), index.view(1, 1, 1, -1)), (1, heads, n, n))
+
+
+def build_sdpa(case: Case, inputs: Inputs) -> tuple[dict[str, Callable], dict]:
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    options: dict = {}
+    if case.pattern == Causal():
+        options["is_causal"] = True
+    elif case.pattern != Full():
+        options["attn_mask"] = dense_mask(case, inputs).contiguous()
+    leaves = _leaves(inputs)
+
+    def forward():
+        with torch.no_grad():
+            return sdpa(inputs.q, inputs.k, inputs.v, **options)
+
+    def forward_backward():
+        sdpa(*leaves, **options).backward(inputs.dout)
+
+    return {"fwd": forward, "fwdbwd": forward_backward}, {"mask": "explicit" if "attn_mask" in options else "none"}
+
+
+def build_natten(case: Case, inputs: Inputs) -> tuple[dict[str, Callable], dict] | None:
+    """NATTEN's CPU forward on a plain ``Neighborhood`` entry, None elsewhere (or without natten)."""
+    node = case.pattern
+    if not isinstance(node, Neighborhood):
+        return None
+    try:
+        import natten
+    except ImportError:
+        return None
+    from maskir.ir import expand
+
+    ndim, shape = len(case.canvas.shape), case.canvas.shape
+    args = {name: expand(getattr(node, name), ndim, "Neighborhood", name) for name in ("kernel", "dilation", "stride")}
+    causal = expand(node.causal, ndim, "Neighborhood", "causal")
+    heads, head_dim = inputs.q.shape[1], inputs.q.shape[3]
+    layout = [
+        t.transpose(1, 2).reshape(1, *shape, heads, head_dim).contiguous() for t in (inputs.q, inputs.k, inputs.v)
+    ]
+
+    def forward():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return natten.functional.neighborhood_attention_generic(
+                *layout, kernel_size=args["kernel"], stride=args["stride"], dilation=args["dilation"],
+                is_causal=causal, backend="flex-fna",
+            )  # fmt: skip
+
+    return {"fwd": forward}, {"natten": natten.__version__}
+
+
+def _median_ms(times: list[float]) -> float:
+    return round(statistics.median(times) * 1e3, 2)
+
+
+def measure(case: Case, *, heads: int, head_dim: int, repeats: int, peers: tuple[str, ...]) -> dict:
+    """One entry: every implementation built, then ``repeats`` interleaved rounds of each one's calls."""
+    inputs = make_inputs(case, heads, head_dim)
+    load_before = os.getloadavg()[0]
+    impls = {"maskir": build_maskir(case, inputs)}
+    builders = {"flex": build_flex, "sdpa": build_sdpa, "natten": build_natten}
+    for peer in peers:
+        built = builders[peer](case, inputs)
+        if built is not None:
+            impls[peer] = built
+    ours = impls["maskir"][0]["fwd"]()
+    row: dict = {"pattern": case.name, "spec": str(case.pattern), "canvas": list(case.canvas.shape)}
+    for name, (calls, extra) in list(impls.items()):
+        try:
+            out = calls["fwd"]()  # warm-up (flex and NATTEN compile here)
+        except Exception as error:  # a peer that fails to build is reported, not timed
+            if name == "maskir":
+                raise
+            row[f"{name}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            del impls[name]
+            continue
+        if name != "maskir":
+            out = out if out.shape == ours.shape else out.reshape(1, case.tokens, heads, head_dim).transpose(1, 2)
+            row[f"{name}_max_abs_diff"] = float((out - ours).abs().max())
+        for step in calls.values():
+            step()
+        row.update({f"{name}_{key}": value for key, value in extra.items()})
+    times = {(name, step): [] for name, (calls, _) in impls.items() for step in calls}
+    for _ in range(repeats):
+        for (name, step), series in times.items():
+            call = impls[name][0][step]
+            started = time.perf_counter()
+            call()
+            series.append(time.perf_counter() - started)
+    row.update({f"{name}_{step}_ms": _median_ms(series) for (name, step), series in times.items()})
+    mine_fwd, mine_both = row["maskir_fwd_ms"], row["maskir_fwdbwd_ms"]
+    for peer in ("flex", "sdpa", "natten"):
+        if f"{peer}_fwd_ms" in row:
+            row[f"{peer}_fwd_ratio"] = round(row[f"{peer}_fwd_ms"] / mine_fwd, 2)
+    row["sdpa_fwdbwd_ratio"] = round(row["sdpa_fwdbwd_ms"] / mine_both, 2) if "sdpa_fwdbwd_ms" in row else None
+    row.update(
+        {
+            "heads": heads, "head_dim": head_dim, "tokens": case.tokens, "dtype": "float32", "repeats": repeats,
+            "load_1min_before": round(load_before, 2), "load_1min_after": round(os.getloadavg()[0], 2),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+        }
+    )  # fmt: skip
+    return row
+
+
+def _cell(row: dict, key: str, digits: int = 1) -> str:
+    value = row.get(key)
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per entry the times (ms) and ratios peer / maskir (> 1: maskir is faster)."""
+    lines = [
+        "| pattern | maskir fwd | flex fwd | ×flex | SDPA fwd | ×SDPA | NATTEN fwd | maskir fwd+bwd | SDPA fwd+bwd "
+        "| ×SDPA fwd+bwd | build s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['pattern']} | {_cell(row, 'maskir_fwd_ms')} | {_cell(row, 'flex_fwd_ms')} "
+            f"| **{_cell(row, 'flex_fwd_ratio', 2)}** | {_cell(row, 'sdpa_fwd_ms')} | {_cell(row, 'sdpa_fwd_ratio', 2)} "
+            f"| {_cell(row, 'natten_fwd_ms')} | {_cell(row, 'maskir_fwdbwd_ms')} | {_cell(row, 'sdpa_fwdbwd_ms')} "
+            f"| {_cell(row, 'sdpa_fwdbwd_ratio', 2)} | {_cell(row, 'maskir_build_s')} |"
+        )
+    return "\n".join(lines)
+
+
+def put_in_readme(readme: Path, text: str) -> None:
+    """Replace what lies between the ``cpu-backends`` markers of ``readme`` with ``text``."""
+    begin, end = README_MARKERS
+    content = readme.read_text(encoding="utf-8")
+    if begin not in content or end not in content:
+        raise ValueError(f"{readme} has no {begin} ... {end} markers to put the table between.")
+    head, rest = content.split(begin, 1)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/cpu_backends.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (default 5)")
-    parser.add_argument("--skip-interpreter", action="store_true", help="leave the Triton interpreter out")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSONL to append to (default {RESULTS})")
+    parser.add_argument("--only", nargs="+", choices=list(CATALOGUE), help="catalogue entries (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per entry (default 5)")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--peers", nargs="*", default=["flex", "sdpa", "natten"], choices=["flex", "sdpa", "natten"])
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for the results (default {RESULTS})")
+    parser.add_argument("--readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args(argv)
-    backends = ["tvm", "reference"] + ([] if args.skip_interpreter else ["triton"])
     os.environ["MASKIR_CACHE_DIR"] = tempfile.mkdtemp(prefix="maskir-cpu-bench-")  # builds from scratch
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{'pattern':<24}{'backend':<11}{'build s':>9}{'fwd ms':>11}{'fwd+bwd ms':>12}{'err':>10}")
-    with args.results.open("a", encoding="utf-8") as out:
-        for name, spec, shape in CASES:
-            for backend in backends:
-                row = measure(name, spec, shape, backend, args.repeats)
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-                print(
-                    f"{name:<24}{backend:<11}{row['build_s']:>9.2f}{row['fwd_ms']:>11.1f}{row['fwdbwd_ms']:>12.1f}"
-                    f"{row['max_abs_err_vs_reference']:>10.1e}",
-                    flush=True,
-                )
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.only or list(CATALOGUE):
+        row = measure(
+            CATALOGUE[name][SIZE], heads=args.heads, head_dim=args.head_dim, repeats=args.repeats,
+            peers=tuple(args.peers),
+        )  # fmt: skip
+        rows.append(row)
+        with (args.results / "cpu_backends.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+        print(table([row]).splitlines()[-1], flush=True)
+    first, last = rows[0], rows[-1]
+    note = (
+        f"{first['cpu']}, {first['cores']} cores ({first['threads']} threads), torch {first['torch']}, "
+        f"{first['tokens']} tokens, {args.heads} heads, head dim {args.head_dim}, fp32, medians of "
+        f"{args.repeats} interleaved rounds; load average {first['load_1min_before']} at the start, "
+        f"{last['load_1min_after']} at the end."
+    )
+    text = table(rows) + "\n\n" + note
+    (args.results / "cpu_backends.md").write_text(text + "\n", encoding="utf-8")
+    if args.readme:
+        put_in_readme(ROOT / "README.md", text)
+    print(text)
     return 0
 
 

@@ -28,12 +28,14 @@ from typing import Any
 
 from maskir.runtime.cache_folder import (
     ENTRY_NAME,
+    LIBRARY_LIMIT,
     METADATA_LIMIT,
     SOURCE_LIMIT,
     TEMP_NAME,
     entry_paths,
     fallback_folders,
     folder_problem,
+    library_path,
     make_fallback_folder,
     read_bounded,
     remove_maskir_files,
@@ -74,11 +76,11 @@ def source_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str | bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -126,6 +128,7 @@ class KernelCache:
         self._root = Path(root) if root is not None else None
         self._memory: dict[str, CacheEntry] = {}
         self._modules: dict[str, ModuleType] = {}
+        self._libraries: dict[str, bytes] = {}
         self._lock = threading.RLock()
         self._fallback: Path | None = None
         self._warned: set[Path] = set()
@@ -217,6 +220,52 @@ class KernelCache:
             self._memory[key] = entry
             return entry
 
+    def read_library(self, key: str, folder: Path | None = None) -> tuple[bytes, dict[str, Any]] | None:
+        """The bytes and metadata of the library entry ``key`` if whole and valid (the bytes hash to the
+        recorded sha256, same key and versions), else None."""
+        folder = self.folder() if folder is None else folder
+        meta = _decode_metadata(read_bounded(entry_paths(folder, key)[1], METADATA_LIMIT))
+        if (
+            meta is None
+            or meta.get("kind") != "library"
+            or meta.get("key") != key
+            or meta.get("versions") != versions()
+        ):
+            return None
+        data = read_bounded(library_path(folder, key), LIBRARY_LIMIT)
+        if data is None or meta.get("sha256") != hashlib.sha256(data).hexdigest():
+            return None
+        return data, meta
+
+    def get_or_build_library(self, fields: dict[str, Any], build: Callable[[], bytes]) -> bytes:
+        """A built shared library for ``fields`` (which must name what it was built from: the source's
+        digest, the target): verified bytes from memory or disk, else ``build()``'s, stored as
+        ``maskir-<key>.so`` + metadata (sha256 of the bytes) like a source entry. The caller loads the
+        returned bytes from a private copy, never the cache file itself, so what runs is what was hashed."""
+        key = cache_key({**fields, "kind": "library"})
+        with self._lock:
+            data = self._libraries.get(key)
+            if data is None:
+                found = self.read_library(key)
+                data = found[0] if found is not None else None
+            if data is None:
+                data = build()
+                meta = {"kind": "library", "key": key, "versions": versions(), "fields": fields}
+                meta["sha256"] = hashlib.sha256(data).hexdigest()
+                folder = self.folder()
+                try:
+                    self._store_library(folder, key, data, meta)
+                except OSError as error:
+                    fallback = self._fallback_root(f"cannot write the kernel cache at {folder} ({error})", folder)
+                    self._store_library(fallback, key, data, meta)
+            self._libraries[key] = data
+            return data
+
+    def _store_library(self, root: Path, key: str, data: bytes, meta: dict[str, Any]) -> None:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_atomic(library_path(root, key), data)
+        _write_atomic(entry_paths(root, key)[1], json.dumps(meta, indent=1, sort_keys=True, default=str))
+
     def load_module(self, entry: CacheEntry) -> ModuleType:
         """Execute an entry's verified source text as module ``maskir_kernels.k<key>`` (once per process)."""
         with self._lock:
@@ -242,10 +291,14 @@ class KernelCache:
                 (listing.stale.append(folder / name) if TEMP_NAME.fullmatch(name) else listing.foreign.append(name))
                 continue
             entry = self.read(match["key"], folder)
-            if entry is None:
+            library = self.read_library(match["key"], folder) if entry is None else None
+            if entry is None and library is None:
                 listing.stale.append(folder / name)
             elif match["kind"] == "json":
-                found.append((_mtime(folder / name), {**entry.meta, "path": str(entry.path)}))
+                meta, path = (
+                    (entry.meta, entry.path) if entry is not None else (library[1], library_path(folder, match["key"]))
+                )
+                found.append((_mtime(folder / name), {**meta, "path": str(path)}))
         listing.entries = [meta for _, meta in sorted(found, key=lambda item: item[0], reverse=True)]
         return listing
 
@@ -259,6 +312,7 @@ class KernelCache:
         stay. Returns the number of files removed from the root folder."""
         with self._lock:
             self._memory.clear()
+            self._libraries.clear()
             removed = remove_maskir_files(self.root)
             for folder in fallback_folders():
                 remove_maskir_files(folder)

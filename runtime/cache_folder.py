@@ -1,7 +1,8 @@
 """What maskir may read, write and delete in a kernel cache folder.
 
-Names: maskir writes only ``maskir-<32 hex>.py`` / ``maskir-<32 hex>.json`` (an entry) and
-``.maskir-<32 hex>.{py,json}.<random>.tmp`` (a write in progress); everything else in the folder is
+Names: maskir writes only ``maskir-<32 hex>.py`` / ``maskir-<32 hex>.json`` (an entry),
+``maskir-<32 hex>.so`` / ``.json`` (a built library entry) and
+``.maskir-<32 hex>.{py,so,json}.<random>.tmp`` (a write in progress); everything else in the folder is
 someone else's and is never read, listed as maskir's, or deleted. Private fallback folders are
 ``$TMPDIR/maskir-fallback-<random>`` (mode 0700).
 
@@ -20,19 +21,26 @@ import stat
 import tempfile
 from pathlib import Path
 
-ENTRY_NAME = re.compile(r"maskir-(?P<key>[0-9a-f]{32})\.(?P<kind>py|json)")
-TEMP_NAME = re.compile(r"\.maskir-[0-9a-f]{32}\.(py|json)\.[A-Za-z0-9_]+\.tmp")
+ENTRY_NAME = re.compile(r"maskir-(?P<key>[0-9a-f]{32})\.(?P<kind>py|so|json)")
+TEMP_NAME = re.compile(r"\.maskir-[0-9a-f]{32}\.(py|so|json)\.[A-Za-z0-9_]+\.tmp")
 FALLBACK_PREFIX = "maskir-fallback-"
 FALLBACK_NAME = re.compile(re.escape(FALLBACK_PREFIX) + r"[A-Za-z0-9_]+")
 METADATA_LIMIT = 1 << 20
 """Largest metadata file read (bytes); a bigger one is corrupt (maskir's are a few KiB)."""
 SOURCE_LIMIT = 64 << 20
 """Largest kernel source read (bytes); generated modules are well under a MiB."""
+LIBRARY_LIMIT = 256 << 20
+"""Largest built library read (bytes); TVM's CPU kernels of a plan are a few MiB."""
 
 
 def entry_paths(root: Path, key: str) -> tuple[Path, Path]:
     """(source, metadata) paths of the entry ``key`` in ``root``."""
     return root / f"maskir-{key}.py", root / f"maskir-{key}.json"
+
+
+def library_path(root: Path, key: str) -> Path:
+    """The shared library of the library entry ``key`` in ``root`` (its metadata: ``entry_paths``' second)."""
+    return root / f"maskir-{key}.so"
 
 
 def is_maskir_name(name: str) -> bool:

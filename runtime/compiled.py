@@ -203,17 +203,28 @@ class CompiledAttention:
         self._captured = generated.static_tensors
 
     def _build_tvm(self, fields: dict, cache: KernelCache) -> None:
+        from maskir.codegen.tvm import launch
         from maskir.codegen.tvm.emit import generate_tvm_source
-        from maskir.codegen.tvm.launch import TvmAttention
 
         generated = generate_tvm_source(
-            self.plan, head_dim=self.head_dim, dtype=self.dtype, kv_heads=self.kv_heads, score_mod=self.score_mod
+            self.plan,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            kv_heads=self.kv_heads,
+            score_mod=self.score_mod,
+            vector_lanes=launch.host_vector_lanes(),
+            vector_registers=launch.host_vector_registers(),
         )
         entry = self._cached(
             cache, fields, generated.source, score_mod=generated.score_mod_text, target=generated.target
         )
         self._source = entry.source
-        self.kernels = TvmAttention(self.plan, generated)  # entry.source == generated.source (checked)
+        # the built library is cached too (sha256-verified bytes, loaded from a private copy)
+        library = cache.get_or_build_library(
+            {**fields, "source_sha256": source_digest(entry.source), "target": launch.host_target()},
+            lambda: launch.library_bytes(entry.source),
+        )
+        self.kernels = launch.TvmAttention(self.plan, generated, library)  # entry.source == generated.source
         self.tensor_names = tuple(generated.tensor_names)
         self._captured = generated.static_tensors
 

@@ -1,24 +1,48 @@
-"""benchmarks/cpu_backends.py: one row per (pattern, backend) with build time, timings and the error."""
+"""benchmarks/cpu_backends.py: per suite entry, maskir's TVM backend and its peers timed side by side."""
 
 import json
 
 import pytest
+import torch
 
 from benchmarks import cpu_backends
+from benchmarks.catalogue import CATALOGUE
 
 
-def test_a_row_times_a_backend_and_checks_it_against_the_reference():
+def test_the_timed_suite_is_the_design_suite_at_4096_tokens():
+    assert {CATALOGUE[name][cpu_backends.SIZE].tokens for name in CATALOGUE} == {4096}
+
+
+def test_a_row_times_maskir_and_sdpa_interleaved_with_ratios():
     pytest.importorskip("tvm")
-    row = cpu_backends.measure("swa", "Window(7, 0)", (64,), "tvm", repeats=1)
-    assert row["backend"] == "tvm" and row["canvas"] == [64]
-    assert row["build_s"] > 0 and row["fwd_ms"] > 0 and row["fwdbwd_ms"] > 0
-    assert row["max_abs_err_vs_reference"] < 2e-3
+    case = CATALOGUE["swin_128x128_w8"]["small"]
+    row = cpu_backends.measure(case, heads=2, head_dim=16, repeats=2, peers=("sdpa",))
+    assert row["pattern"] == "swin_128x128_w8" and row["tokens"] == 1024
+    assert row["maskir_fwd_ms"] > 0 and row["maskir_fwdbwd_ms"] > 0 and row["maskir_build_s"] > 0
+    assert row["sdpa_fwd_ratio"] == round(row["sdpa_fwd_ms"] / row["maskir_fwd_ms"], 2)
+    assert row["sdpa_max_abs_diff"] < 1e-4  # SDPA with the same mask computes the same attention
+    assert "flex_fwd_ms" not in row
     json.dumps(row)  # one JSONL line
+    text = cpu_backends.table([row])
+    assert text.splitlines()[2].startswith("| swin_128x128_w8 |") and "—" in text  # no flex column value
 
 
-def test_every_case_holds_1024_tokens_of_valid_spec_text():
-    import maskir
+def test_sdpa_mask_is_the_patterns_allowed_pairs():
+    from maskir.reference import reference_mask
 
-    for _, spec, shape in cpu_backends.CASES:
-        maskir.parse(spec)
-        assert maskir.Canvas(shape).size == 1024
+    case = CATALOGUE["dilated_w256_d4"]["small"]
+    inputs = cpu_backends.make_inputs(case, heads=1, head_dim=8)
+    mask = cpu_backends.dense_mask(case, inputs)
+    assert torch.equal(mask[0, 0], torch.as_tensor(reference_mask(case.pattern, case.canvas)))
+
+
+def test_the_table_goes_between_the_readme_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    begin, end = cpu_backends.README_MARKERS
+    readme.write_text(f"intro\n{begin}\nold\n{end}\noutro\n")
+    cpu_backends.put_in_readme(readme, "| new |")
+    assert readme.read_text() == f"intro\n{begin}\n| new |\n{end}\noutro\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        cpu_backends.put_in_readme(plain, "| new |")

@@ -5,6 +5,7 @@ implementation (partition, cyclic shift, mask, reverse: benchmarks/swin_referenc
 reference.
 """
 
+import copy
 import warnings
 
 import natten
@@ -212,19 +213,35 @@ def test_masked_attention_runs_any_pattern_with_a_score_mod():
 
 
 def test_layers_run_under_torch_compile_fullgraph():
-    """NA2D and a MaskedAttention trace without graph breaks, forward and backward, and equal eager."""
+    """Each layer traces without graph breaks on its first call (its kernels are built while tracing),
+    forward and backward, bias tables trained, and equals eager mode."""
     torch.manual_seed(0)
     for layer, x in [
         (mnn.NeighborhoodAttention2D(32, 2, 3, dilation=2), torch.randn(1, 8, 8, 32)),
+        (mnn.NeighborhoodAttention2D(32, 2, 3, rpb=True), torch.randn(1, 8, 8, 32)),
+        (mnn.WindowAttention(32, 4, 2, 2), torch.randn(1, 8, 8, 32)),
         (mnn.MaskedAttention(32, 2, maskir.patterns.swin(4, shifted=True)), torch.randn(1, 8, 8, 32)),
     ]:
-        for parameter in layer.parameters():
-            parameter.requires_grad_(parameter is layer.qkv.weight)
         compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
         out = compiled(x)
         out.square().sum().backward()
-        compiled_grad, layer.qkv.weight.grad = layer.qkv.weight.grad, None
+        compiled_grads = {name: p.grad for name, p in layer.named_parameters()}
+        layer.zero_grad(set_to_none=True)
         eager = layer(x)
         eager.square().sum().backward()
         torch.testing.assert_close(out, eager)
-        torch.testing.assert_close(compiled_grad, layer.qkv.weight.grad)
+        for name, parameter in layer.named_parameters():
+            torch.testing.assert_close(compiled_grads[name], parameter.grad, msg=name)
+
+
+def test_a_copied_layer_reads_its_own_bias_table():
+    """copy.deepcopy (EMA models) makes a new layer: its kernels read the copy's table, not the original's."""
+    torch.manual_seed(0)
+    layer = mnn.WindowAttention(32, 4, 2, 2)
+    x = torch.randn(1, 8, 8, 32)
+    with torch.no_grad():
+        before = layer(x)
+        twin = copy.deepcopy(layer)
+        nn.init.normal_(twin.relative_position_bias_table, std=1.0)
+        assert (twin(x) - before).abs().max() > 1e-2
+        torch.testing.assert_close(layer(x), before)

@@ -39,8 +39,11 @@ def triton_tile_rows(j):
 
 
 @pytest.mark.parametrize("backend", ["reference", "tvm", "triton"])
-@pytest.mark.parametrize("side", ["q", "k", "v"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    "side, value",
+    [("q", float("nan")), ("k", float("nan")), ("v", float("nan")), ("k", float("inf")), ("v", float("-inf"))],
+    ids=["nan q", "nan k", "nan v", "inf k", "-inf v"],
+)
 def test_a_non_finite_input_reaches_only_the_rows_the_contract_allows(backend, side, value):
     if backend == "tvm":
         pytest.importorskip("tvm")

@@ -149,8 +149,9 @@ def test_common_mask_mods_become_their_ir_nodes(mask_mod, expected):
         lambda b, h, q, kv: (h == 0) | (kv <= q),  # the head index
         lambda b, h, q, kv: q * kv < 50,  # a product of indices
         lambda b, h, q, kv: torch.tensor([0, 1, 1, 2] * 16)[q] == torch.tensor([0, 1, 1, 2] * 16)[kv],  # a table
+        lambda b, h, q, kv: torch.eye(4, dtype=torch.bool)[q // 16, kv // 16],  # a 2-D table, a tuple index
     ],
-    ids=["q_alone", "head", "product", "table"],
+    ids=["q_alone", "head", "product", "table", "table_2d"],
 )
 def test_non_affine_mask_mods_are_not_recognised_and_still_plan_exactly(mask_mod):
     canvas = Canvas((64,))

@@ -28,7 +28,8 @@ import pytest
 import torch
 
 from benchmarks.catalogue import DTYPE, HEAD_DIM, HEADS, case, cases
-from maskir.codegen.triton.compile_check import KernelReport, check_plan, format_table, parse_ptxas_log
+from maskir.codegen.common.ptxas import parse_ptxas_log
+from maskir.codegen.triton.compile_check import KernelReport, check_plan, format_table
 from maskir.ir import Causal, Routing, Segments, Sink, Window
 from maskir.planner import plan
 from maskir.planner.decode import decode_plan

@@ -1,7 +1,7 @@
 """attn_implementation="maskir" in transformers: tiny random models from configs (no downloads) against "eager".
 
 Families: Llama (GQA, causal), Mistral (sliding window on every layer), Gemma2 (logit soft-capping, sliding and
-global layers alternating, query_pre_attn_scalar scaling), Qwen2. For each: logits and the gradients of every
+global layers alternating, query_pre_attn_scalar scaling), Phi3 (head dim 8, sliding window). For each: logits and the gradients of every
 parameter equal eager's (and sdpa's where it applies), with left padding, and with packed sequences
 (position_ids restarting, no mask, no cache); greedy generate() gives eager's tokens; maskir's kernels
 (Triton, in the interpreter) were really called; no N x N tensor is built on the path.
@@ -48,7 +48,11 @@ FAMILIES = {
             query_pre_attn_scalar=8,
         )
     ),
-    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),
+    "phi3": lambda: transformers.Phi3ForCausalLM(  # head dim 32 / 4 = 8: zero-padded to the kernels' 16
+        transformers.Phi3Config(
+            **{k: v for k, v in COMMON.items() if k != "head_dim"}, sliding_window=6, pad_token_id=0
+        )
+    ),
 }
 CALLS: list[int] = []
 

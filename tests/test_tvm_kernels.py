@@ -188,8 +188,57 @@ def test_source_is_tvmscript_with_the_lowered_predicate_per_part():
     assert source.startswith(f"# maskir 0.1 -- {planned.pattern} on Canvas((64,)), float32, head_dim 16, 2 heads;")
     for name in ("def fwd_0(", "def dq_0(", "def dkdv_0(", "@I.ir_module"):
         assert name in source
-    assert "T.parallel(batch * 2)" in source and "threadIdx" not in source
+    assert source.count("for w in T.parallel(n_work):") == 3 and "threadIdx" not in source
     assert "import" not in source  # tvm.script.from_source parses it: TVMScript only, no imports
+
+
+def test_only_partial_tile_pairs_evaluate_the_predicate_a_row_at_a_time():
+    """The predicate (over a row's lane tokens ``QTOK[lane]`` / ``KVTOK[lane]``) masks scores only under
+    ``if e >= full_end`` (PARTIAL entries follow the FULL ones in each list), in vectorised loops."""
+    planned = plan(Window(20, 5), Canvas(256), heads=2, block_q=32, block_kv=32)
+    source = generate_tvm_source(planned, head_dim=16, dtype=torch.float32, vector_lanes=8).source
+    lines = source.splitlines()
+    writes = [i for i, line in enumerate(lines) if line.strip().startswith("S[r, ") and "TOK[(c0 * 8 + c1)]" in line]
+    assert len(writes) == 3  # forward, dQ, dK/dV
+    for i in writes:
+        depth = len(lines[i]) - len(lines[i].lstrip())
+        guards = [
+            line for line in lines[:i] if line.strip() == "if e >= full_end:" and len(line) - len(line.lstrip()) < depth
+        ]
+        assert guards, "the predicate is evaluated outside the PARTIAL branch"
+        assert "T.vectorized(8)" in lines[i - 1]  # one row: 32 lanes in vectors of 8
+
+
+@pytest.mark.parametrize("lanes, registers", [(4, 16), (8, 16), (16, 32)], ids=["neon-like", "avx2", "avx512"])
+def test_kernels_shaped_for_any_vector_width_compute_the_same(lanes, registers):
+    """vector_lanes / vector_registers only reshape loops (lane splits, product row blocks)."""
+    case = Case(Neighborhood(3), (8, 16))
+    planned = plan(case.pattern, Canvas(case.shape), heads=2, block_q=32, block_kv=64)
+    generated = generate_tvm_source(
+        planned, head_dim=24, dtype=torch.float32, vector_lanes=lanes, vector_registers=registers
+    )
+    attention = TvmAttention(planned, generated)
+    check(compare(case, attention, generated.tensor_names, generated.static_tensors, head_dim=24), torch.float32)
+
+
+def test_one_and_two_threads_give_the_same_result():
+    """Units are independent (each output row has one writer): the thread count changes nothing."""
+    case = Case(Dilated(6, 3), (128,))
+    planned = plan(case.pattern, Canvas(case.shape), heads=2, block_q=16, block_kv=16)
+    generated = generate_tvm_source(planned, head_dim=16, dtype=torch.float32)
+    attention = TvmAttention(planned, generated)
+    q, k, v, dout = (torch.randn(1, 2, 128, 16) for _ in range(4))
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            out, lse = attention.forward(q, k, v, scale=0.25, tensors=[])
+            results.append((out, lse, *attention.backward(q, k, v, out, lse, dout, scale=0.25, tensors=[])))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
 
 
 def test_cuda_emission_binds_blocks_and_threads_and_lowers_to_sm90_source():

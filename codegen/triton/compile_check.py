@@ -18,7 +18,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from maskir.codegen.common.ptxas import parse_ptxas_log
 from maskir.codegen.triton.configs import SHARED_MEMORY_BYTES
 from maskir.codegen.triton.emit import GeneratedSource, generate_source
 from maskir.codegen.triton.launch import TritonAttention
@@ -91,17 +91,6 @@ def kernel_calls(
         part = args.get("PART", 0)
         calls.setdefault(name + (f" part {part}" if part else ""), (name, args))
     return [(label, name, args) for label, (name, args) in calls.items()]
-
-
-_USAGE = re.compile(r"Used (\d+) registers")
-_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-
-
-def parse_ptxas_log(log: str) -> tuple[int, int]:
-    """(registers, spilled bytes stored + loaded) from a ``ptxas -v`` log; registers is -1 if absent."""
-    registers = max(map(int, _USAGE.findall(log)), default=-1)
-    spills = sum(int(stores) + int(loads) for stores, loads in _SPILLS.findall(log))
-    return registers, spills
 
 
 def compile_kernel(fn, args: dict[str, Any], options: dict[str, int], capability: tuple[int, int]):

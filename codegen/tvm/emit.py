@@ -2,7 +2,8 @@
 
 The plan is lowered once (:func:`maskir.codegen.common.lowered.lower_plan`, the same expressions the
 Triton backend renders); each part's predicate and the score_mod are rendered as TVMScript statements
-(:func:`render_tvm`) into the kernel texts of :mod:`maskir.codegen.tvm.template`. The text is the whole
+(:func:`render_tvm`) into the kernel texts: the tile kernels of :mod:`maskir.codegen.tvm.tile_template` for
+``llvm``, the row kernels of :mod:`maskir.codegen.tvm.template` for ``cuda``. The text is the whole
 source: ``tvm.script.from_source`` parses it (no imports; it evaluates the expressions in the text), and
 ``tvm.compile`` builds it for ``llvm`` (CPU, the runtime's ``backend="tvm"``) or ``cuda`` (``sm_90``
 source, see ``launch.cuda_source``).
@@ -40,6 +41,7 @@ from maskir.codegen.tvm.template import (
     TABLE_PARAMS,
     WALK,
 )
+from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, split_vector_loops, tile_blocks
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -80,21 +82,19 @@ def _check_arguments(plan: Plan, head_dim: int, dtype: torch.dtype, kv_heads: in
         raise ValueError(f"target must be one of {TARGETS}, got target={target!r}.")
 
 
-def _loops(target: str, outer: str, tiles: int, rows: int) -> dict[str, str]:
-    """Loop heads over (batch x heads, tiles, rows): parallel/serial on llvm, CUDA blocks and threads."""
-    if target == "cuda":
-        return {
-            "outer": f'T.thread_binding(batch * {outer}, thread="blockIdx.y")',
-            "tile": f'T.thread_binding({tiles}, thread="blockIdx.x")',
-            "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
-        }
-    return {"outer": f"T.parallel(batch * {outer})", "tile": f"T.serial({tiles})", "row": f"T.serial({rows})"}
+def _cuda_loops(outer: str, tiles: int, rows: int) -> dict[str, str]:
+    """Loop heads of the row kernels over (batch x heads, tiles, rows): CUDA blocks and threads."""
+    return {
+        "outer": f'T.thread_binding(batch * {outer}, thread="blockIdx.y")',
+        "tile": f'T.thread_binding({tiles}, thread="blockIdx.x")',
+        "row": f'T.thread_binding({rows}, thread="threadIdx.x")',
+    }
 
 
-def table_rows(target: str, batch_heads: int, q_slots: int) -> int:
-    """Rows of the dQ kernel's table-gradient buffer: one per unit of work that runs alone (a batch x head
-    of the parallel loop on llvm, a thread, i.e. a q slot of one batch x head, on cuda)."""
-    return batch_heads * q_slots if target == "cuda" else batch_heads
+def table_rows(target: str, batch_heads: int, n_q_tiles: int, block_q: int) -> int:
+    """Rows of a part's dQ table-gradient buffer: one per unit of work that runs alone (a batch x head x
+    q tile of the llvm tile kernels, a thread, i.e. a q slot of one batch x head, on cuda)."""
+    return batch_heads * n_q_tiles * (block_q if target == "cuda" else 1)
 
 
 def _table_text(tables: TableGrads | None, target: str, values: dict[str, str]) -> dict[str, str]:
@@ -102,7 +102,7 @@ def _table_text(tables: TableGrads | None, target: str, values: dict[str, str]) 
     a part's other ``values``."""
     if tables is None:
         return {"table_params": "", "table_buffer": "", "table_grad": ""}
-    row = "(bh * $n_q_tiles + qt) * $block_q + r" if target == "cuda" else "bh"
+    row = "(bh * $n_q_tiles + qt) * $block_q + r" if target == "cuda" else "item"
     steps = [
         fill(
             TABLE_GRAD,
@@ -205,16 +205,26 @@ def generate_tvm_source(
     kv_heads: int | None = None,
     score_mod: Callable | None = None,
     target: str = "llvm",
+    vector_lanes: int = 16,
+    vector_registers: int = 32,
 ) -> TvmSource:
-    """The TVMScript module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` kv heads."""
+    """The TVMScript module for ``plan`` with q/k/v of ``dtype`` and ``head_dim``, ``kv_heads`` kv heads.
+
+    ``target="llvm"``: the tile kernels (:mod:`~maskir.codegen.tvm.tile_template`), shaped for
+    ``vector_lanes`` fp32 lanes per vector and ``vector_registers`` registers (the host's: 16 and 32 for
+    AVX-512, 8 and 16 for AVX2, 4 and 32 for NEON; any values are correct, only speed differs). ``"cuda"``: the row kernels (:mod:`~maskir.codegen.tvm.template`), one thread
+    per query or key row."""
     kv_heads = plan.heads if kv_heads is None else kv_heads
     _check_arguments(plan, head_dim, dtype, kv_heads, target)
+    for name, value in (("vector_lanes", vector_lanes), ("vector_registers", vector_registers)):
+        if not isinstance(value, int) or value < 2:
+            raise ValueError(f"{name} must be an int >= 2 (the host's vector width / register count), got {value!r}.")
     lowered = lower_plan(plan, score_mod)
     params, buffers = _tensor_text(lowered)
     functions = []
     for i, (part, predicate) in enumerate(zip(plan.parts, lowered.predicates)):
-        q_loops = _loops(target, str(plan.heads), part.n_q_tiles, plan.block_q)
-        kv_loops = _loops(target, str(kv_heads), part.n_kv_tiles, plan.block_kv)
+        q_loops = _cuda_loops(str(plan.heads), part.n_q_tiles, plan.block_q)
+        kv_loops = _cuda_loops(str(kv_heads), part.n_kv_tiles, plan.block_kv)
         values = {
             "part": str(i),
             "common_params": COMMON_PARAMS,
@@ -244,6 +254,23 @@ def generate_tvm_source(
             "score_grad": _optional(lowered.score_grad, "pg", "dmod", "T.float32(1)"),
         }
         values.update(_table_text(lowered.table_grads, target, values))
+        if target == "llvm":
+            blocks = tile_blocks(
+                block_q=plan.block_q,
+                block_kv=plan.block_kv,
+                head_dim=head_dim,
+                vector_lanes=vector_lanes,
+                vector_registers=vector_registers,
+                predicate=predicate,
+                score_mod=lowered.score_mod,
+                score_grad=lowered.score_grad,
+                table_grad=values["table_grad"] or None,
+            )
+            functions += [
+                split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes)
+                for kernel in (TILE_FORWARD, TILE_DQ, TILE_DKDV)
+            ]
+            continue
         walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
         functions += [
             fill(FORWARD, {**values, **walk_kv, "pair": FORWARD_PAIR}),

@@ -12,10 +12,14 @@ inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from maskir.codegen.common.tables import (
@@ -26,6 +30,7 @@ from maskir.codegen.common.tables import (
     part_tables,
     sum_part_grads,
 )
+from maskir.codegen.tvm.balance import list_costs, work_order
 from maskir.codegen.tvm.emit import TvmSource
 from maskir.planner.plan import Plan
 
@@ -42,6 +47,35 @@ def _import_tvm():
     return tvm
 
 
+def host_target() -> dict[str, str]:
+    """The llvm target of this CPU (its ``mcpu``: the vector extensions LLVM may use)."""
+    tvm = _import_tvm()
+    return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+
+
+def host_vector_lanes() -> int:
+    """fp32 lanes of this CPU's widest vector register (16 with AVX-512, 8 with AVX2, 4 with NEON)."""
+    tvm = _import_tvm()
+    return max(1, tvm.target.codegen.llvm_get_vector_width(tvm.target.Target(host_target())) // 32)
+
+
+def host_vector_registers() -> int:
+    """Vector registers of this CPU: 32 with AVX-512 and on AArch64 (NEON), else 16 (AVX2, SSE)."""
+    tvm = _import_tvm()
+    target = tvm.target.Target(host_target())
+    if tvm.target.codegen.target_has_features("avx512f", target) or "aarch64" in str(target.attrs.get("mtriple", "")):
+        return 32
+    return 16
+
+
+def use_threads(threads: int) -> None:
+    """Run TVM's parallel loops on ``threads`` threads (TVM's default is half the logical CPUs on x86)."""
+    tvm = _import_tvm()
+    if tvm.get_global_func("runtime.NumThreads")() != threads:
+        cpus = [str(cpu) for cpu in sorted(os.sched_getaffinity(0))] if hasattr(os, "sched_getaffinity") else []
+        tvm.get_global_func("runtime.config_threadpool")(-3, threads, cpus)  # threads share the allowed CPUs
+
+
 BUILT_SIZE = 64
 """How many built modules ``build`` keeps (least recently used ones go first)."""
 _BUILT: OrderedDict[tuple[str, str], object] = OrderedDict()
@@ -50,8 +84,8 @@ _BUILT_LOCK = threading.Lock()
 
 
 def build(source: str, target: str = "llvm"):
-    """Parse TVMScript ``source`` and build it for ``target`` ("llvm", or "cuda" for sm_90), once per
-    (text, target) in a process: threads asking for one module at once wait for the first build."""
+    """Parse TVMScript ``source`` and build it for ``target`` ("llvm": this CPU, or "cuda" for sm_90), once
+    per (text, target) in a process: threads asking for one module at once wait for the first build."""
     key = (hashlib.sha256(source.encode()).hexdigest(), target)
     with _BUILT_LOCK:
         building = _BUILDING.setdefault(key, threading.Lock())
@@ -74,7 +108,25 @@ def _build(source: str, target: str):
     module = tvm.script.from_source(source)
     if target == "cuda":
         return tvm.compile(module, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
-    return tvm.compile(module, target=target)
+    return tvm.compile(module, target=tvm.target.Target(host_target()))
+
+
+def library_bytes(source: str) -> bytes:
+    """The shared library (bytes) of TVMScript ``source`` built for this CPU: what the cache stores."""
+    with tempfile.TemporaryDirectory(prefix="maskir-tvm-") as folder:
+        path = Path(folder) / "kernels.so"
+        build(source, "llvm").export_library(str(path))
+        return path.read_bytes()
+
+
+def load_library(data: bytes):
+    """Load verified library bytes: written to a private copy (a fresh 0700 folder) that is loaded and
+    removed, so the code that runs is exactly ``data``, whatever happens to the cache file meanwhile."""
+    tvm = _import_tvm()
+    with tempfile.TemporaryDirectory(prefix="maskir-tvm-") as folder:
+        path = Path(folder) / "kernels.so"
+        path.write_bytes(data)
+        return tvm.runtime.load_module(str(path))
 
 
 def cuda_source(generated: TvmSource) -> str:
@@ -93,17 +145,20 @@ class TvmAttention:
     ``forward(q, k, v, *, scale, tensors) -> (out, lse)`` and ``backward(q, k, v, out, lse, dout, *, scale,
     tensors) -> (dq, dk, dv)`` take q [B, H, N_q, D] and k, v [B, H_kv, N_kv, D]; ``tensors`` are the runtime
     tensors named by ``generated.tensor_names``, in that order. lse is fp32 [B, H, N_q], natural log.
+    ``library``: the module already built (``library_bytes`` of ``generated.source``, verified by the
+    caller), else it is built here. Calls run on ``torch.get_num_threads()`` threads.
     """
 
-    def __init__(self, plan: Plan, generated: TvmSource):
+    def __init__(self, plan: Plan, generated: TvmSource, library: bytes | None = None):
         if generated.target != "llvm":
             raise ValueError(f"TvmAttention runs llvm modules on CPU, got target={generated.target!r}.")
         self.plan, self.generated = plan, generated
         self.signature = KernelSignature(
             plan, plan.heads, generated.kv_heads, generated.head_dim, generated.tensor_names, generated.tensor_dims
         )
-        self.executable = build(generated.source, "llvm")
+        self.executable = build(generated.source, "llvm") if library is None else load_library(library)
         self._tables: list[PartTables] | None = None
+        self._work: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
@@ -124,6 +179,30 @@ class TvmAttention:
                 built.append((tables, q_tokens, kv_tokens))
             self._tables = built
         return self._tables
+
+    def work(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per part, the balanced unit orders (:mod:`~maskir.codegen.tvm.balance`) of the forward/dQ
+        kernels (units (b, h, q tile)) and of dK/dV (units (b, kv head, kv tile)) for this thread count."""
+        threads = torch.get_num_threads()
+        use_threads(threads)
+        key = (batch, threads)
+        if key not in self._work:
+            orders = []
+            group_size = self.plan.heads // self.generated.kv_heads
+            for tables, _, _ in self.tables():
+                heads = tables.head_table.long().numpy()
+                lists = len(tables.kv_full) // max(1, tables.n_q_tiles)
+                q_costs = list_costs(tables.kv_start, tables.kv_full, lists, tables.n_q_tiles)[heads]
+                kv_costs = list_costs(tables.q_start, tables.q_full, lists, tables.n_kv_tiles)[heads]
+                kv_costs = kv_costs.reshape(-1, group_size, tables.n_kv_tiles).sum(1)
+                orders.append(
+                    (
+                        work_order(np.tile(q_costs, (batch, 1, 1)), threads),
+                        work_order(np.tile(kv_costs, (batch, 1, 1)), threads),
+                    )
+                )
+            self._work[key] = orders
+        return self._work[key]
 
     def static_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Tensors captured by the score_mod or a predicate (CPU tensors: this backend runs on CPU)."""
@@ -156,13 +235,13 @@ class TvmAttention:
         q, k, v = (t.contiguous() for t in (q, k, v))
         buffers = self._buffers(tensors)
         outs, lses = [], []
-        for index, (tables, q_tokens, kv_tokens) in enumerate(self.tables()):
+        for index, ((tables, q_tokens, kv_tokens), (q_work, _)) in enumerate(zip(self.tables(), self.work(len(q)))):
             out = torch.zeros(q.shape, dtype=torch.float32)
             lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
             self._call(
                 f"fwd_{index}",
                 q, k, v, lse, tables.head_table, q_tokens, kv_tokens,
-                out, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale),
+                out, tables.kv_start, tables.kv_full, tables.kv_index, q_work, *buffers, float(scale),
             )  # fmt: skip
             outs.append(out)
             lses.append(lse)
@@ -183,36 +262,49 @@ class TvmAttention:
         tensors: Sequence[torch.Tensor],
         trained: Sequence[int] = (),
     ) -> tuple[torch.Tensor, ...]:
-        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
+        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout; then the gradients of
+        the score_mod tensors at indices ``trained`` of ``tensors``."""
         self._check(q, k, v, tensors)
         table_grads = self.generated.table_grads
         names = [self.generated.tensor_names[i] for i in trained]
         if names and (table_grads is None or not set(names) <= table_grads.offsets.keys()):
             raise ValueError(f"Only float tensors a score_mod reads get gradients, not {names}.")
-        # one row of table gradients per batch x head (the parallel loop of the llvm kernels), summed in order
-        partial = torch.zeros((q.shape[0] * q.shape[1], table_grads.entries)) if table_grads is not None else None
-        table_args = () if partial is None else (partial, int(bool(names)))
+        table_parts = []  # one row of table gradients per unit of work (b, h, q tile) of a part, summed in order
         q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
         lse = lse.to(torch.float32).contiguous()
         delta = (out.to(torch.float32) * dout.to(torch.float32)).sum(-1).contiguous()
         buffers = self._buffers(tensors)
         grads = []
-        for index, (tables, q_tokens, kv_tokens) in enumerate(self.tables()):
+        for index, ((tables, q_tokens, kv_tokens), (q_work, kv_work)) in enumerate(
+            zip(self.tables(), self.work(len(q)))
+        ):
             dq = torch.zeros(q.shape, dtype=torch.float32)
             dk = torch.zeros(k.shape, dtype=torch.float32)
             dv = torch.zeros(v.shape, dtype=torch.float32)
             common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
+            table_args = ()
+            if table_grads is not None:
+                table_parts.append(torch.zeros((q.shape[0] * q.shape[1] * tables.n_q_tiles, table_grads.entries)))
+                table_args = (table_parts[-1], int(bool(names)))
             self._call(
                 f"dq_{index}",
-                *common, dq, tables.kv_start, tables.kv_full, tables.kv_index, *buffers, float(scale), *table_args,
-            )  # fmt: skip
+                *common,
+                dq,
+                tables.kv_start,
+                tables.kv_full,
+                tables.kv_index,
+                q_work,
+                *buffers,
+                float(scale),
+                *table_args,
+            )
             self._call(
                 f"dkdv_{index}",
-                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, *buffers, float(scale),
+                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, kv_work, *buffers, float(scale),
             )  # fmt: skip
             grads.append((dq, dk, dv))
         summed = sum_part_grads(grads, (q, k, v))
         if not names:
             return summed
-        table = partial.sum(0)  # every part added into the same rows, each row in its own order
+        table = torch.cat(table_parts).sum(0)  # every unit's row, summed in one fixed order
         return (*summed, *(table_grads.gradient(table, name).to(tensors[i].dtype) for i, name in zip(trained, names)))

@@ -13,12 +13,15 @@ int8 (``bool``: a load is ``T[...] != 0``) whose dims are bound by the kernel.
 - Logic is ``T.And``/``T.Or``/``T.Not``; ``where`` is ``T.if_then_else``, which evaluates only the
   chosen branch. A load outside a bounded extent reads 0: ``T.if_then_else(<in range>, T[...], 0)``.
 - Every load and every subexpression used more than once is bound once to a local (``<prefix>0``,
-  ``<prefix>1``, ...), so the statements read like the Triton functions' bodies.
+  ``<prefix>1``, ...), so the statements read like the Triton functions' bodies; :func:`render_tvm_row`
+  keeps the locals in row buffers instead, for a whole tile row in ``T.vectorized`` loops.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from maskir.codegen.common import printer
 from maskir.codegen.common.division import lower_division
@@ -115,20 +118,71 @@ def _uses(expr: Expr) -> Counter:
     return uses
 
 
+_ROW_DTYPES = {"bool": "int8", "int": "int32", "float": "float32"}
+"""The dtype of a row buffer holding a local of each Expr dtype (bools as int8 0/1)."""
+
+
+@dataclass(frozen=True)
+class RowText:
+    """An Expr rendered for one row of a tile: ``lines[i]`` stores local i into ``<name>[lane]`` for one
+    lane (the caller wraps each in a ``T.vectorized`` loop over the lanes, in order), ``buffers`` are the
+    locals' (name, dtype) row buffers to declare, ``result`` the value's text over them."""
+
+    lines: tuple[str, ...]
+    buffers: tuple[tuple[str, str], ...]
+    result: str
+
+
+def _bindings(expr: Expr, bind: Callable[[Expr, printer.Text], printer.Text], names: Mapping[str, str]) -> str:
+    """Text of ``expr`` (division lowered) with each load and multiply-used node passed through ``bind``
+    (which records a local and returns its text) and variables renamed by ``names``."""
+    expr = lower_division(expr)
+    uses = _uses(expr)
+    texts: dict[Expr, printer.Text] = {}
+    for node in topo(expr):
+        if node.op == "var" and node.value in names:
+            text = (names[node.value], printer.ATOM)
+        else:
+            text = _node_text(node, [texts[a] for a in node.args])
+        if node is not expr and node.op not in ("const", "var") and (uses[node] > 1 or node.op == "load"):
+            text = bind(node, text)
+        texts[node] = text
+    return texts[expr][0]
+
+
 def render_tvm(expr: Expr, prefix: str) -> tuple[list[str], str]:
     """(statements, result): TVMScript lines binding ``<prefix>0``, ``<prefix>1``, ... and the text of
     ``expr`` over them. The caller indents the lines and uses the result where ``expr``'s value goes."""
     if not prefix.isidentifier():
         raise ValueError(f"render_tvm needs an identifier prefix, got {prefix!r}.")
-    expr = lower_division(expr)
-    uses = _uses(expr)
-    texts: dict[Expr, printer.Text] = {}
     lines: list[str] = []
-    for node in topo(expr):
-        text = _node_text(node, [texts[a] for a in node.args])
-        if node is not expr and node.op not in ("const", "var") and (uses[node] > 1 or node.op == "load"):
-            local = f"{prefix}{len(lines)}"
-            lines.append(f"{local} = {text[0]}")
-            text = (local, printer.ATOM)
-        texts[node] = text
-    return lines, texts[expr][0]
+
+    def bind(node: Expr, text: printer.Text) -> printer.Text:
+        local = f"{prefix}{len(lines)}"
+        lines.append(f"{local} = {text[0]}")
+        return local, printer.ATOM
+
+    return lines, _bindings(expr, bind, {})
+
+
+def render_tvm_row(expr: Expr, prefix: str, lane: str, names: Mapping[str, str]) -> RowText:
+    """``expr`` for a whole row of a tile at once, vectorisable: the locals live in row buffers
+    ``<prefix>0[lane]``, ... instead of ``let`` bindings (TVM 0.27 vectorises a ``let`` inside a
+    ``T.vectorized`` loop with the wrong lanes); ``names`` renames variables to text (``kv`` ->
+    ``KVTOK[c]``: the lane's token)."""
+    if not prefix.isidentifier():
+        raise ValueError(f"render_tvm_row needs an identifier prefix, got {prefix!r}.")
+    lines: list[str] = []
+    buffers: list[tuple[str, str]] = []
+
+    def bind(node: Expr, text: printer.Text) -> printer.Text:
+        local = f"{prefix}{len(lines)}"
+        value = f'T.Cast("int8", {text[0]})' if node.dtype == "bool" else text[0]
+        lines.append(f"{local}[{lane}] = {value}")
+        buffers.append((local, _ROW_DTYPES[node.dtype]))
+        if node.dtype == "bool":
+            return f"{local}[{lane}] != T.int8(0)", printer.COMPARE
+        return f"{local}[{lane}]", printer.ATOM
+
+    result = _bindings(expr, bind, names)
+    return RowText(tuple(lines), tuple(buffers), result)

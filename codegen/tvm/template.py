@@ -1,9 +1,10 @@
-"""TensorIR kernel texts (TVMScript) of one plan part: forward, dQ, and dK/dV.
+"""Row kernel texts (TVMScript) of one plan part for ``cuda``: forward, dQ, and dK/dV.
 
-One thread of work per query row (forward, dQ) or key row (dK/dV), walking the part's CSR tile lists in
-the layout's slot order, with fp32 scalar arithmetic: the same plan and predicate as the Triton kernels in
-the simplest schedule TensorIR lowers to both ``llvm`` (loops; the outer one parallel) and ``cuda``
-(``blockIdx.y`` = batch x head, ``blockIdx.x`` = tile, ``threadIdx.x`` = row of the tile).
+One thread per query row (forward, dQ) or key row (dK/dV), walking the part's CSR tile lists in the
+layout's slot order, with fp32 scalar arithmetic: the same plan and predicate as the Triton kernels in
+the simplest schedule (``blockIdx.y`` = batch x head, ``blockIdx.x`` = tile, ``threadIdx.x`` = row of
+the tile). CPUs run the tile kernels of :mod:`maskir.codegen.tvm.tile_template`; both share
+``COMMON_PARAMS``, ``COMMON_BUFFERS`` and ``KV_LIST``.
 
 - forward: online softmax, natural exp; the running max rises only when a score exceeds it, so the
   accumulator is rescaled once per new maximum; -inf scores are skipped. A row with no allowed key gives

@@ -31,9 +31,12 @@ from maskir.planner import Layout, Plan, PlanPart, TileKind, TileTable, plan
 from maskir.planner.runs import ragged_arange
 
 BALANCE_GOAL = 1.05
-SNAKE_SLACK = 0.02
-"""Assignments within BALANCE_GOAL (or SNAKE_SLACK of the best imbalance found, when no assignment reaches
-the goal) and within SNAKE_SLACK of PTRR's rule on the same tiles compete on bytes."""
+GOAL_SLACK = 0.02
+"""Assignments within BALANCE_GOAL (or GOAL_SLACK of the best imbalance found, when no assignment reaches
+the goal) and within GOAL_SLACK of PTRR's rule (the snake) on the same tiles compete on bytes."""
+BYTES_FOR_BALANCE = 0.05
+"""Of those, one no worse than the snake is taken over a less balanced one that fetches fewer k/v rows when
+it fetches at most this share of a ring all-gather's rows more."""
 TILES_PER_RANK = 16
 FINER_BLOCKS = (64, 32)
 """q tile sizes that also compete when the planner's tiles are too few for the ranks (see ``_plans``)."""
@@ -324,7 +327,8 @@ def shard(
     of tiles), on the planner's q tiles and, when those are fewer than 16 per rank, on finer ones, are
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
     rows fetched. Those within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and
-    within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins. ``plan_options`` go to ``maskir.plan`` (block_q,
+    within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins,
+    unless a split no worse than the snake fetches at most 5% of a ring all-gather's rows more. ``plan_options`` go to ``maskir.plan`` (block_q,
     block_kv, layout). Patterns with ``Segments`` are sharded by their static superset, or, given
     ``segments`` (the ids [B, N] of the batch, as ``attention`` will get them), by only the tiles those ids
     open in some batch row (per-batch balance: shard again for other ids). ``Routing`` (chosen from all
@@ -352,10 +356,13 @@ def shard(
             score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner), load)
             found.append((score, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner)))
         snake = min(score[0] for score, (_, name, *_) in found if name.startswith("snake"))
-        scored += [(score, snake + SNAKE_SLACK, chosen) for score, chosen in found]
-    goal = max(BALANCE_GOAL, min(score[0] for score, _, _ in scored) + SNAKE_SLACK)
-    allowed = [(score[1:], chosen) for score, snake_bar, chosen in scored if score[0] <= min(goal, snake_bar)]
-    _, chosen = min(allowed, key=lambda s: s[0])
+        scored += [(score, snake * (1 + 1e-12), chosen) for score, chosen in found]
+    goal = max(BALANCE_GOAL, min(score[0] for score, _, _ in scored) + GOAL_SLACK)
+    allowed = [(score, snake, chosen) for score, snake, chosen in scored if score[0] <= min(goal, snake + GOAL_SLACK)]
+    fewest = min(allowed, key=lambda s: s[0][1:])
+    ring_rows = scored[0][2][0].kv_canvas.size * (world_size - 1)
+    balanced = [s for s in allowed if s[0][0] <= s[1] and s[0][1] <= fewest[0][1] + BYTES_FOR_BALANCE * ring_rows]
+    _, _, chosen = min(balanced or [fewest], key=lambda s: s[0][1:])
     full, name, tile_owner, q_owner, kv_owner = chosen
     cp = _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
     return cp if segments is None else dataclasses.replace(cp, segments=segments.detach().cpu().clone())

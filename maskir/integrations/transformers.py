@@ -15,7 +15,7 @@ built. The attention function turns it, with the layer's keywords, into a maskir
   found by asking it whether each token sees its predecessor: O(N), never N x N): ``& Segments()`` with ids
   = document index for real tokens and -1 for padding keys;
 - ``scaling`` is the softmax scale, ``softcap`` a ``score_mod`` ``tanh(s / cap) * cap`` (as eager applies it,
-  before the mask), GQA with k/v heads as given;
+  before the mask), GQA with k/v heads as given; head dims below 16 are zero-padded to 16 (exact);
 - decoding (fewer queries than keys, under ``torch.no_grad()``) runs ``maskir.decode`` on the cache as
   given, queries at ``q_offset - kv_offset`` past its first key.
 
@@ -42,6 +42,8 @@ CHECKED_ROWS = 8
 """Query rows of each mask checked against transformers' mask_function."""
 PADDING_ID = -1
 """Segment id of padding keys (a real token's id is its document index, >= 0)."""
+MIN_HEAD_DIM = 16
+"""Smaller head dims (tiny test models) are zero-padded to this, the kernels' smallest."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,10 @@ def make_attention(backend: str = "auto"):
             )
         if s_aux is not None:
             raise ValueError("attn_implementation='maskir' does not support attention sinks (s_aux).")
+        head_dim = query.shape[-1]
+        if head_dim < MIN_HEAD_DIM:  # zero columns change neither q . k nor the kept columns of the output
+            scaling = head_dim**-0.5 if scaling is None else scaling
+            query, key, value = (torch.nn.functional.pad(t, (0, MIN_HEAD_DIM - head_dim)) for t in (query, key, value))
         description = attention_mask if attention_mask is not None else _unmasked(module, query, key, sliding_window)
         score_mod = _softcap_score_mod(float(softcap)) if softcap else None
         gqa = key.shape[1] != query.shape[1]
@@ -233,7 +239,7 @@ def make_attention(backend: str = "auto"):
                 segments=segments,
                 backend=backend,
             )
-        return out.transpose(1, 2).contiguous(), None
+        return out[..., :head_dim].transpose(1, 2).contiguous(), None
 
     return maskir_attention
 

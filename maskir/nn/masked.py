@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from maskir.ir import Pattern
-from maskir.runtime import attention
+from maskir.runtime import CompiledAttention, attention
+from maskir.runtime import compile as maskir_compile
 
 TRITON_MIN_HEAD_DIM = 16
 """The Triton kernels' smallest head dim: smaller heads are zero-padded to it (q.k and the kept columns of
@@ -61,6 +64,18 @@ class MaskedAttention(nn.Module):
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._register()
+
+    def _register(self) -> None:
+        """Give this layer its own number, by which a build run while torch.compile traces finds it."""
+        self._handle = next(_NUMBERS)
+        _LAYERS[self._handle] = self
+        weakref.finalize(self, _forget, self._handle)
+
+    def __setstate__(self, state: dict) -> None:
+        """A copy (copy.deepcopy, pickle) is a new layer: its own number, its own kernels and parameters."""
+        super().__setstate__(state)
+        self._register()
 
     def spatial_rank(self) -> int | None:
         """The number of spatial dims the input must have (None: any)."""
@@ -83,18 +98,61 @@ class MaskedAttention(nn.Module):
         pad = TRITON_MIN_HEAD_DIM - self.head_dim if self.backend in ("auto", "triton") else 0
         if pad > 0:
             q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
-        out = attention(
-            q,
-            k,
-            v,
-            self.pattern,
-            spatial,
-            score_mod=self.attention_score_mod(spatial),
-            scale=self.scale,
-            backend=self.backend,
-        )
+        out = self._attend(q, k, v, spatial)
         out = out[..., : self.head_dim] if pad > 0 else out
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, *spatial, channels)))
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+        """Attention over the pattern on ``spatial``. With a score_mod, through a ``maskir.compile`` object held
+        per (grid, dtype, device, head dim), built on first use (while tracing, under torch.compile): its
+        score_mod's tensors (the layer's bias parameters) reach maskir's op as inputs, so they get gradients
+        and optimizer steps are seen, in eager mode and under torch.compile alike."""
+        score_mod = self.attention_score_mod(spatial)
+        if score_mod is None:
+            return attention(q, k, v, self.pattern, spatial, scale=self.scale, backend=self.backend)
+        held = _HELD[_build_held(self._handle, *_held_key(spatial, q))]  # built on first use (while tracing)
+        return held(q, k, v, scale=self.scale)
+
     def extra_repr(self) -> str:
         return f"pattern={self.pattern}, head_dim={self.head_dim}, num_heads={self.num_heads}, backend={self.backend!r}"
+
+
+_LAYERS: weakref.WeakValueDictionary[int, MaskedAttention] = weakref.WeakValueDictionary()
+"""Layers by number, so that a build run while torch.compile traces can find its layer from constants."""
+_NUMBERS = itertools.count()
+_HELD: dict[str, CompiledAttention] = {}
+"""The layers' ``maskir.compile`` objects by ``_build_held``'s handle (dropped with their layer)."""
+
+
+def _forget(number: int) -> None:
+    for handle in [h for h in _HELD if h.startswith(f"{number}:")]:
+        del _HELD[handle]
+
+
+def _held_key(spatial: tuple[int, ...], q: torch.Tensor) -> tuple:
+    """(grid, dtype name, device type, head dim): plain constants, which torch.compile can pass on."""
+    return spatial, str(q.dtype).removeprefix("torch."), q.device.type, q.shape[-1]
+
+
+def _build_held(number: int, spatial: tuple[int, ...], dtype: str, device: str, head_dim: int) -> str:
+    """The handle in ``_HELD`` of layer ``number``'s ``maskir.compile`` object for this key, built if new.
+    torch.compile runs this body instead of tracing it (its result is a constant of the graph)."""
+    handle = f"{number}:{spatial}:{dtype}:{device}:{head_dim}"
+    if handle not in _HELD:
+        layer = _LAYERS[number]
+        _HELD[handle] = maskir_compile(
+            layer.pattern,
+            spatial,
+            heads=layer.num_heads,
+            head_dim=head_dim,
+            dtype=getattr(torch, dtype),
+            device=device,
+            score_mod=layer.attention_score_mod(spatial),
+            backend=layer.backend,
+            quiet=True,
+        )
+    return handle
+
+
+_build_held._dynamo_marked_constant = True
+"""As ``maskir.runtime.api._build_while_tracing``: what ``torch.compiler.assume_constant_result`` sets."""

@@ -4,9 +4,9 @@ Swin partitions the feature map into windows (after a cyclic shift for shifted b
 window with ``relative_position_bias_table[relative_position_index]`` added, masks pairs the shift brought
 together, and reverses the partition. Here the whole map is one ``maskir.attention`` call over
 ``Blocks(window, offset=window - shift)`` (equal to the shift plus Swin's mask, DESIGN.md): the planner
-lays tokens out window-major, and the bias is ``maskir.score_mods.relative_position_bias`` (Swin convention)
-reading the table by map coordinates: inside a shifted window they differ from the rolled ones by a
-constant, so relative positions are Swin's. The table is trainable (gradients from the same backward).
+lays tokens out window-major, and the bias is a score_mod reading Swin's table by relative map coordinates:
+inside a shifted window they differ from the rolled ones by a constant, so relative positions are Swin's.
+The table is trainable (maskir's trainable score_mod tensors: gradients from the same backward).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from torch import nn
 
 from maskir.ir import Blocks
 from maskir.nn.masked import MaskedAttention
-from maskir.score_mods import relative_position_bias
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -34,6 +33,21 @@ def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(window[0]), torch.arange(window[1]), indexing="ij")).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     return (relative[..., 0] + window[0] - 1) * (2 * window[1] - 1) + relative[..., 1] + window[1] - 1
+
+
+def swin_bias(table: torch.Tensor, window: tuple[int, int], width: int) -> Callable:
+    """score_mod adding Swin's ``table[row, h]`` (``table`` [(2Wh - 1)(2Ww - 1), heads], read as it is, so a
+    trained parameter gets its gradient and its optimizer steps) for flat tokens of a map ``width`` wide:
+    ``row`` is ``relative_position_index``'s, from map coordinates. The same bias as
+    ``maskir.score_mods.relative_position_bias(table.T.reshape(heads, 2Wh - 1, 2Ww - 1), ...)`` (convention
+    "swin"), which would read a reshaped copy."""
+
+    def bias(score, b, h, q_idx, kv_idx):
+        dy = q_idx // width - kv_idx // width + (window[0] - 1)
+        dx = q_idx % width - kv_idx % width + (window[1] - 1)
+        return score + table[dy * (2 * window[1] - 1) + dx, h]
+
+    return bias
 
 
 class WindowAttention(MaskedAttention):
@@ -89,9 +103,7 @@ class WindowAttention(MaskedAttention):
                 f"WindowAttention needs a map whose height and width are multiples of window_size="
                 f"{self.window_size}, got {spatial}: pad the map first, as Swin does."
             )
-        spans = [2 * w - 1 for w in self.window_size]
-        table = self.relative_position_bias_table.T.reshape(self.num_heads, *spans)  # a view: gradients reach it
-        return relative_position_bias(table, spatial, convention="swin")
+        return swin_bias(self.relative_position_bias_table, self.window_size, spatial[1])
 
     def extra_repr(self) -> str:
         return (

@@ -130,7 +130,7 @@ class BoolValue:
         terms = [t for t in terms if not t.empty()]
         if len(terms) > 4 * MAX_TERMS:
             raise NotAffineError(f"more than {4 * MAX_TERMS} terms before simplification")
-        self.terms = _simplified(terms)
+        self.terms = _simplified(terms) if len(terms) > 1 else terms
         if len(self.terms) > MAX_TERMS:
             raise NotAffineError(f"more than {MAX_TERMS} terms")
 
@@ -636,7 +636,9 @@ def _torch_function(func, args, kwargs) -> Value:
     """torch.where/minimum/..., and Tensor dunders reached from a tensor operand (``limit > kv``)."""
     name = getattr(func, "__name__", "").strip("_")
     reflected = name.startswith("r") and name[1:] in BINARY and getattr(func, "__name__", "").startswith("__")
-    bounds = next(a.bounds for a in (*args, *kwargs.values()) if isinstance(a, Value))
+    operands = (*args, *kwargs.values())
+    nested = (b for a in operands if isinstance(a, (tuple, list)) for b in a)  # T[q // 16, kv // 16]
+    bounds = next(a.bounds for a in (*operands, *nested) if isinstance(a, Value))
     if kwargs:  # e.g. torch.where(c, x, y, out=...): outside the fragment
         return Unknown(bounds)
     values = [_lift_or_unknown(a, bounds) for a in args]

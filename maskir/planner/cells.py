@@ -53,10 +53,13 @@ def device_of(predicate: Predicate) -> torch.device:
 
 
 def _counts_of_chunk(fn, q: torch.Tensor, kv: torch.Tensor, q_valid, kv_valid, head: int) -> torch.Tensor:
-    """Allowed pairs per cell of the chunk q [Q] x kv [K] (Q, K multiples of CELL)."""
+    """Allowed pairs per cell of the chunk q [Q] x kv [K] (Q, K multiples of CELL); pairs outside the canvas
+    (q_valid / kv_valid False) are not counted, and None for both means every pair is inside."""
     zero = torch.zeros((), dtype=torch.long, device=q.device)
     allowed = torch.as_tensor(fn(zero, zero + head, q[:, None], kv[None, :])).to(torch.bool)
-    allowed = allowed.expand(q.shape[0], kv.shape[0]) & q_valid[:, None] & kv_valid[None, :]
+    allowed = allowed.expand(q.shape[0], kv.shape[0])
+    if q_valid is not None:
+        allowed = allowed & q_valid[:, None] & kv_valid[None, :]
     return allowed.view(q.shape[0] // CELL, CELL, kv.shape[0] // CELL, CELL).sum((1, 3), dtype=torch.int32)
 
 
@@ -86,7 +89,8 @@ class ChunkCounts:
             q = torch.arange(i * self.q_side, (i + 1) * self.q_side, device=self.device)
             kv = torch.arange(j * self.kv_side, (j + 1) * self.kv_side, device=self.device)
             arguments = (self.predicate.fn, q.clamp(max=self.n_q - 1), kv.clamp(max=self.n_kv - 1))
-            arguments += (q < self.n_q, kv < self.n_kv, self.head)
+            inside = (i + 1) * self.q_side <= self.n_q and (j + 1) * self.kv_side <= self.n_kv
+            arguments += (None, None, self.head) if inside else (q < self.n_q, kv < self.n_kv, self.head)
             try:
                 counts = count(*arguments)
             except Exception as error:  # torch.compile cannot build this mask_mod here (no compiler, an op)
