@@ -17,7 +17,7 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.sim.target                        | maskir.sim.hardware                                   |
 | maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the four above |
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.sim.target, maskir.codegen.common |
-| maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
+| maskir.codegen.{triton,tvm,flex}         | the same and maskir.codegen.backend (the interface): backends never import each other |
 | maskir.runtime                           | everything but maskir.viz and maskir.cli              |
 | maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
@@ -72,9 +72,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule", _TARGET),
     "maskir.codegen": _CODEGEN,
     "maskir.codegen.common": _CODEGEN,
-    "maskir.codegen.triton": _CODEGEN,
-    "maskir.codegen.tvm": _CODEGEN,
-    "maskir.codegen.flex": _CODEGEN,
+    "maskir.codegen.triton": (*_CODEGEN, "maskir.codegen"),
+    "maskir.codegen.tvm": (*_CODEGEN, "maskir.codegen"),
+    "maskir.codegen.flex": (*_CODEGEN, "maskir.codegen"),
     "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
     "maskir.viz": (*_IR, "maskir.planner"),
     "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
