@@ -23,7 +23,11 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
 | maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime, maskir.score_mods |
 | maskir.integrations (transformers, ...)  | those, and maskir.nn                                  |
-| maskir.cli, maskir.__main__              | everything                                            |
+| maskir.bench (what `maskir bench` runs)  | the runtime and everything it may import              |
+| maskir.cli, maskir.__main__              | everything; nothing imports maskir.cli                |
+
+No module imports the ``benchmarks`` folder (a script directory, not installed): what an installed
+module needs from it lives in ``maskir.bench``.
 
 The planner ranks layouts and blocks with the simulator's cost model (``maskir.planner.cost`` calls
 ``maskir.sim.cost``), and the rest of ``sim`` reads plans. The pair stays acyclic because the cost model
@@ -80,9 +84,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods"),
     "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods", "maskir.nn"),
+    "maskir.bench": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
 }
 """Group (longest matching prefix of a module name) -> modules it may import besides its own group."""
-ALLOWED["maskir.cli"] = ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")
+ALLOWED["maskir.cli"] = tuple(ALLOWED)
+ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")
 
 FORBIDDEN_THIRD_PARTY = {
     "maskir.codegen.common": ("triton", "tvm"),
@@ -159,6 +165,10 @@ def violations() -> list[tuple[str, str, str, str]]:
         for line, target in imports_of(name, path, modules):
             where = f"{path}:{line}"
             top = target.split(".")[0]
+            if top == "benchmarks":
+                found.append(
+                    (where, name, target, "benchmarks/ is a script folder: move what is needed to maskir.bench")
+                )
             if top in FORBIDDEN_THIRD_PARTY.get(group, ()):
                 found.append((where, name, target, f"no {top} in {group}"))
             if top != "maskir" or group_of(target) == group:
@@ -251,6 +261,18 @@ def test_checker_reports_a_backward_relative_import(tmp_path, monkeypatch):
         (3, ROOT_PACKAGE),
     ]
     assert [(name, target) for _, name, target, _ in violations()] == [("maskir.planner.bad", "maskir.runtime")]
+
+
+def test_checker_reports_imports_of_benchmarks_and_of_the_cli(tmp_path, monkeypatch):
+    maskir_dir = _fake_tree(tmp_path, monkeypatch) / "maskir"
+    (maskir_dir / "bench").mkdir()
+    (maskir_dir / "bench" / "run.py").write_text("from benchmarks.catalogue import Case\n")
+    (maskir_dir / "cli.py").write_text("def main():\n    pass\n")
+    (maskir_dir / "viz.py").write_text("def show():\n    from maskir import cli\n")
+    assert sorted((name, target) for _, name, target, _ in violations()) == [
+        ("maskir.bench.run", "benchmarks.catalogue"),
+        ("maskir.viz", "maskir.cli"),
+    ]
 
 
 def test_checker_reports_triton_in_codegen_common(tmp_path, monkeypatch):
