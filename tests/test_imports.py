@@ -18,7 +18,8 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the four above |
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.sim.target, maskir.codegen.common |
 | maskir.codegen.{triton,tvm,flex}         | the same and maskir.codegen.backend (the interface): backends never import each other |
-| maskir.runtime                           | everything but maskir.viz and maskir.cli              |
+| maskir.runtime                           | everything but maskir.reference (the float64 oracle), maskir.viz and maskir.cli |
+| maskir.runtime.reference_backend         | the runtime and maskir.reference: ``backend="reference"`` runs the oracle |
 | maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
 | maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime, maskir.score_mods |
@@ -58,7 +59,9 @@ ROOT_PACKAGE = "maskir.__init__"
 _BASE = ("maskir.canvas",)
 _IR = (ROOT_PACKAGE, *_BASE, "maskir.ir")
 _FIRST = (*_IR, "maskir.reference", "maskir.patterns", "maskir.spec")
+_NO_ORACLE = (*_IR, "maskir.patterns", "maskir.spec")
 _TARGET = "maskir.sim.target"
+_REFERENCE_BACKEND = "maskir.runtime.reference_backend"
 _CODEGEN = (*_IR, "maskir.planner", _TARGET, "maskir.codegen.common")
 ALLOWED: dict[str, tuple[str, ...]] = {
     ROOT_PACKAGE: (*_BASE, "maskir.ir"),
@@ -79,7 +82,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.codegen.triton": (*_CODEGEN, "maskir.codegen"),
     "maskir.codegen.tvm": (*_CODEGEN, "maskir.codegen"),
     "maskir.codegen.flex": (*_CODEGEN, "maskir.codegen"),
-    "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
+    "maskir.runtime": (*_NO_ORACLE, "maskir.planner", "maskir.sim", "maskir.codegen", _REFERENCE_BACKEND),
+    _REFERENCE_BACKEND: (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.viz": (*_IR, "maskir.planner"),
     "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods"),

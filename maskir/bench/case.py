@@ -8,7 +8,7 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Pattern, Routing
-from maskir.reference import routing_indices
+from maskir.runtime.routing import score_routing
 
 SIZES = ("full", "medium", "small")
 BATCH, HEADS, HEAD_DIM, DTYPE = 1, 16, 128, torch.bfloat16
@@ -46,9 +46,10 @@ class Case:
         return ids.expand(batch, -1).contiguous()
 
     def routing_indices(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
-        """Top-k kv blocks [B, H, q_blocks, topk] chosen from q and k by the pattern's Routing node, or None."""
+        """Top-k kv blocks [B, H, q_blocks, topk] chosen from q and k by the pattern's Routing node (maskir's
+        scorer, ``maskir.runtime.routing.score_routing``), or None."""
         nodes = [node for node in self.pattern.walk() if isinstance(node, Routing)]
-        return routing_indices(q.detach(), k.detach(), nodes[0]) if nodes else None
+        return score_routing(q, k, nodes[0]) if nodes else None
 
     def __str__(self) -> str:
         return f"{self.name}[{self.size}]"
