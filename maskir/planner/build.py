@@ -8,7 +8,9 @@
    tile sides, tile classes per head group by ``analysis.tile_runs``); keep the cheapest by ``cost`` (default ``plan_cost``);
 4. with ``layout="auto"``, try splitting a union into disjoint parts with their own layouts
    (``union.split_union``) and keep the split if it is cheaper;
-5. stamp the planning time. Tables stay as runs; CSR arrays and stats are computed on first use.
+5. pre-list the static subtrees of parts that read run-time data (``gates.list_static_subtrees``: the
+   tiles a ``|`` keeps whatever the data), so nothing plans again when kernels are built;
+6. stamp the planning time. Tables stay as runs; CSR arrays and stats are computed on first use.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from maskir.ir import Pattern, check_canvas
 from maskir.planner.affine import rewrite_predicates
 from maskir.planner.cells import chunk_counts
 from maskir.planner.cost import cost_for
+from maskir.planner.gates import list_static_subtrees
 from maskir.planner.layouts import LAYOUTS
 from maskir.planner.plan import Plan
 from maskir.planner.single_part import candidate_plans
@@ -65,6 +68,7 @@ def plan(
         if layout == "auto":
             split_cost, split = cheapest(split_union(best, price), price)
             best = split if split_cost < best_cost else best
+        best = list_static_subtrees(best)
     finally:
         chunk_counts.cache_clear()  # counts of Predicates are shared by this call's candidates only
     return dataclasses.replace(best, plan_seconds=time.perf_counter() - started)
