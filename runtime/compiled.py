@@ -19,7 +19,7 @@ from maskir.runtime.backends import CacheLoader, resolve
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.decode import LocalDecode
-from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
+from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing, score_routing
 from maskir.runtime.target import device_spec
 
 if TYPE_CHECKING:
@@ -138,10 +138,8 @@ class CompiledAttention:
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
         if self._routing is not None:
-            from maskir.reference import routing_indices
-
             if routing is None:  # the scorer's top-k: valid by construction, no synchronisation
-                indices = routing_indices(q.detach(), k.detach(), self._routing)
+                indices = score_routing(q, k, self._routing)
             else:
                 check_routing_indices(routing, q, k, self._routing)
                 indices = routing
