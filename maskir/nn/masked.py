@@ -25,8 +25,8 @@ class MaskedAttention(nn.Module):
     Swin's layout); the canvas is ``spatial`` (row-major tokens), so ``pattern`` may use its coordinates
     (``Neighborhood``, ``Blocks``, ``Distance(dim, ...)``). ``qk_scale`` defaults to ``head_dim ** -0.5``.
     ``score_mod`` is a flex-style ``score_mod(score, b, h, q_idx, kv_idx)`` added to every call;
-    ``backend`` as in ``maskir.attention`` ("auto": Triton, "tvm" on CPU, "reference"); heads narrower
-    than the Triton kernels' 16 are zero-padded to 16 there.
+    ``backend`` as in ``maskir.attention`` (a registered name or "auto"); with "auto" and "triton", heads
+    narrower than the Triton kernels' 16 are zero-padded to 16 (zero channels change no score or output).
     """
 
     def __init__(
