@@ -1,4 +1,4 @@
-"""Run-time tile gates (codegen.common.gating): never close a tile that holds an allowed pair, and close
+"""Run-time tile gates (maskir.runtime.gating): never close a tile that holds an allowed pair, and close
 exactly the empty ones where the gate is exact (contiguous documents; tiles aligned to routing blocks)."""
 
 import dataclasses
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from maskir.canvas import Canvas
-from maskir.codegen.common.gating import PartGate
 from maskir.codegen.common.tables import part_tables
 from maskir.ir import Blocks, Causal, Neighborhood, Routing, Segments, Window
 from maskir.planner import plan, single_part
 from maskir.planner.gates import gate_tree
 from maskir.reference import reference_mask
+from maskir.runtime.gating import PartGate
 from maskir.runtime.routing import routing_map
 
 
@@ -155,7 +155,7 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
 
 
 def test_compact_packs_each_rows_open_entries_at_its_start_in_order_and_keeps_full_entries():
-    from maskir.codegen.common.gating import ListShape, compact
+    from maskir.runtime.gating import ListShape, compact
 
     # two head groups of two rows each: group 0 rows [0, 3) [3, 5), group 1 rows [5, 6) [6, 9)
     starts = [np.array([0, 3, 5]), np.array([0, 1, 4])]  # per group, as in TileTable
