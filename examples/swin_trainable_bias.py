@@ -2,7 +2,7 @@
 per map: shifted windows are ``Blocks(window, offset)`` (no roll, no partition), the table a score_mod.
 
 Run ``python examples/swin_trainable_bias.py [OUT_DIR]``: a few SGD steps on the table and the
-projections, the table's gradient checked against the float64 reference (Triton's interpreter on a CPU).
+projections, the table's gradient checked against the float64 reference (TVM's CPU kernels on a CPU).
 """
 
 import sys
