@@ -111,12 +111,13 @@ def flex_mask(pattern: str) -> tuple[Callable, int | None, int | None]:
         return mask_mod(pattern), None, None
     import torch
 
-    from benchmarks import catalogue, suite
+    from benchmarks import catalogue
+    from maskir.bench import measure
     from maskir.codegen.flex import to_mask_mod
 
     entry = catalogue.case(pattern)
-    inputs = suite.make_inputs(entry, torch.device("cpu"))
-    by_batch, by_head = suite.mask_depends_on(entry)
+    inputs = measure.make_inputs(entry, torch.device("cpu"))
+    by_batch, by_head = measure.mask_depends_on(entry)
     suite_mask_mod = to_mask_mod(entry.pattern, entry.canvas, tensors=inputs.flex_tensors)
     return suite_mask_mod, catalogue.BATCH if by_batch else None, catalogue.HEADS if by_head else None
 
@@ -207,11 +208,12 @@ def time_per_call(name: str, repeats: int) -> dict:
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
-    from benchmarks import catalogue, suite
+    from benchmarks import catalogue
+    from maskir.bench import measure
 
     entry = catalogue.case(name)
-    inputs = suite.make_inputs(entry, torch.device("cpu"))
-    compiled = suite.compile_maskir(entry, torch.device("cpu"))
+    inputs = measure.make_inputs(entry, torch.device("cpu"))
+    compiled = measure.compile_maskir(entry, torch.device("cpu"))
     data = {"segments": inputs.segments, "routing": inputs.routing}
     refine = partial(compiled.tile_gates, inputs.q, inputs.k, backward=True, **data)
     times = []
@@ -317,14 +319,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"pattern": PATTERN, "impl": "maskir", "N": n, **time_maskir(n, args.repeats, 128)})
         rows.append({"pattern": PATTERN, "impl": "maskir-auto", "N": n, **time_maskir(n, args.repeats, None)})
     if not (args.skip_per_call or args.only_mask_mods):
-        from benchmarks import catalogue, suite
+        from benchmarks import catalogue
+        from maskir.bench.measure import mask_depends_on
 
         for name in PER_CALL:
             entry = catalogue.case(name)
             maskir_row = {"pattern": name, "impl": "maskir-per-call", "N": entry.tokens}
             maskir_row |= time_per_call(name, args.repeats)
             # a per-head mask (routing) evaluated eagerly needs H x the N x N pairs at once: past this machine
-            against_flex(maskir_row, maskir_row["plan_ms"], eager=not suite.mask_depends_on(entry)[1])
+            against_flex(maskir_row, maskir_row["plan_ms"], eager=not mask_depends_on(entry)[1])
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("a") as out:

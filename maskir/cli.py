@@ -254,26 +254,21 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 )
 def cmd_bench(args: argparse.Namespace) -> None:
     """Time maskir vs compiled flex_attention vs SDPA on a GPU (B=1, H=16, D=128, bf16); no GPU: predict."""
-    checkout = Path(__file__).resolve().parents[1]  # maskir/ sits in the checkout's root
-    if not (checkout / "benchmarks" / "suite.py").is_file():
-        raise ValueError(
-            "maskir bench runs benchmarks/suite.py: install maskir from a source checkout (pip install -e)."
-        )
-    sys.path.insert(0, str(checkout))
     import torch
 
-    from benchmarks import suite
-    from benchmarks.catalogue import Case
+    from maskir.bench.case import Case
+    from maskir.bench.measure import environment, measure_case
+    from maskir.bench.predict import dry_run, hardware_name
 
     pattern, canvas, _ = load_pattern(args.spec, args.canvas, None)
     case = Case("cli", "full", pattern, canvas, documents=args.documents)
     if not torch.cuda.is_available():
         print("no CUDA GPU here: printing the plan and the simulator's prediction instead of timings")
-        suite.dry_run([case], "h100")
+        dry_run([case], "h100")
         return
     device_name = torch.cuda.get_device_name()
     options = argparse.Namespace(fwd_only=args.fwd_only, warmup=args.warmup, iters=args.iters)
-    for row in suite.measure_case(case, options, suite.environment(device_name), suite.hardware_name(device_name)):
+    for row in measure_case(case, options, environment(device_name), hardware_name(device_name)):
         timing = {key: round(row[key], 3) for key in ("fwd_ms", "fwdbwd_ms", "useful_tflops") if key in row}
         print(f"{row['impl']:<8} {timing or row.get('skipped')}")
 

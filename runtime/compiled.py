@@ -6,7 +6,6 @@ import itertools
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,12 +18,9 @@ from maskir.runtime.backends import CacheLoader, resolve
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.decode import LocalDecode
-from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
+from maskir.runtime.gating import CallGates, GatedKernels, GatedLists
+from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing, score_routing
 from maskir.runtime.target import device_spec
-
-if TYPE_CHECKING:
-    from maskir.codegen.common.gating import GatedLists
-
 
 _HANDLES = itertools.count()
 """Numbers that make each CompiledAttention's op handle unique for the process."""
@@ -124,7 +120,12 @@ class CompiledAttention:
         self._source = generated.source
         self.tensor_names = generated.tensor_names
         self._captured: dict[str, torch.Tensor] = generated.static_tensors
-        ops.register(self.handle, self.kernels)
+        self._gates = CallGates(self.plan, self.tensor_names) if self.dynamic else None
+        gated = self._gates is not None and getattr(self.kernels, "walks_gated_lists", False)
+        self._registered = (
+            GatedKernels(self.kernels, self._gates) if gated else self.kernels
+        )  # held: ops keep it weakly
+        ops.register(self.handle, self._registered)
         self._decode = LocalDecode(self)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
 
@@ -138,10 +139,8 @@ class CompiledAttention:
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
         if self._routing is not None:
-            from maskir.reference import routing_indices
-
             if routing is None:  # the scorer's top-k: valid by construction, no synchronisation
-                indices = routing_indices(q.detach(), k.detach(), self._routing)
+                indices = score_routing(q, k, self._routing)
             else:
                 check_routing_indices(routing, q, k, self._routing)
                 indices = routing
@@ -238,9 +237,9 @@ class CompiledAttention:
             raise ValueError(f"q is on {shapes.device.type}; this CompiledAttention was built for {self.device.type}.")
         tensors = self._run_tensors(q, k, segments, routing)
         parts = self.kernels.tables(q.device)
-        return [
-            self.kernels.gate_lists(i, tables, tensors, backward=backward, fresh=True) for i, tables in enumerate(parts)
-        ]
+        if self._gates is None:
+            return [None] * len(parts)
+        return self._gates.lists(parts, tensors, backward=backward, fresh=True)
 
     def source(self) -> str:
         """The generated kernel source (as stored in the cache)."""
