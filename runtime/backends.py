@@ -50,6 +50,7 @@ class ReferenceBackend:
 
     name = "reference"
     calls_score_mod = True
+    recomputes_forward = True
     one_layout = False
 
     def can_run(self, spec: KernelSpec) -> str | None:
@@ -78,6 +79,7 @@ class FlexBackend:
 
     name = "flex"
     calls_score_mod = True
+    recomputes_forward = True
     one_layout = True
     """A BlockMask has one token order: a union split into parts of several layouts is planned unsplit."""
 
@@ -117,6 +119,12 @@ def resolve(name: str, spec: KernelSpec) -> Backend:
 def calls_score_mod(backend: Backend) -> bool:
     """Whether ``backend`` calls a score_mod itself (it need not be traceable, and its function is the key)."""
     return bool(getattr(backend, "calls_score_mod", False))
+
+
+def recomputes_forward(backend: Backend) -> bool:
+    """Whether ``backend``'s backward recomputes its forward instead of reading the given out and lse (so a
+    union of parts cannot hand it the merged ones: ``maskir.runtime.union``)."""
+    return bool(getattr(backend, "recomputes_forward", False))
 
 
 class CacheLoader:
