@@ -25,18 +25,16 @@ import numpy as np
 import torch
 
 from maskir.canvas import Canvas
-from maskir.distributed.balance import candidates, imbalance
+from maskir.distributed.balance import candidates, imbalance, refine
 from maskir.ir import Pattern, Routing, Segments
 from maskir.planner import Layout, Plan, PlanPart, TileKind, TileTable, plan
 from maskir.planner.runs import ragged_arange
 
 BALANCE_GOAL = 1.05
 GOAL_SLACK = 0.02
-"""Assignments within BALANCE_GOAL (or GOAL_SLACK of the best imbalance found, when no assignment reaches
-the goal) and within GOAL_SLACK of PTRR's rule (the snake) on the same tiles compete on bytes."""
-BYTES_FOR_BALANCE = 0.05
-"""Of those, one no worse than the snake is taken over a less balanced one that fetches fewer k/v rows when
-it fetches at most this share of a ring all-gather's rows more."""
+"""The ceiling on a split's imbalance: BALANCE_GOAL (or GOAL_SLACK above the best imbalance found, when no
+split reaches the goal), and never above torch's PTRR split on the same tiles (the best over the tile
+sizes tried)."""
 TILES_PER_RANK = 16
 FINER_BLOCKS = (64, 32)
 """q tile sizes that also compete when the planner's tiles are too few for the ranks (see ``_plans``)."""
@@ -83,11 +81,22 @@ def token_work(plan: Plan) -> np.ndarray:
 
 
 def tile_work(plan: Plan) -> np.ndarray:
-    """Computed token pairs per q tile of the main layout (``token_work`` summed over each tile's tokens)."""
-    main_slots, _ = _part_sides(plan, plan.parts[0])
-    tile = _tile_of_token(main_slots, plan.canvas.size)
-    held = tile >= 0
-    return np.bincount(tile[held], weights=token_work(plan)[held], minlength=plan.parts[0].n_q_tiles)
+    """Computed token pairs per q tile of the main layout, exactly as a rank holding the tile computes them
+    (int64 [n_q_tiles]): tile j's row of ``sub_plan(plan, all tiles)``, valid q tokens times valid k/v tokens
+    of each listed kv tile, over heads and parts. A rank's sub-plan lists, per local tile, what that tile
+    alone needs, so ``ContextParallelPlan.computed_pairs(r)`` is the sum over r's tiles: balancing this
+    vector balances ``.balance`` itself."""
+    whole = sub_plan(plan, np.arange(plan.parts[0].n_q_tiles), "all tiles")
+    work = np.zeros(plan.parts[0].n_q_tiles, dtype=np.int64)
+    for part in whole.parts:
+        q_sizes, kv_sizes = whole.tile_sizes(part, "q"), whole.tile_sizes(part, "kv")
+        kv_cum = np.concatenate([[0], np.cumsum(kv_sizes, dtype=np.int64)])
+        for group, table in enumerate(part.tables):
+            heads_in_group = int((part.head_table[: plan.heads] == group).sum())
+            row, first, stop, _ = table.runs.listed()
+            pairs = np.asarray(q_sizes, dtype=np.int64)[row] * (kv_cum[stop] - kv_cum[first])
+            work += heads_in_group * np.bincount(row, weights=pairs, minlength=work.size).astype(np.int64)
+    return work
 
 
 def _rank_part_tiles(part_tile: np.ndarray, q_owner: np.ndarray, n_part_tiles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -326,9 +335,14 @@ def shard(
     The balancers of ``maskir.distributed.balance`` (LPT, PTRR's snake, contiguous chains, LPT over runs
     of tiles), on the planner's q tiles and, when those are fewer than 16 per rank, on finer ones, are
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
-    rows fetched. Those within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and
-    within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins,
-    unless a split no worse than the snake fetches at most 5% of a ring all-gather's rows more. ``plan_options`` go to ``maskir.plan`` (block_q,
+    rows fetched. Imbalance is that of ``.balance``: computed pairs of the ranks' sub-plans (``tile_work``).
+    Splits within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and no worse than
+    PTRR (best over the tile sizes tried) compete on k/v rows fetched; the fewest wins
+    (ties: the better balanced). torch's own PTRR split (``torch_balancers.ptrr_owner``, each tile to the
+    rank holding most of its tokens) and it improved by moves and swaps are among the splits, and the
+    ceiling is never above its imbalance on the same tiles, so the winner is never worse than PTRR on the
+    measure ``.balance`` reports (the snake, PTRR's rule on maskir's tiles, stands in where torch refuses
+    the size, and for cross-attention). ``plan_options`` go to ``maskir.plan`` (block_q,
     block_kv, layout). Patterns with ``Segments`` are sharded by their static superset, or, given
     ``segments`` (the ids [B, N] of the batch, as ``attention`` will get them), by only the tiles those ids
     open in some batch row (per-batch balance: shard again for other ids). ``Routing`` (chosen from all
@@ -342,37 +356,41 @@ def shard(
             "Shard a pattern without Routing (e.g. its Blocks/Causal parts)."
         )
     self_attention = kv_canvas is None
+    torch_rule = _ptrr_tokens(pattern, canvas, heads, world_size, segments) if self_attention else None
     scored = []
     for full in _plans(pattern, canvas, kv_canvas, heads, world_size, plan_options):
         full = full if segments is None else opened_by(full, segments)
         main_slots, _ = _part_sides(full, full.parts[0])
         work = tile_work(full)
-        found = []
-        for name, tile_owner in candidates(work, world_size):
+        splits = list(candidates(work, world_size))
+        if torch_rule is None:  # PTRR's rule on these tiles stands in
+            reference = imbalance(work, dict(splits)["snake"], world_size)
+        else:
+            reference = token_split_balance(full, torch_rule, world_size, work)
+            rule = _majority_owner(main_slots, torch_rule, world_size)
+            splits += [("ptrr", rule), ("ptrr+swaps", refine(work, rule, world_size))]
+        for name, tile_owner in splits:
             q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
             needed = needed_kv(full, q_owner, world_size)
             kv_owner = q_owner if self_attention else _place_kv(full, needed, world_size)
-            load = np.bincount(tile_owner, weights=work, minlength=world_size).max()
-            score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner), load)
-            found.append((score, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner)))
-        snake = min(score[0] for score, (_, name, *_) in found if name.startswith("snake"))
-        scored += [(score, snake * (1 + 1e-12), chosen) for score, chosen in found]
-    goal = max(BALANCE_GOAL, min(score[0] for score, _, _ in scored) + GOAL_SLACK)
-    allowed = [(score, snake, chosen) for score, snake, chosen in scored if score[0] <= min(goal, snake + GOAL_SLACK)]
-    fewest = min(allowed, key=lambda s: s[0][1:])
-    ring_rows = scored[0][2][0].kv_canvas.size * (world_size - 1)
-    balanced = [s for s in allowed if s[0][0] <= s[1] and s[0][1] <= fewest[0][1] + BYTES_FOR_BALANCE * ring_rows]
-    _, _, chosen = min(balanced or [fewest], key=lambda s: s[0][1:])
+            score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner))
+            scored.append(
+                (score, reference, name, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner))
+            )
+    best = min(score[0] for score, _, _, _ in scored)
+    goal = max(BALANCE_GOAL, best + GOAL_SLACK)
+    allowed = [s for s in scored if s[0][0] <= min(goal, s[1]) * (1 + 1e-12)]
+    _, _, _, chosen = min(allowed, key=lambda s: (s[0][1], s[0][0])) if allowed else min(scored, key=lambda s: s[0])
     full, name, tile_owner, q_owner, kv_owner = chosen
     cp = _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
     return cp if segments is None else dataclasses.replace(cp, segments=segments.detach().cpu().clone())
 
 
 def opened_by(full: Plan, segments) -> Plan:
-    """``full`` with only the tiles the segment ids [B, N] open in some batch row (codegen's per-call gate:
+    """``full`` with only the tiles the segment ids [B, N] open in some batch row (the runtime's per-call gate, maskir.runtime.gating:
     a tile pair stays when the id ranges of its q and kv tokens overlap)."""
-    from maskir.codegen.common.gating import gated_plan
     from maskir.runtime.checks import check_segments
+    from maskir.runtime.gating import gated_plan
 
     if not any(isinstance(node, Segments) for node in full.pattern.walk()):
         raise ValueError(f"segments were given but {full.pattern} has no Segments() node.")
@@ -397,6 +415,38 @@ def opened_by(full: Plan, segments) -> Plan:
             )
         parts.append(dataclasses.replace(part, tables=tuple(tables)))
     return dataclasses.replace(full, parts=tuple(parts))
+
+
+def _ptrr_tokens(pattern, canvas, heads: int, ranks: int, segments) -> np.ndarray | None:
+    """Token owners under torch's own PTRR balancer (on the 128-block mask of the token order, opened by
+    ``segments`` when given); None where torch refuses the size."""
+    from maskir.distributed.torch_balancers import ptrr_owner, token_plan
+
+    blocks = token_plan(pattern, canvas, heads=heads)
+    return ptrr_owner(blocks if segments is None else opened_by(blocks, segments), ranks)
+
+
+def token_split_balance(plan: Plan, token_owner: np.ndarray, ranks: int, work: np.ndarray | None = None) -> float:
+    """Imbalance of a split of the q tokens on the measure of ``ContextParallelPlan.balance``: each token
+    carries an equal share of its main-layout tile's computed pairs (``tile_work``), so a split of whole
+    tiles scores exactly as ``.balance`` does, and a split that cuts tiles (torch's chunks against a
+    tiled layout) is charged the pairs maskir's kernels compute for its tokens."""
+    main_slots, _ = _part_sides(plan, plan.parts[0])
+    work = tile_work(plan) if work is None else work
+    valid = main_slots >= 0
+    share = np.broadcast_to((work / np.maximum(valid.sum(axis=1), 1))[:, None], main_slots.shape)
+    load = np.bincount(token_owner[main_slots[valid]], weights=share[valid], minlength=ranks)
+    return float(load.max() / load.mean()) if load.sum() else 1.0
+
+
+def _majority_owner(main_slots: np.ndarray, token_owner: np.ndarray, ranks: int) -> np.ndarray:
+    """Per q tile of the main layout, the rank owning most of its tokens (ties: the lowest rank); a tile of
+    padding only goes to rank 0. Exactly ``token_owner`` where tiles nest in its chunks."""
+    valid = main_slots >= 0
+    rows = np.broadcast_to(np.arange(main_slots.shape[0])[:, None], main_slots.shape)[valid]
+    counts = np.zeros((main_slots.shape[0], ranks), dtype=np.int64)
+    np.add.at(counts, (rows, token_owner[main_slots[valid]]), 1)
+    return counts.argmax(axis=1)
 
 
 def _plans(pattern, canvas, kv_canvas, heads: int, ranks: int, options: dict) -> list[Plan]:
