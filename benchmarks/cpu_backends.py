@@ -5,8 +5,11 @@ families), B=1, ``--heads`` 4, ``--head-dim`` 64, fp32. Per entry:
 
 - maskir: ``maskir.compile(..., backend="tvm")`` (tile kernels built for this CPU); ``build_s`` is plan +
   generate + build in a fresh cache; forward and forward + backward;
-- flex: ``torch.compile(flex_attention)`` with a BlockMask from ``create_block_mask`` over
-  ``maskir.codegen.flex.to_mask_mod`` (the same pattern); forward only: flex has no backward on a CPU;
+- flex: ``torch.compile(flex_attention, dynamic=False)`` with a BlockMask from ``create_block_mask`` over
+  ``maskir.codegen.flex.to_mask_mod`` (the same pattern), compiled afresh per entry (``torch._dynamo.reset``):
+  each entry gets kernels specialised to its shapes, flex's best form. (Compiled once for the whole run,
+  dynamo recompiles with dynamic shapes after the first entries, and Inductor's C++ flex kernel for
+  ``dilated_w256_d4`` then fails to compile.) Forward only: flex has no backward on a CPU;
 - SDPA: no mask for ``Full()``, ``is_causal`` for ``Causal()``, else an explicit boolean mask; forward and
   forward + backward;
 - NATTEN: ``natten.functional.neighborhood_attention_generic`` (its CPU path) on the neighborhood entries,
@@ -113,7 +116,8 @@ def build_flex(case: Case, inputs: Inputs) -> tuple[dict[str, Callable], dict]:
 
     mask_mod = to_mask_mod(case.pattern, case.canvas, tensors=inputs.flex_tensors)
     block_mask = create_block_mask(mask_mod, 1, inputs.q.shape[1], case.tokens, case.tokens, device="cpu")
-    attend = torch.compile(flex_attention)
+    torch._dynamo.reset()  # each entry compiles afresh: no recompile limit, no shapes turned dynamic
+    attend = torch.compile(flex_attention, dynamic=False)
 
     def forward():
         with torch.no_grad():

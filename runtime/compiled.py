@@ -6,11 +6,11 @@ import itertools
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from maskir.canvas import Canvas
+from maskir.codegen.common.table_grad import TRAINABLE_PREFIX
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
 from maskir.planner import Plan
 from maskir.planner import plan as plan_pattern
@@ -19,12 +19,13 @@ from maskir.runtime.backends import CacheLoader, resolve
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.decode import LocalDecode
+from maskir.runtime.gating import CallGates, GatedKernels, GatedLists
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing, score_routing
 from maskir.runtime.target import device_spec
 
-if TYPE_CHECKING:
-    from maskir.codegen.common.gating import GatedLists
-
+CAPTURE_PREFIX = TRAINABLE_PREFIX
+"""How the score_mod tracer names the tensors it captures (``capture_0``, ``capture_1``, ... in the order
+it reads them): the keys of ``captures`` that replace them per call (``maskir.nn`` passes its parameters)."""
 
 _HANDLES = itertools.count()
 """Numbers that make each CompiledAttention's op handle unique for the process."""
@@ -124,7 +125,12 @@ class CompiledAttention:
         self._source = generated.source
         self.tensor_names = generated.tensor_names
         self._captured: dict[str, torch.Tensor] = generated.static_tensors
-        ops.register(self.handle, self.kernels)
+        self._gates = CallGates(self.plan, self.tensor_names) if self.dynamic else None
+        gated = self._gates is not None and getattr(self.kernels, "walks_gated_lists", False)
+        self._registered = (
+            GatedKernels(self.kernels, self._gates) if gated else self.kernels
+        )  # held: ops keep it weakly
+        ops.register(self.handle, self._registered)
         self._decode = LocalDecode(self)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
 
@@ -179,7 +185,7 @@ class CompiledAttention:
 
         traced = trace_score_mod(self.score_mod)
         refs = {ref.name: ref for ref in traced.tensors() if ref.data is not None}
-        captured = {name: t for name, t in self._captured.items() if name.startswith("capture_")}
+        captured = {name: t for name, t in self._captured.items() if name.startswith(CAPTURE_PREFIX)}
         if refs.keys() != captured.keys() or any(
             tuple(ref.data.shape) != tuple(captured[name].shape) for name, ref in refs.items()
         ):
@@ -236,9 +242,9 @@ class CompiledAttention:
             raise ValueError(f"q is on {shapes.device.type}; this CompiledAttention was built for {self.device.type}.")
         tensors = self._run_tensors(q, k, segments, routing)
         parts = self.kernels.tables(q.device)
-        return [
-            self.kernels.gate_lists(i, tables, tensors, backward=backward, fresh=True) for i, tables in enumerate(parts)
-        ]
+        if self._gates is None:
+            return [None] * len(parts)
+        return self._gates.lists(parts, tensors, backward=backward, fresh=True)
 
     def source(self) -> str:
         """The generated kernel source (as stored in the cache)."""

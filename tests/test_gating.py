@@ -1,4 +1,4 @@
-"""Run-time tile gates (codegen.common.gating): never close a tile that holds an allowed pair, and close
+"""Run-time tile gates (maskir.runtime.gating): never close a tile that holds an allowed pair, and close
 exactly the empty ones where the gate is exact (contiguous documents; tiles aligned to routing blocks)."""
 
 import dataclasses
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from maskir.canvas import Canvas
-from maskir.codegen.common.gating import PartGate
 from maskir.codegen.common.tables import part_tables
 from maskir.ir import Blocks, Causal, Neighborhood, Routing, Segments, Window
 from maskir.planner import plan, single_part
 from maskir.planner.gates import gate_tree
 from maskir.reference import reference_mask
+from maskir.runtime.gating import PartGate
 from maskir.runtime.routing import routing_map
 
 
@@ -136,7 +136,15 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     compiled = maskir.compile(
-        Segments() & Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, block_kv=64
+        Segments() & Causal(),
+        256,
+        heads=2,
+        head_dim=16,
+        dtype=torch.float32,
+        device="cpu",
+        block_q=64,
+        block_kv=64,
+        backend="triton",
     )
     q = torch.randn(1, 2, 256, 16)
     documents = torch.arange(256, dtype=torch.int32)[None] // 64  # four documents, one per tile
@@ -147,7 +155,9 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
     assert one_document.open_tiles.tolist() == [[10]]
     with pytest.raises(ValueError, match="segments"):
         compiled.tile_gates(q, q)
-    static = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64)
+    static = maskir.compile(
+        Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, backend="triton"
+    )
     assert static.tile_gates(q, q) == [None]
     reference = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, backend="reference")
     with pytest.raises(ValueError, match="Triton backend"):
@@ -155,7 +165,7 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
 
 
 def test_compact_packs_each_rows_open_entries_at_its_start_in_order_and_keeps_full_entries():
-    from maskir.codegen.common.gating import ListShape, compact
+    from maskir.runtime.gating import ListShape, compact
 
     # two head groups of two rows each: group 0 rows [0, 3) [3, 5), group 1 rows [5, 6) [6, 9)
     starts = [np.array([0, 3, 5]), np.array([0, 1, 4])]  # per group, as in TileTable
@@ -184,7 +194,9 @@ def test_a_call_reuses_the_lists_of_the_call_before_on_the_same_unchanged_data(m
     import maskir
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    compiled = maskir.compile(Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+    compiled = maskir.compile(
+        Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu", backend="triton"
+    )
     built = []
     lists = PartGate.lists
     monkeypatch.setattr(

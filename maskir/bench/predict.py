@@ -8,9 +8,9 @@ import torch
 
 import maskir
 from maskir.bench.case import BATCH, DTYPE, HEAD_DIM, HEADS, Case
-from maskir.codegen.common.gating import gated_plan
 from maskir.ir import Routing
 from maskir.planner import Plan
+from maskir.runtime.gating import gated_plan
 
 
 def hardware_name(device_name: str) -> str | None:

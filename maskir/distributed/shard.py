@@ -384,10 +384,10 @@ def shard(
 
 
 def opened_by(full: Plan, segments) -> Plan:
-    """``full`` with only the tiles the segment ids [B, N] open in some batch row (codegen's per-call gate:
+    """``full`` with only the tiles the segment ids [B, N] open in some batch row (the runtime's per-call gate, maskir.runtime.gating:
     a tile pair stays when the id ranges of its q and kv tokens overlap)."""
-    from maskir.codegen.common.gating import gated_plan
     from maskir.runtime.checks import check_segments
+    from maskir.runtime.gating import gated_plan
 
     if not any(isinstance(node, Segments) for node in full.pattern.walk()):
         raise ValueError(f"segments were given but {full.pattern} has no Segments() node.")

@@ -1,4 +1,4 @@
-"""Run-time tile gates of data-dependent patterns: per call, lists of only the tiles its data leaves open.
+"""Per-call planning of data-dependent patterns: per call, lists of only the tiles its data leaves open.
 
 A plan of a pattern with ``Segments()`` or ``Routing`` holds a static superset: every tile the rest of the
 pattern allows is PARTIAL, whatever the documents or the routing choice. Per call, from the run-time
@@ -21,12 +21,14 @@ H being 1 (broadcast) when no leaf depends on the head.
 only the open tiles of its row: skipping closed entries one by one would cost a dependent load per
 listed tile (a documents plan lists every causal tile, most of them closed). The per-call cost is
 O(N + entries + routing blocks) torch operations on the device: no host work, no synchronisation.
+``CallGates`` keeps a compiled plan's gates and the latest call's lists; ``GatedKernels`` hands them to
+kernels that walk gated lists (``walks_gated_lists``: the Triton backend's) on every forward and backward.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -267,3 +269,68 @@ def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 
             )
         parts.append(dataclasses.replace(part, tables=tuple(gated)))
     return dataclasses.replace(plan, parts=tuple(parts))
+
+
+class CallGates:
+    """The per-call planning of one compiled plan: each part's ``PartGate`` per device (built once from the
+    plan and the part's tables) and the lists of the latest call.
+
+    Lists are kept for the run-time tensors of the latest call (held, so no other tensor can take their
+    identity; keyed on their identity and version counter, so an in-place change rebuilds them): the
+    backward reuses its forward's lists, and layers sharing one CompiledAttention and one batch of
+    documents build them once per step."""
+
+    def __init__(self, plan: Plan, tensor_names: Sequence[str]):
+        self.plan, self.tensor_names = plan, tuple(tensor_names)
+        self._part_gates: dict[tuple[str, int | None, int], PartGate | None] = {}
+        self._recent: tuple[tuple, tuple[torch.Tensor, ...], dict] = ((), (), {})
+
+    def lists(
+        self, parts: Sequence[PartTables], tensors: Sequence[torch.Tensor], *, backward: bool, fresh: bool = False
+    ) -> list[tuple[GatedLists, ...] | None]:
+        """Per part (``parts``: the kernels' tables on the call's device), this call's lists for the
+        forward/dQ and, with ``backward``, the dK/dV direction; None for a part without a gate. ``fresh``:
+        build them anew and keep nothing (what timing the per-call planning needs)."""
+        data = tuple((id(t), t._version) for t in tensors)
+        recent = self._recent  # read once: another thread may replace it with its own call's lists
+        if not fresh and recent[0] != data:
+            recent = (data, tuple(tensors), {})
+            self._recent = recent
+        memo = {} if fresh else recent[2]
+        named = dict(zip(self.tensor_names, tensors))
+        wanted = (0, 1) if backward else (0,)
+        out = []
+        for index, tables in enumerate(parts):
+            key = (tables.kv_index.device.type, tables.kv_index.device.index, index)
+            if key not in self._part_gates:
+                self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[index], tables)
+            gate = self._part_gates[key]
+            if gate is None:
+                out.append(None)
+                continue
+            missing = tuple(d for d in wanted if (key, d) not in memo)
+            if missing:
+                built = gate.lists(tables, named, directions=missing)
+                memo.update({(key, d): lists for d, lists in zip(missing, built)})
+            out.append(tuple(memo[key, d] for d in wanted))
+        return out
+
+
+class GatedKernels:
+    """Kernels that walk gated lists (``walks_gated_lists``), with this call's lists planned first: the
+    ``maskir.runtime.ops.Kernels`` the runtime registers for a data-dependent plan."""
+
+    def __init__(self, kernels, gates: CallGates):
+        self.kernels, self.gates = kernels, gates
+
+    def forward(self, q, k, v, *, scale: float, tensors: list[torch.Tensor]):
+        lists = self.gates.lists(self.kernels.tables(q.device), tensors, backward=False)
+        return self.kernels.forward(q, k, v, scale=scale, tensors=tensors, lists=lists)
+
+    def backward(
+        self, q, k, v, out, lse, dout, *, scale: float, tensors: list[torch.Tensor], trained: Sequence[int] = ()
+    ):
+        lists = self.gates.lists(self.kernels.tables(q.device), tensors, backward=True)
+        return self.kernels.backward(
+            q, k, v, out, lse, dout, scale=scale, tensors=tensors, trained=trained, lists=lists
+        )
