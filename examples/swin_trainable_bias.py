@@ -4,7 +4,7 @@ Swin v2 (``WindowAttentionV2``): cosine attention, and a bias table that an MLP 
 which the same kernels read, so the MLP trains.
 
 Run ``python examples/swin_trainable_bias.py [OUT_DIR]``: a few SGD steps on the table and the
-projections, the table's gradient checked against the float64 reference (Triton's interpreter on a CPU),
+projections, the table's gradient checked against the float64 reference (TVM's CPU kernels on a CPU),
 then Swin v2's bias-MLP gradient checked the same way.
 """
 

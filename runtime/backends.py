@@ -7,7 +7,8 @@ Registered here (``maskir.codegen.backend.register``): "triton" and "tvm" (``mas
 "auto" takes the first backend of ``AUTO_ORDER[device]`` whose ``can_run(spec)`` is None:
 
 - CUDA: triton (the compiled fast path), flex, reference;
-- CPU: triton (its interpreter: CPU runs test the kernels a GPU runs), tvm, reference.
+- CPU: tvm (TensorIR built for this CPU: 100-300x faster than Triton's interpreter) when apache-tvm is
+  installed, else triton (its interpreter: pass backend="triton" to test the kernels a GPU runs), reference.
 
 When none can run, ``maskir.codegen.backend.NoBackendError`` (a RuntimeError) lists every backend with its
 reason. ``CacheLoader`` is the ``Loader`` the Triton and TVM backends load generated text through.
@@ -31,7 +32,7 @@ from maskir.sim.target import KernelSpec
 
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("triton", "flex", "reference"),
-    "cpu": ("triton", "tvm", "reference"),
+    "cpu": ("tvm", "triton", "reference"),
 }
 """The backends "auto" tries, in order, per device type."""
 
@@ -49,6 +50,7 @@ class ReferenceBackend:
 
     name = "reference"
     calls_score_mod = True
+    recomputes_forward = True
     one_layout = False
 
     def can_run(self, spec: KernelSpec) -> str | None:
@@ -77,6 +79,7 @@ class FlexBackend:
 
     name = "flex"
     calls_score_mod = True
+    recomputes_forward = True
     one_layout = True
     """A BlockMask has one token order: a union split into parts of several layouts is planned unsplit."""
 
@@ -116,6 +119,12 @@ def resolve(name: str, spec: KernelSpec) -> Backend:
 def calls_score_mod(backend: Backend) -> bool:
     """Whether ``backend`` calls a score_mod itself (it need not be traceable, and its function is the key)."""
     return bool(getattr(backend, "calls_score_mod", False))
+
+
+def recomputes_forward(backend: Backend) -> bool:
+    """Whether ``backend``'s backward recomputes its forward instead of reading the given out and lse (so a
+    union of parts cannot hand it the merged ones: ``maskir.runtime.union``)."""
+    return bool(getattr(backend, "recomputes_forward", False))
 
 
 class CacheLoader:

@@ -20,11 +20,10 @@ from collections.abc import Sequence
 import torch
 
 from maskir.canvas import Canvas
+from maskir.codegen.backend import get as get_backend
 from maskir.ir import Pattern
+from maskir.runtime.backends import recomputes_forward
 from maskir.runtime.compiled import CompiledAttention
-
-RECOMPUTING_BACKENDS = ("reference", "flex")
-"""Backends whose backward recomputes the forward rather than reading the given out and lse."""
 
 
 def merge(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +94,7 @@ def union_attention(
         compiled.append(built)
         kv += [k.contiguous(), v.contiguous()]
     differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (q, *kv))
-    if differentiated and compiled[0].backend in RECOMPUTING_BACKENDS:
+    if differentiated and recomputes_forward(get_backend(compiled[0].backend)):
         raise ValueError(
             f"union_attention differentiates through the kernels' (out, lse) backward; backend "
             f"{compiled[0].backend!r} recomputes its forward instead: use 'triton' or 'tvm' to train, or torch.no_grad()."

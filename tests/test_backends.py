@@ -122,19 +122,23 @@ def test_an_explicit_backend_that_cannot_run_is_a_value_error_with_its_reason():
         runtime_backends.resolve("tvm", KernelSpec.for_arch("sm_90"))
 
 
-def test_auto_takes_the_first_of_the_order_that_can_run():
+def test_auto_takes_triton_on_cuda_and_tvm_on_a_cpu_where_it_is_installed():
     assert runtime_backends.resolve("auto", KernelSpec.for_arch("sm_90")).name == "triton"
-    cpu_order = runtime_backends.AUTO_ORDER["cpu"]
-    assert cpu_order[-1] == "reference"
-    assert runtime_backends.resolve("auto", CPU).name == cpu_order[0]
+    assert runtime_backends.AUTO_ORDER["cpu"] == ("tvm", "triton", "reference")
+    pytest.importorskip("tvm")
+    q, k, v = _qkv()
+    compiled = _compile("auto")
+    assert compiled.backend == "tvm" and "def fwd_0(" in compiled.source()
+    torch.testing.assert_close(compiled(q, k, v), maskir.attention(q, k, v, "Causal()", backend="reference"))
 
 
 def test_auto_falls_through_a_backend_that_cannot_run_the_spec(monkeypatch):
     # head dim 512: neither TVM's nor Triton's kernels take it; the reference does
     assert _compile("auto", head_dim=512).backend == "reference"
+    # without apache-tvm a CPU falls back to Triton's interpreter, and TVM says why
     monkeypatch.setattr("maskir.codegen.tvm.backend.tvm_installed", lambda: False)
-    assert "apache-tvm is not installed" in registry.get("tvm").can_run(CPU)
-    assert runtime_backends.resolve("auto", CPU).name == "triton"
+    assert registry.get("tvm").can_run(CPU) == "tvm: apache-tvm is not installed (pip install 'maskir[tvm]')"
+    assert _compile("auto").backend == "triton"
 
 
 def test_auto_lists_every_backend_with_its_reason_when_none_can_run(monkeypatch):

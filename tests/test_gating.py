@@ -136,7 +136,15 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     compiled = maskir.compile(
-        Segments() & Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, block_kv=64
+        Segments() & Causal(),
+        256,
+        heads=2,
+        head_dim=16,
+        dtype=torch.float32,
+        device="cpu",
+        block_q=64,
+        block_kv=64,
+        backend="triton",
     )
     q = torch.randn(1, 2, 256, 16)
     documents = torch.arange(256, dtype=torch.int32)[None] // 64  # four documents, one per tile
@@ -147,7 +155,9 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
     assert one_document.open_tiles.tolist() == [[10]]
     with pytest.raises(ValueError, match="segments"):
         compiled.tile_gates(q, q)
-    static = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64)
+    static = maskir.compile(
+        Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, backend="triton"
+    )
     assert static.tile_gates(q, q) == [None]
     reference = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, backend="reference")
     with pytest.raises(ValueError, match="Triton backend"):
@@ -184,7 +194,9 @@ def test_a_call_reuses_the_lists_of_the_call_before_on_the_same_unchanged_data(m
     import maskir
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    compiled = maskir.compile(Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+    compiled = maskir.compile(
+        Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu", backend="triton"
+    )
     built = []
     lists = PartGate.lists
     monkeypatch.setattr(
