@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from maskir.canvas import Canvas
+from maskir.codegen.common.table_grad import TRAINABLE_PREFIX
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
 from maskir.planner import Plan
 from maskir.planner import plan as plan_pattern
@@ -21,6 +22,10 @@ from maskir.runtime.decode import LocalDecode
 from maskir.runtime.gating import CallGates, GatedKernels, GatedLists
 from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing, score_routing
 from maskir.runtime.target import device_spec
+
+CAPTURE_PREFIX = TRAINABLE_PREFIX
+"""How the score_mod tracer names the tensors it captures (``capture_0``, ``capture_1``, ... in the order
+it reads them): the keys of ``captures`` that replace them per call (``maskir.nn`` passes its parameters)."""
 
 _HANDLES = itertools.count()
 """Numbers that make each CompiledAttention's op handle unique for the process."""
@@ -180,7 +185,7 @@ class CompiledAttention:
 
         traced = trace_score_mod(self.score_mod)
         refs = {ref.name: ref for ref in traced.tensors() if ref.data is not None}
-        captured = {name: t for name, t in self._captured.items() if name.startswith("capture_")}
+        captured = {name: t for name, t in self._captured.items() if name.startswith(CAPTURE_PREFIX)}
         if refs.keys() != captured.keys() or any(
             tuple(ref.data.shape) != tuple(captured[name].shape) for name, ref in refs.items()
         ):

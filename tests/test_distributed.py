@@ -139,13 +139,22 @@ def test_balance_meets_the_goal_and_is_never_worse_than_ptrrs_rule(name):
 )
 @pytest.mark.parametrize("ranks", [4, 8])
 def test_balance_is_never_worse_than_torchs_ptrr_on_the_same_measure(pattern, canvas, ranks):
-    """Where torch's PTRR splits the tokens, maskir's split is no worse on .balance's measure (computed
-    pairs of maskir's plan), and tile_work adds up to every rank's computed pairs."""
+    """Where torch's PTRR and HeadTail split the tokens, maskir's split is no worse on .balance's measure
+    (computed pairs of maskir's plan), and tile_work adds up to every rank's computed pairs."""
     cp = shard(pattern, canvas, ranks)
-    _, ptrr = torch_balances(cp, token_plan(pattern, canvas))
-    assert ptrr is not None and cp.balance <= ptrr + 1e-12
+    head_tail, ptrr = torch_balances(cp, token_plan(pattern, canvas))
+    assert ptrr is not None and cp.balance <= min(ptrr, head_tail) + 1e-12
     loads = np.bincount(_tile_owner(cp), weights=tile_work(cp.plan), minlength=ranks)
     assert loads.tolist() == [cp.computed_pairs(r) for r in range(ranks)]
+
+
+def test_when_torchs_chunks_cut_every_tiled_split_shard_falls_back_to_token_order_tiles():
+    """Shifted Swin windows at 8 ranks: no split of the window-major tiles is as even as torch's PTRR split of
+    the tokens, so shard takes token-order tiles nested in torch's chunks, where PTRR's split is a candidate."""
+    pattern, canvas = patterns.swin(8, shifted=True), Canvas((64, 128))
+    cp = shard(pattern, canvas, 8)
+    _, ptrr = torch_balances(cp, token_plan(pattern, canvas))
+    assert cp.plan.layout.name == "identity" and cp.balance <= ptrr + 1e-12
 
 
 def test_differencing_splits_equal_tiles_evenly_and_assigns_every_tile():

@@ -61,6 +61,8 @@ _IR = (ROOT_PACKAGE, *_BASE, "maskir.ir")
 _FIRST = (*_IR, "maskir.reference", "maskir.patterns", "maskir.spec")
 _NO_ORACLE = (*_IR, "maskir.patterns", "maskir.spec")
 _TARGET = "maskir.sim.target"
+_INTERFACE = "maskir.codegen.backend"
+"""The Backend protocol and registry: the one module of maskir.codegen above common that backends import."""
 _REFERENCE_BACKEND = "maskir.runtime.reference_backend"
 _CODEGEN = (*_IR, "maskir.planner", _TARGET, "maskir.codegen.common")
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -79,9 +81,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule", _TARGET),
     "maskir.codegen": _CODEGEN,
     "maskir.codegen.common": _CODEGEN,
-    "maskir.codegen.triton": (*_CODEGEN, "maskir.codegen"),
-    "maskir.codegen.tvm": (*_CODEGEN, "maskir.codegen"),
-    "maskir.codegen.flex": (*_CODEGEN, "maskir.codegen"),
+    "maskir.codegen.triton": (*_CODEGEN, _INTERFACE),
+    "maskir.codegen.tvm": (*_CODEGEN, _INTERFACE),
+    "maskir.codegen.flex": (*_CODEGEN, _INTERFACE),
     "maskir.runtime": (*_NO_ORACLE, "maskir.planner", "maskir.sim", "maskir.codegen", _REFERENCE_BACKEND),
     _REFERENCE_BACKEND: (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.viz": (*_IR, "maskir.planner"),
@@ -276,6 +278,20 @@ def test_checker_reports_imports_of_benchmarks_and_of_the_cli(tmp_path, monkeypa
     assert sorted((name, target) for _, name, target, _ in violations()) == [
         ("maskir.bench.run", "benchmarks.catalogue"),
         ("maskir.viz", "maskir.cli"),
+    ]
+
+
+def test_checker_reports_a_backend_importing_another(tmp_path, monkeypatch):
+    codegen = _fake_tree(tmp_path, monkeypatch) / "codegen"
+    for backend in ("triton", "tvm"):
+        (codegen / backend).mkdir()
+    (codegen / "backend.py").write_text("class Backend:\n    pass\n")
+    (codegen / "tvm" / "emit.py").write_text("def emit():\n    pass\n")
+    (codegen / "triton" / "launch.py").write_text(
+        "from maskir.codegen.backend import Backend\nfrom maskir.codegen.tvm.emit import emit\n"
+    )
+    assert [(name, target) for _, name, target, _ in violations()] == [
+        ("maskir.codegen.triton.launch", "maskir.codegen.tvm.emit")
     ]
 
 

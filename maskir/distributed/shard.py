@@ -33,8 +33,7 @@ from maskir.planner.runs import ragged_arange
 BALANCE_GOAL = 1.05
 GOAL_SLACK = 0.02
 """The ceiling on a split's imbalance: BALANCE_GOAL (or GOAL_SLACK above the best imbalance found, when no
-split reaches the goal), and never above torch's PTRR split on the same tiles (the best over the tile
-sizes tried)."""
+split reaches the goal), and never above torch's PTRR or HeadTail split on the same measure."""
 TILES_PER_RANK = 16
 FINER_BLOCKS = (64, 32)
 """q tile sizes that also compete when the planner's tiles are too few for the ranks (see ``_plans``)."""
@@ -337,12 +336,14 @@ def shard(
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
     rows fetched. Imbalance is that of ``.balance``: computed pairs of the ranks' sub-plans (``tile_work``).
     Splits within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and no worse than
-    PTRR (best over the tile sizes tried) compete on k/v rows fetched; the fewest wins
-    (ties: the better balanced). torch's own PTRR split (``torch_balancers.ptrr_owner``, each tile to the
-    rank holding most of its tokens) and it improved by moves and swaps are among the splits, and the
-    ceiling is never above its imbalance on the same tiles, so the winner is never worse than PTRR on the
-    measure ``.balance`` reports (the snake, PTRR's rule on maskir's tiles, stands in where torch refuses
-    the size, and for cross-attention). ``plan_options`` go to ``maskir.plan`` (block_q,
+    torch's balancers compete on k/v rows fetched; the fewest wins
+    (ties: the better balanced). torch's own PTRR and HeadTail splits (``torch_balancers``, each tile to
+    the rank holding most of its tokens) and they improved by moves and swaps are among the splits, and a
+    split is allowed only if no worse than the better of them on its own plan (``token_split_balance``,
+    the measure of ``.balance``); where torch's chunks cut every tile so that no split is allowed,
+    token-order plans with tiles nested in its 128-token blocks join (there its PTRR split is exact), so
+    the winner is never worse than torch's PTRR. Where torch refuses the size, and for
+    cross-attention, the snake (PTRR's rule on maskir's tiles) stands in. ``plan_options`` go to ``maskir.plan`` (block_q,
     block_kv, layout). Patterns with ``Segments`` are sharded by their static superset, or, given
     ``segments`` (the ids [B, N] of the batch, as ``attention`` will get them), by only the tiles those ids
     open in some batch row (per-batch balance: shard again for other ids). ``Routing`` (chosen from all
@@ -356,30 +357,26 @@ def shard(
             "Shard a pattern without Routing (e.g. its Blocks/Causal parts)."
         )
     self_attention = kv_canvas is None
-    torch_rule = _ptrr_tokens(pattern, canvas, heads, world_size, segments) if self_attention else None
-    scored = []
-    for full in _plans(pattern, canvas, kv_canvas, heads, world_size, plan_options):
-        full = full if segments is None else opened_by(full, segments)
-        main_slots, _ = _part_sides(full, full.parts[0])
-        work = tile_work(full)
-        splits = list(candidates(work, world_size))
-        if torch_rule is None:  # PTRR's rule on these tiles stands in
-            reference = imbalance(work, dict(splits)["snake"], world_size)
-        else:
-            reference = token_split_balance(full, torch_rule, world_size, work)
-            rule = _majority_owner(main_slots, torch_rule, world_size)
-            splits += [("ptrr", rule), ("ptrr+swaps", refine(work, rule, world_size))]
-        for name, tile_owner in splits:
-            q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
-            needed = needed_kv(full, q_owner, world_size)
-            kv_owner = q_owner if self_attention else _place_kv(full, needed, world_size)
-            score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner))
-            scored.append(
-                (score, reference, name, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner))
-            )
-    best = min(score[0] for score, _, _, _ in scored)
-    goal = max(BALANCE_GOAL, best + GOAL_SLACK)
-    allowed = [s for s in scored if s[0][0] <= min(goal, s[1]) * (1 + 1e-12)]
+    torch_splits = _torch_tokens(pattern, canvas, heads, world_size, segments) if self_attention else {}
+
+    def scored_on(plans: list[Plan]) -> list:
+        return [
+            split
+            for full in plans
+            for split in _scored_splits(full if segments is None else opened_by(full, segments), world_size,
+                                        self_attention, torch_splits)
+        ]  # fmt: skip
+
+    def within(scored: list) -> list:
+        goal = max(BALANCE_GOAL, min(score[0] for score, *_ in scored) + GOAL_SLACK)
+        return [s for s in scored if s[0][0] <= min(goal, s[1]) * (1 + 1e-12)]
+
+    scored = scored_on(_plans(pattern, canvas, kv_canvas, heads, world_size, plan_options))
+    allowed = within(scored)
+    if not allowed and torch_splits and "layout" not in plan_options:
+        # torch's chunks cut the planner's tiles: on token-order tiles nested in them, its split is a candidate
+        scored += scored_on(_identity_plans(pattern, canvas, heads, plan_options))
+        allowed = within(scored)
     _, _, _, chosen = min(allowed, key=lambda s: (s[0][1], s[0][0])) if allowed else min(scored, key=lambda s: s[0])
     full, name, tile_owner, q_owner, kv_owner = chosen
     cp = _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
@@ -417,13 +414,52 @@ def opened_by(full: Plan, segments) -> Plan:
     return dataclasses.replace(full, parts=tuple(parts))
 
 
-def _ptrr_tokens(pattern, canvas, heads: int, ranks: int, segments) -> np.ndarray | None:
-    """Token owners under torch's own PTRR balancer (on the 128-block mask of the token order, opened by
-    ``segments`` when given); None where torch refuses the size."""
-    from maskir.distributed.torch_balancers import ptrr_owner, token_plan
+def _torch_tokens(pattern, canvas, heads: int, ranks: int, segments) -> dict[str, np.ndarray]:
+    """{name: token owners} of torch's own balancers, PTRR (on the 128-block mask of the token order,
+    opened by ``segments`` when given) and HeadTail, leaving out those that refuse the size."""
+    from maskir.distributed.torch_balancers import head_tail_owner, ptrr_owner, token_plan
 
     blocks = token_plan(pattern, canvas, heads=heads)
-    return ptrr_owner(blocks if segments is None else opened_by(blocks, segments), ranks)
+    blocks = blocks if segments is None else opened_by(blocks, segments)
+    owners = {"ptrr": ptrr_owner(blocks, ranks), "headtail": head_tail_owner(blocks.canvas.size, ranks)}
+    return {name: owner for name, owner in owners.items() if owner is not None}
+
+
+def _scored_splits(full: Plan, ranks: int, self_attention: bool, torch_splits: dict[str, np.ndarray]) -> list:
+    """((imbalance, k/v rows fetched), reference, name, split) of every candidate split of ``full``'s q tiles;
+    reference: the best imbalance of torch's splits on ``full`` (``token_split_balance``), or of the snake
+    when torch refuses the size."""
+    main_slots, _ = _part_sides(full, full.parts[0])
+    work = tile_work(full)
+    splits = list(candidates(work, ranks))
+    if torch_splits:
+        reference = min(token_split_balance(full, owner, ranks, work) for owner in torch_splits.values())
+    else:  # PTRR's rule on these tiles stands in
+        reference = imbalance(work, dict(splits)["snake"], ranks)
+    for name, owner in torch_splits.items():
+        rule = _majority_owner(main_slots, owner, ranks)
+        splits += [(name, rule), (f"{name}+swaps", refine(work, rule, ranks))]
+    scored = []
+    for name, tile_owner in splits:
+        q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
+        needed = needed_kv(full, q_owner, ranks)
+        kv_owner = q_owner if self_attention else _place_kv(full, needed, ranks)
+        score = (imbalance(work, tile_owner, ranks), _fetched_bytes(needed, kv_owner))
+        scored.append(
+            (score, reference, name, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner))
+        )
+    return scored
+
+
+def _identity_plans(pattern, canvas, heads: int, options: dict) -> list[Plan]:
+    """Token-order plans whose q tiles nest in torch's 128-token blocks (128, 64 and 32 tokens)."""
+    from maskir.distributed.torch_balancers import FLEX_BLOCK
+
+    blocks = [b for b in (FLEX_BLOCK, *FINER_BLOCKS) if FLEX_BLOCK % b == 0]
+    if "block_q" in options:
+        blocks = [options["block_q"]] if FLEX_BLOCK % options["block_q"] == 0 else []
+    rest = {key: value for key, value in options.items() if key != "block_q"}
+    return [plan(pattern, canvas, heads=heads, layout="identity", block_q=b, **rest) for b in blocks]
 
 
 def token_split_balance(plan: Plan, token_owner: np.ndarray, ranks: int, work: np.ndarray | None = None) -> float:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from maskir.codegen.common.table_grad import TRAINABLE_PREFIX
 from maskir.ir import Pattern
 from maskir.runtime import CompiledAttention, attention
 from maskir.runtime import compile as maskir_compile
+from maskir.runtime.compiled import CAPTURE_PREFIX
 
 TRITON_MIN_HEAD_DIM = 16
 """The Triton kernels' smallest head dim: smaller heads are zero-padded to it (q.k and the kept columns of
@@ -126,7 +126,7 @@ class MaskedAttention(nn.Module):
         tensors = self.score_mod_tensors()
         if tensors is None:
             return held(q, k, v, scale=self.scale)
-        captures = {f"{TRAINABLE_PREFIX}{i}": t for i, t in enumerate(tensors)}  # the tracer's names, in order
+        captures = {f"{CAPTURE_PREFIX}{i}": t for i, t in enumerate(tensors)}  # the tracer's names, in order
         return held._run(q, k, v, scale=self.scale, segments=None, routing=None, return_lse=False, captures=captures)
 
     def extra_repr(self) -> str:
