@@ -116,3 +116,34 @@ def test_counts_are_dropped_after_each_plan():
     after = plan(predicate, 128, block_q=16, block_kv=16).stats.allowed_pairs
     assert after < before
     assert cells.chunk_counts.cache_info().currsize == 0
+
+
+def test_bounds_that_decide_no_tile_are_not_traced_again_for_other_block_sizes(monkeypatch):
+    """``(q * kv) % 7`` is opaque to interval bounds: after one block size's trace leaves every tile open,
+    the plan's other block sizes skip the trace, and their classes still equal the brute-force ones."""
+    traced = []
+    tile_bounds = cells.tile_bounds
+
+    def recording(predicate, n_q, n_kv, q_block, kv_block, *rest):
+        traced.append((q_block, kv_block))
+        return tile_bounds(predicate, n_q, n_kv, q_block, kv_block, *rest)
+
+    monkeypatch.setattr(cells, "tile_bounds", recording)
+    predicate = Predicate(lambda b, h, q, kv: (q * kv) % 7 != 0)
+    for block in (16, 32, 64):
+        np.testing.assert_array_equal(
+            _all_tile_kinds(predicate, 200, 200, block), _brute_force_kinds(predicate, 200, 200, block, 0)
+        )
+    assert traced == [(16, 16)]
+    cells.chunk_counts.cache_clear()
+
+
+def test_bounds_that_decide_tiles_keep_being_traced():
+    """A band decides most tiles at every block size, so every block size keeps its trace."""
+    predicate = Predicate(lambda b, h, q, kv: (kv <= q) & (q - kv < 40))
+    for block in (16, 32, 64):
+        np.testing.assert_array_equal(
+            _all_tile_kinds(predicate, 256, 256, block), _brute_force_kinds(predicate, 256, 256, block, 0)
+        )
+        assert cells.chunk_counts(predicate, 256, 256, 0).bounds_decide
+    cells.chunk_counts.cache_clear()

@@ -48,6 +48,8 @@ CPU_THREADS = 1
 """torch threads for CPU chunk evaluation. A chunk is a few hundred thousand pairs (about a millisecond on one
 core); an OpenMP parallel region per chunk cost more than a second thread gained (6 ms against 1.3 ms per
 512 x 512 chunk on the project's loaded 2-core machine)."""
+FRUITLESS_TILES = 64
+"""Tiles a bounds trace must leave all undecided before the trace is skipped for the plan's other block sizes."""
 MAX_CHUNKS = 1 << 14
 """At most this many chunks are kept (64 KiB of prefix sums each); beyond, tiles are evaluated one by one."""
 LOGGER = logging.getLogger("maskir.planner")
@@ -119,6 +121,10 @@ class ChunkCounts:
         self.q_side, self.kv_side = _side(n_q), _side(n_kv)
         self.device = device_of(predicate)
         self.prefix: dict[tuple[int, int], np.ndarray] = {}
+        self.bounds_decide = True
+        """False once interval bounds decided none of at least ``FRUITLESS_TILES`` tiles asked at one block
+        size: the mask_mod is opaque to them (``(q * kv) % 7``), so later block sizes skip the trace (a pure
+        time saving: skipped tiles are evaluated exactly)."""
 
     def _counts(self, functions, i: int, j: int) -> torch.Tensor:
         """Cell counts of chunk (i, j) with ``functions`` = (interior, edge) counters, eager or compiled."""
@@ -162,6 +168,17 @@ class ChunkCounts:
             progress.update(done)
 
 
+def _chunks_used(chunk_i: np.ndarray, chunk_j: np.ndarray, kv_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct chunks (rows of [i, j], row-major order) and, per tile, the row of its chunk: a mark per
+    chunk of the grid and a running count, O(tiles + chunks) (``np.unique(axis=0)`` sorts the tiles)."""
+    flat = chunk_i * kv_chunks + chunk_j
+    used = np.zeros(int(flat.max()) + 1 if flat.size else 0, dtype=bool)
+    used[flat] = True
+    slots = np.flatnonzero(used)
+    row_of = np.cumsum(used) - 1
+    return np.stack([slots // kv_chunks, slots % kv_chunks], axis=1), row_of[flat]
+
+
 @lru_cache(maxsize=8)
 def chunk_counts(predicate: Predicate, n_q: int, n_kv: int, head: int) -> ChunkCounts:
     """The counts of one predicate, grid and head, shared by the candidates of one plan call."""
@@ -184,7 +201,9 @@ def tile_kinds(
     if counts.q_side % q_block or counts.kv_side % kv_block:
         return None
     kinds = np.full(rows.shape, PARTIAL, dtype=np.int8)
-    bounded = tile_bounds(predicate, n_q, n_kv, q_block, kv_block, rows, cols, head)
+    bounded = tile_bounds(predicate, n_q, n_kv, q_block, kv_block, rows, cols, head) if counts.bounds_decide else None
+    if bounded is None or (rows.size >= FRUITLESS_TILES and (bounded[0] & bounded[1]).all()):
+        counts.bounds_decide = False
     if bounded is not None:  # tiles proven EMPTY or FULL by interval arithmetic are not evaluated
         may_true, may_false = bounded
         kinds[~may_true] = EMPTY
@@ -193,7 +212,7 @@ def tile_kinds(
         rows, cols = rows[open_tiles], cols[open_tiles]
     q_first, kv_first = rows * q_block, cols * kv_block
     chunk_i, chunk_j = q_first // counts.q_side, kv_first // counts.kv_side
-    keys, which = np.unique(np.stack([chunk_i, chunk_j], axis=1), axis=0, return_inverse=True)
+    keys, which = _chunks_used(chunk_i, chunk_j, -(-n_kv // counts.kv_side))
     if len(counts.prefix) + keys.shape[0] > MAX_CHUNKS:
         return None
     counts.ensure(keys)
