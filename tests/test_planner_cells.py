@@ -119,8 +119,9 @@ def test_counts_are_dropped_after_each_plan():
 
 
 def test_bounds_that_decide_no_tile_are_not_traced_again_for_other_block_sizes(monkeypatch):
-    """``(q * kv) % 7`` is opaque to interval bounds: after one block size's trace leaves every tile open,
-    the plan's other block sizes skip the trace, and their classes still equal the brute-force ones."""
+    """``(q * kv) % 7`` is opaque to interval bounds: once a spread sample of the first block size's tiles
+    is left all open, the full trace and the other block sizes' traces are skipped, and the classes still
+    equal the brute-force ones."""
     traced = []
     tile_bounds = cells.tile_bounds
 
@@ -132,9 +133,9 @@ def test_bounds_that_decide_no_tile_are_not_traced_again_for_other_block_sizes(m
     predicate = Predicate(lambda b, h, q, kv: (q * kv) % 7 != 0)
     for block in (16, 32, 64):
         np.testing.assert_array_equal(
-            _all_tile_kinds(predicate, 200, 200, block), _brute_force_kinds(predicate, 200, 200, block, 0)
+            _all_tile_kinds(predicate, 600, 600, block), _brute_force_kinds(predicate, 600, 600, block, 0)
         )
-    assert traced == [(16, 16)]
+    assert traced == [(16, 16)]  # the sample of 38 x 38 tiles only
     cells.chunk_counts.cache_clear()
 
 

@@ -48,8 +48,10 @@ CPU_THREADS = 1
 """torch threads for CPU chunk evaluation. A chunk is a few hundred thousand pairs (about a millisecond on one
 core); an OpenMP parallel region per chunk cost more than a second thread gained (6 ms against 1.3 ms per
 512 x 512 chunk on the project's loaded 2-core machine)."""
-FRUITLESS_TILES = 64
-"""Tiles a bounds trace must leave all undecided before the trace is skipped for the plan's other block sizes."""
+FRUITLESS_TILES = 256
+"""Tiles a bounds trace must leave all undecided before bounds are skipped for the rest of the plan; with
+four times as many tiles asked, a spread sample of this many is traced first (a mask_mod bounds decide
+nowhere in the sample, such as ``(q * kv) % 7``, skips the whole trace)."""
 MAX_CHUNKS = 1 << 14
 """At most this many chunks are kept (64 KiB of prefix sums each); beyond, tiles are evaluated one by one."""
 LOGGER = logging.getLogger("maskir.planner")
@@ -122,9 +124,9 @@ class ChunkCounts:
         self.device = device_of(predicate)
         self.prefix: dict[tuple[int, int], np.ndarray] = {}
         self.bounds_decide = True
-        """False once interval bounds decided none of at least ``FRUITLESS_TILES`` tiles asked at one block
-        size: the mask_mod is opaque to them (``(q * kv) % 7``), so later block sizes skip the trace (a pure
-        time saving: skipped tiles are evaluated exactly)."""
+        """False once interval bounds decided none of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
+        one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
+        skipped (a pure time saving: skipped tiles are evaluated exactly)."""
 
     def _counts(self, functions, i: int, j: int) -> torch.Tensor:
         """Cell counts of chunk (i, j) with ``functions`` = (interior, edge) counters, eager or compiled."""
@@ -201,6 +203,10 @@ def tile_kinds(
     if counts.q_side % q_block or counts.kv_side % kv_block:
         return None
     kinds = np.full(rows.shape, PARTIAL, dtype=np.int8)
+    if counts.bounds_decide and rows.size >= 4 * FRUITLESS_TILES:  # a spread sample first: opaque masks stop here
+        sample = np.linspace(0, rows.size - 1, FRUITLESS_TILES).astype(np.int64)
+        probed = tile_bounds(predicate, n_q, n_kv, q_block, kv_block, rows[sample], cols[sample], head)
+        counts.bounds_decide = probed is not None and not (probed[0] & probed[1]).all()
     bounded = tile_bounds(predicate, n_q, n_kv, q_block, kv_block, rows, cols, head) if counts.bounds_decide else None
     if bounded is None or (rows.size >= FRUITLESS_TILES and (bounded[0] & bounded[1]).all()):
         counts.bounds_decide = False
