@@ -42,6 +42,7 @@ from benchmarks.catalogue import BATCH, DTYPE, HEAD_DIM, HEADS, NAMES, SIZES, Ca
 from maskir.codegen.common.gating import gated_plan
 from maskir.ir import Causal, Full, Routing
 from maskir.planner import Plan
+from maskir.sim.target import hardware_for_device_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FWDBWD_WORK = 3.5
@@ -59,18 +60,9 @@ def useful_tflops(allowed_pairs: int, head_dim: int, ms: float, backward: bool =
     return work / (ms * 1e-3) / 1e12
 
 
-def hardware_name(device_name: str) -> str | None:
-    """The simulator's hardware entry for a CUDA device name ("NVIDIA H100 80GB HBM3" -> "h100"), or None."""
-    from maskir.sim import HARDWARE
-
-    words = device_name.lower().replace("-", " ").split()
-    matches = [key for key in HARDWARE if all(part in words for part in key.split("-"))]
-    return max(matches, key=len) if matches else None
-
-
 def device_slug(device_name: str) -> str:
     """A file-name part for a device: its hardware entry when known, else its name in lower-case words."""
-    known = hardware_name(device_name)
+    known = hardware_for_device_name(device_name)
     return known or "_".join(device_name.lower().replace("nvidia", "").split())
 
 
@@ -570,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.suite needs a CUDA GPU; use --dry-run for plans and predictions.", file=sys.stderr)
         return 2
     device_name = torch.cuda.get_device_name()
-    hardware = args.hardware or hardware_name(device_name)
+    hardware = args.hardware or hardware_for_device_name(device_name)
     env = environment(device_name)
     title = f"maskir suite on {device_name} (torch {env['torch']}, triton {env['triton']}, commit {env['commit'][:12]})"
     started = time.perf_counter()
