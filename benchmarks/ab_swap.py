@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.catalogue import DTYPE, HEAD_DIM, HEADS, NAMES, case
-from benchmarks.suite import RESULTS, cuda_median_ms, device_slug, environment
+from benchmarks.suite import RESULTS, device_slug
+from maskir.bench.measure import cuda_median_ms, environment
 from maskir.codegen.triton.compile_check import import_source
 from maskir.codegen.triton.configs import WGMMA_MIN_M, choose_config
 from maskir.codegen.triton.emit import generate_source, render_functions

@@ -5,14 +5,18 @@ families), B=1, ``--heads`` 4, ``--head-dim`` 64, fp32. Per entry:
 
 - maskir: ``maskir.compile(..., backend="tvm")`` (tile kernels built for this CPU); ``build_s`` is plan +
   generate + build in a fresh cache; forward and forward + backward;
-- flex: ``torch.compile(flex_attention)`` with a BlockMask from ``create_block_mask`` over
-  ``maskir.codegen.flex.to_mask_mod`` (the same pattern); forward only: flex has no backward on a CPU;
+- flex: ``torch.compile(flex_attention, dynamic=False)`` with a BlockMask from ``create_block_mask`` over
+  ``maskir.codegen.flex.to_mask_mod`` (the same pattern), compiled afresh per entry (``torch._dynamo.reset``):
+  each entry gets kernels specialised to its shapes, flex's best form. (Compiled once for the whole run,
+  dynamo recompiles with dynamic shapes after the first entries, and Inductor's C++ flex kernel for
+  ``dilated_w256_d4`` then fails to compile.) Forward only: flex has no backward on a CPU;
 - SDPA: no mask for ``Full()``, ``is_causal`` for ``Causal()``, else an explicit boolean mask; forward and
   forward + backward;
 - NATTEN: ``natten.functional.neighborhood_attention_generic`` (its CPU path) on the neighborhood entries,
   forward only.
 
-Timing: each repeat runs every implementation once, in turn (interleaved, so machine load hits all
+A peer whose first call fails is tried once more (its first error stays in the row as ``<name>_error``
+when the retry fails, ``<name>_retried`` when it succeeds). Timing: each repeat runs every implementation once, in turn (interleaved, so machine load hits all
 alike), and the medians over ``--repeats`` are reported with the 1-minute load average before and after.
 Ratios are peer time / maskir time (> 1: maskir is faster). Each entry is appended as one JSON object to
 ``benchmarks/results/cpu_backends.jsonl``, the run's table is written to ``cpu_backends.md`` there, and
@@ -112,7 +116,8 @@ def build_flex(case: Case, inputs: Inputs) -> tuple[dict[str, Callable], dict]:
 
     mask_mod = to_mask_mod(case.pattern, case.canvas, tensors=inputs.flex_tensors)
     block_mask = create_block_mask(mask_mod, 1, inputs.q.shape[1], case.tokens, case.tokens, device="cpu")
-    attend = torch.compile(flex_attention)
+    torch._dynamo.reset()  # each entry compiles afresh: no recompile limit, no shapes turned dynamic
+    attend = torch.compile(flex_attention, dynamic=False)
 
     def forward():
         with torch.no_grad():
@@ -186,6 +191,23 @@ def _median_ms(times: list[float]) -> float:
     return round(statistics.median(times) * 1e3, 2)
 
 
+def _warm_up(name: str, forward: Callable, row: dict) -> torch.Tensor | None:
+    """The first forward call (flex and NATTEN compile here), tried twice for a peer: Inductor's C++
+    compile has failed once on a loaded machine (a CppCompileError on an entry it builds when rerun). A
+    peer failing twice gets ``<name>_error`` in ``row`` and None; maskir's errors propagate."""
+    for attempt in (1, 2):
+        try:
+            return forward()
+        except Exception as error:
+            if name == "maskir":
+                raise
+            row[f"{name}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            if attempt == 2:
+                return None
+            row[f"{name}_retried"] = True
+    return None
+
+
 def measure(case: Case, *, heads: int, head_dim: int, repeats: int, peers: tuple[str, ...]) -> dict:
     """One entry: every implementation built, then ``repeats`` interleaved rounds of each one's calls."""
     inputs = make_inputs(case, heads, head_dim)
@@ -199,12 +221,8 @@ def measure(case: Case, *, heads: int, head_dim: int, repeats: int, peers: tuple
     ours = impls["maskir"][0]["fwd"]()
     row: dict = {"pattern": case.name, "spec": str(case.pattern), "canvas": list(case.canvas.shape)}
     for name, (calls, extra) in list(impls.items()):
-        try:
-            out = calls["fwd"]()  # warm-up (flex and NATTEN compile here)
-        except Exception as error:  # a peer that fails to build is reported, not timed
-            if name == "maskir":
-                raise
-            row[f"{name}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        out = _warm_up(name, calls["fwd"], row)
+        if out is None:  # a peer that fails to build twice is reported, not timed
             del impls[name]
             continue
         if name != "maskir":

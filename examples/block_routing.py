@@ -10,7 +10,8 @@ import sys
 from example_check import check, draw_block_map, random_qkv
 
 import maskir
-from maskir.reference import reference_attention, routing_indices
+from maskir.reference import reference_attention
+from maskir.runtime.routing import score_routing
 
 TOKENS, HEADS, HEAD_DIM = 256, 2, 16
 
@@ -24,9 +25,10 @@ def main(out_dir: str = ".") -> None:
     pattern = moba(block=32, topk=2)
     print(f"pattern: {pattern}")
     q, k, v = random_qkv(1, HEADS, TOKENS, HEAD_DIM)
-    chosen = routing_indices(q, k, next(node for node in pattern.walk() if isinstance(node, maskir.Routing)))
+    chosen = score_routing(q, k, next(node for node in pattern.walk() if isinstance(node, maskir.Routing)))
     print(f"key blocks chosen for the last query block, head 0: {chosen[0, 0, -1].tolist()}")
-    check("block routing", maskir.attention(q, k, v, pattern), reference_attention(q, k, v, pattern))
+    # maskir scores the blocks itself (the same score_routing); the float64 reference is given its choice
+    check("block routing", maskir.attention(q, k, v, pattern), reference_attention(q, k, v, pattern, routing=chosen))
     draw_block_map(pattern, TOKENS, out_dir, "block_routing", block_q=32, block_kv=32)  # the static superset
 
 

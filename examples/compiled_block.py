@@ -1,7 +1,7 @@
 """A transformer block with 2-D neighborhood attention, trained under ``torch.compile(fullgraph=True)``.
 
 Run ``python examples/compiled_block.py``: on a GPU the Triton kernels run compiled (bf16); on a CPU,
-in Triton's interpreter (fp32, a few seconds). The block builds its pattern and a relative-position
+TVM's CPU kernels (fp32, a few seconds). The block builds its pattern and a relative-position
 score_mod in ``forward``, as a model would: the first compiled call plans and builds the kernels while
 torch.compile traces it, and every later step reuses them. Under torch.compile a score_mod may read
 module-level tensors and Python numbers; one that closes over a tensor made inside the compiled

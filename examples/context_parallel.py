@@ -4,7 +4,7 @@ Run ``python examples/context_parallel.py``. ``maskir.distributed.shard`` balanc
 the ranks by computed work and lists the key/value rows each rank must fetch; each process then holds
 only its tokens of the hidden states, computes q, k, v from them, and ``maskir.distributed.attention``
 fetches just the rows its tiles need (one all_to_all) and runs its sub-plan through maskir's kernels
-(Triton's interpreter on a CPU; compiled Triton and NCCL on GPUs). The backward sends dK/dV back to the
+(TVM's CPU kernels on a CPU; compiled Triton and NCCL on GPUs). The backward sends dK/dV back to the
 rows' owners. The script checks the layer's output and weight gradient against one process running
 ``maskir.attention`` on all tokens.
 """

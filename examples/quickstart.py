@@ -1,7 +1,7 @@
 """Quickstart: a 7x7 neighborhood (NATTEN) on a 16x16 image, its mask, and attention on random tensors.
 
 Run ``python examples/quickstart.py``: CPU only, a few seconds. ``maskir.attention`` runs the generated
-kernels (Triton's interpreter on a CPU) and is compared with the float64 reference.
+kernels (TVM's CPU kernels on a CPU, or Triton's interpreter without apache-tvm) and is compared with the float64 reference.
 """
 
 import torch

@@ -1,7 +1,7 @@
 """A Swin-style block whose relative-position bias table is learned, trained under ``torch.compile(fullgraph=True)``.
 
-Run ``python examples/trainable_bias.py``: on a GPU the Triton kernels run compiled (bf16); on a CPU, in
-Triton's interpreter (fp32, about half a minute). The block holds a ``maskir.compile`` of shifted-window
+Run ``python examples/trainable_bias.py``: on a GPU the Triton kernels run compiled (bf16); on a CPU,
+TVM's CPU kernels (fp32). The block holds a ``maskir.compile`` of shifted-window
 attention whose score_mod (``maskir.score_mods.relative_position_bias``) reads the table, an
 ``nn.Parameter`` [heads, 2w - 1, 2w - 1]: the table reaches maskir's op as an input, so the backward that
 gives dQ, dK and dV also gives d table (deterministically: per-program partial sums, no atomics), and the

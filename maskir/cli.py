@@ -254,28 +254,43 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 )
 def cmd_bench(args: argparse.Namespace) -> None:
     """Time maskir vs compiled flex_attention vs SDPA on a GPU (B=1, H=16, D=128, bf16); no GPU: predict."""
-    checkout = Path(__file__).resolve().parents[1]  # maskir/ sits in the checkout's root
-    if not (checkout / "benchmarks" / "suite.py").is_file():
-        raise ValueError(
-            "maskir bench runs benchmarks/suite.py: install maskir from a source checkout (pip install -e)."
-        )
-    sys.path.insert(0, str(checkout))
     import torch
 
-    from benchmarks import suite
-    from benchmarks.catalogue import Case
+    from maskir.bench.case import Case
+    from maskir.bench.measure import environment, measure_case
+    from maskir.bench.predict import dry_run
 
     pattern, canvas, _ = load_pattern(args.spec, args.canvas, None)
     case = Case("cli", "full", pattern, canvas, documents=args.documents)
     if not torch.cuda.is_available():
         print("no CUDA GPU here: printing the plan and the simulator's prediction instead of timings")
-        suite.dry_run([case], "h100")
+        dry_run([case], "h100")
         return
     device_name = torch.cuda.get_device_name()
     options = argparse.Namespace(fwd_only=args.fwd_only, warmup=args.warmup, iters=args.iters)
-    for row in suite.measure_case(case, options, suite.environment(device_name), hardware_for_device_name(device_name)):
+    for row in measure_case(case, options, environment(device_name), hardware_for_device_name(device_name)):
         timing = {key: round(row[key], 3) for key in ("fwd_ms", "fwdbwd_ms", "useful_tflops") if key in row}
         print(f"{row['impl']:<8} {timing or row.get('skipped')}")
+
+
+TVM_CUDA = "tvm-cuda"
+"""``maskir source --backend tvm-cuda``: TVM's CUDA flavour, printed, never run (not a registered backend)."""
+
+
+def _generated_text(args: argparse.Namespace, plan) -> str:
+    """The kernel text the registered backend ``args.backend`` generates for ``plan`` on ``--arch``."""
+    from maskir.codegen import backend as backends
+    from maskir.runtime import backends as _registered  # noqa: F401 (registers the built-in backends)
+
+    try:
+        backend = backends.get(args.backend)
+    except ValueError:
+        known = ", ".join((*backends.names(), TVM_CUDA))
+        raise ValueError(f"--backend must be one of {known}, got {args.backend!r}.") from None
+    text = backend.generate(plan, _target(args)).source
+    if text is None:
+        raise ValueError(f"--backend {args.backend} generates no kernel text (it runs without generated kernels).")
+    return text
 
 
 @command(
@@ -287,10 +302,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     *TARGET_OPTIONS,
     argument(
         "--backend",
-        choices=("triton", "tvm", "tvm-cuda"),
         default="triton",
-        help="triton: the Triton module configured for --arch (default); tvm: the TVMScript module for llvm; "
-        "tvm-cuda: the CUDA C++ TVM generates for sm_90 (no GPU needed)",
+        help="a registered backend that generates text (maskir.codegen.backend.names(): triton, the module "
+        "configured for --arch (default); tvm, the TVMScript module for this CPU's llvm), or tvm-cuda: the CUDA C++ "
+        "TVM generates for sm_90 (no GPU needed)",
     ),
     argument("--head-dim", type=int, default=128, help="head dim (default 128)"),
     argument("--kv-heads", type=int, help="key/value heads for GQA (default: --heads)"),
@@ -303,19 +318,12 @@ def cmd_source(args: argparse.Namespace) -> None:
     plan = _plan(args)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     options = {"head_dim": args.head_dim, "dtype": dtype, "kv_heads": args.kv_heads or args.heads}
-    if args.backend == "triton":
-        from maskir.codegen.triton.emit import generate_source
-
-        target = _target(args)
-        gpu = {"capability": target.capability, "shared_memory_per_block": target.shared_memory_per_block}
-        print(generate_source(plan, **options, **gpu).source, end="")
+    if args.backend != TVM_CUDA:
+        print(_generated_text(args, plan), end="")
         return
     from maskir.codegen.tvm.emit import generate_tvm_source
 
-    generated = generate_tvm_source(plan, **options, target="cuda" if args.backend == "tvm-cuda" else "llvm")
-    if args.backend == "tvm":
-        print(generated.source, end="")
-        return
+    generated = generate_tvm_source(plan, **options, target="cuda")
     from maskir.codegen.tvm.launch import cuda_source
 
     try:

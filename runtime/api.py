@@ -9,10 +9,14 @@ from collections.abc import Callable
 import torch
 
 from maskir.canvas import Canvas
+from maskir.codegen.backend import AUTO
+from maskir.codegen.backend import get as get_backend
 from maskir.ir import Pattern, node_from_tree, node_tree
 from maskir.planner import Plan
+from maskir.runtime.backends import calls_score_mod, resolve
 from maskir.runtime.checks import check_qkv, resolve_canvas
 from maskir.runtime.compiled import CompiledAttention
+from maskir.runtime.target import device_spec
 
 MEMO_SIZE = 64
 """How many configurations ``maskir.attention`` keeps compiled (least recently used ones go first)."""
@@ -53,7 +57,7 @@ def _traced_score_mod(score_mod: Callable | None, backend: str) -> tuple[tuple |
     try:
         traced = trace_score_mod(score_mod)
     except Exception:  # any failure of user code under tracing: the reference and flex backends call it as is
-        if backend in ("reference", "flex"):
+        if calls_score_mod(get_backend(backend)):
             return None, {}
         raise
     refs = traced.tensors()
@@ -81,10 +85,14 @@ def compile(  # noqa: A001 (the public name, like torch.compile)
 ) -> CompiledAttention:
     """Plan ``pattern`` and build its kernels once; call the result in a training loop.
 
-    ``kv_heads`` (default ``heads``) below ``heads`` is GQA/MQA. ``backend`` is "auto" (Triton: compiled
-    on CUDA, interpreted on CPU), "triton", "tvm" (TensorIR built for llvm: CPU tensors only), "flex"
-    (torch's flex_attention over the plan's BlockMask: compiled on CUDA, forward only on CPU) or
-    "reference" (float64 dense, for checking). ``device`` defaults to CUDA when there is one (CPU for
+    ``kv_heads`` (default ``heads``) below ``heads`` is GQA/MQA. ``backend`` is a registered backend's name
+    (``maskir.codegen.backend.names()``): "triton" (compiled on CUDA, interpreted on CPU), "tvm" (TensorIR
+    built for llvm: CPU tensors only), "flex" (torch's flex_attention over the plan's BlockMask: compiled
+    on CUDA, forward only on CPU) or "reference" (float64 dense, for checking); or "auto": the first backend
+    of ``maskir.runtime.backends.AUTO_ORDER[device type]`` whose ``can_run`` accepts this target (README,
+    "Backends"). When none can, "auto" raises ``maskir.codegen.backend.NoBackendError`` (a RuntimeError)
+    listing each backend's reason; an explicit backend that cannot run is a ValueError with its reason; an unknown
+    name is a ValueError listing the registered ones. ``device`` defaults to CUDA when there is one (CPU for
     backend "tvm"). ``pattern`` may be spec text (``maskir.parse``). Tensors a ``score_mod`` reads are
     captured now: in-place updates (an optimizer step) are seen by later calls, a rebound name needs a new
     compile. Floating ones that require grad get gradients (``maskir.score_mods`` has bias tables, ALiBi
@@ -187,8 +195,11 @@ def _memoised(
     Generated kernels depend on what the score_mod computes, not on the function object: a lambda made
     anew on every call (in a module's forward) finds the kernels its first one built. The reference
     backend calls the score_mod itself, so there the function is the key."""
+    if backend == AUTO:  # the memo keys on the backend that runs ("auto" may change with the environment)
+        spec = device_spec(device, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod is not None)
+        backend = resolve(backend, spec).name
     structure, captures = _traced_score_mod(score_mod, backend)
-    function = score_mod if backend in ("reference", "flex") else None
+    function = score_mod if calls_score_mod(get_backend(backend)) else None
     key = (pattern, canvas, kv_canvas, heads, kv_heads, head_dim, dtype, device.type, function, backend, structure)
     with _MEMO_LOCK:
         compiled = _COMPILED.get(key)

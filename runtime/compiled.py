@@ -3,64 +3,33 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from maskir.canvas import Canvas
+from maskir.codegen.common.table_grad import TRAINABLE_PREFIX
 from maskir.ir import Pattern, Segments, check_canvas, is_dynamic
 from maskir.planner import Plan
 from maskir.planner import plan as plan_pattern
 from maskir.runtime import ops
-from maskir.runtime.cache import DEFAULT_CACHE, CacheEntry, KernelCache, cache_key, source_digest
+from maskir.runtime.backends import CacheLoader, resolve
+from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, cache_key
 from maskir.runtime.checks import DTYPES, check_qkv, check_segments
 from maskir.runtime.decode import LocalDecode
-from maskir.runtime.reference_backend import TENSOR_NAMES as REFERENCE_TENSORS
-from maskir.runtime.reference_backend import ReferenceKernels
-from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing
+from maskir.runtime.gating import CallGates, GatedKernels, GatedLists
+from maskir.runtime.routing import check_routing_indices, routing_node, scatter_routing, score_routing
 from maskir.runtime.target import device_spec
 
-if TYPE_CHECKING:
-    from maskir.codegen.common.expr import Expr
-    from maskir.codegen.common.gating import GatedLists
+CAPTURE_PREFIX = TRAINABLE_PREFIX
+"""How the score_mod tracer names the tensors it captures (``capture_0``, ``capture_1``, ... in the order
+it reads them): the keys of ``captures`` that replace them per call (``maskir.nn`` passes its parameters)."""
 
-BACKENDS = ("auto", "triton", "tvm", "flex", "reference")
 _HANDLES = itertools.count()
 """Numbers that make each CompiledAttention's op handle unique for the process."""
 PROGRESS_SECONDS = 1.0
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto" is Triton: compiled on CUDA, the Triton interpreter on CPU. "tvm" runs on CPU only."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-    if backend == "tvm" and device.type != "cpu":
-        raise ValueError(
-            f"backend='tvm' builds its kernels for llvm and runs on CPU tensors, got device {device}; use "
-            "backend='triton' on CUDA (maskir.codegen.tvm.launch.cuda_source shows the TVM CUDA kernels)."
-        )
-    return "triton" if backend == "auto" else backend
-
-
-def _use_interpreter() -> None:
-    """Make Triton run kernels in its interpreter in this process (CPU tensors, no GPU).
-
-    Triton reads TRITON_INTERPRET when ``triton`` is first imported, so it is set here before the Triton
-    backend imports it; a process that imported triton without it cannot interpret maskir's kernels.
-    """
-    if "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"
-        return
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "maskir runs Triton kernels on CPU in Triton's interpreter, but triton was imported before "
-            "TRITON_INTERPRET=1 was set. Set TRITON_INTERPRET=1 in the environment before importing triton "
-            "(or torch.compile), or pass backend='reference'."
-        )
 
 
 def _progress(message: str, started: float, quiet: bool) -> None:
@@ -108,10 +77,11 @@ class CompiledAttention:
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.dtype, self.device = dtype, torch.device(device)
         self.score_mod = score_mod
-        self.backend = resolve_backend(backend, self.device)
         self.spec = device_spec(
             self.device, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod is not None
         )
+        self._backend = resolve(backend, self.spec)
+        self.backend = self._backend.name
         if plan is not None and (plan.pattern, plan.canvas, plan.kv_canvas, plan.heads) != (
             pattern,
             canvas,
@@ -125,8 +95,10 @@ class CompiledAttention:
         self.plan: Plan = plan or plan_pattern(
             pattern, canvas, kv_canvas, heads=heads, block_q=block_q, block_kv=block_kv, layout=layout, spec=self.spec
         )
-        if self.backend == "flex" and plan is None and len({part.layout.name for part in self.plan.parts}) > 1:
-            # a BlockMask has one token order: a union split into parts of several orders is planned unsplit
+        one_layout = getattr(self._backend, "one_layout", False)
+        if one_layout and plan is None and len({part.layout.name for part in self.plan.parts}) > 1:
+            # a backend of one token order (flex's BlockMask): a union split into parts of several orders is
+            # planned unsplit
             blocks = {"block_q": block_q, "block_kv": block_kv}
             self.plan = plan_pattern(
                 pattern, canvas, kv_canvas, heads=heads, **blocks, layout="identity", spec=self.spec
@@ -147,99 +119,20 @@ class CompiledAttention:
             "score_mod": getattr(score_mod, "__qualname__", None),
         }
         self.handle = cache_key({**fields, "object": next(_HANDLES)})  # unique even after an id is reused
-        if self.backend == "reference":
-            self._source = None
-            uses_segments = any(isinstance(node, Segments) for node in pattern.walk())
-            self.tensor_names = tuple(
-                name
-                for name in REFERENCE_TENSORS
-                if (name.startswith("segments") and uses_segments) or (name == "routing_indices" and self._routing)
-            )
-            traced = _traceable(score_mod)
-            self._captured: dict[str, torch.Tensor] = traced[1] if traced else {}
-            self.tensor_names += tuple(self._captured)
-            score_expr = traced[0] if self._captured else None
-            self.kernels = ReferenceKernels(pattern, canvas, kv_canvas, score_mod, self.tensor_names, score_expr)
-        elif self.backend == "tvm":
-            self._build_tvm(fields, cache)
-        elif self.backend == "flex":
-            self._build_flex()
-        else:
-            self._build_triton(fields, cache)
-        ops.register(self.handle, self.kernels)
+        generated = self._backend.generate(self.plan, self.spec, score_mod)
+        loader = CacheLoader(cache, {**fields, **generated.key}, self.plan.describe)
+        self.kernels = self._backend.load(generated, self.plan, self.spec, loader)
+        self._source = generated.source
+        self.tensor_names = generated.tensor_names
+        self._captured: dict[str, torch.Tensor] = generated.static_tensors
+        self._gates = CallGates(self.plan, self.tensor_names) if self.dynamic else None
+        gated = self._gates is not None and getattr(self.kernels, "walks_gated_lists", False)
+        self._registered = (
+            GatedKernels(self.kernels, self._gates) if gated else self.kernels
+        )  # held: ops keep it weakly
+        ops.register(self.handle, self._registered)
         self._decode = LocalDecode(self)
         _progress(f"compiled {pattern} on {canvas} ({self.backend})", started, quiet)
-
-    def _cached(self, cache: KernelCache, fields: dict, source: str, **extra) -> CacheEntry:
-        """The cache entry of a generated ``source`` under the key ``fields`` + ``extra``.
-
-        The source's digest is part of the key: another maskir build's kernels for the same pattern and
-        shapes (same version string, other generator) get their own entry instead of replacing these.
-        """
-        fields = {**fields, **extra, "source_sha256": source_digest(source)}
-        return cache.get_or_build(fields, lambda: (source, {"plan": self.plan.describe()}), expected_source=source)
-
-    def _build_triton(self, fields: dict, cache: KernelCache) -> None:
-        interpret = self.device.type != "cuda"
-        if interpret:
-            _use_interpreter()
-        from maskir.codegen.triton.emit import generate_source
-        from maskir.codegen.triton.launch import TritonAttention
-
-        generated = generate_source(
-            self.plan,
-            head_dim=self.head_dim,
-            dtype=self.dtype,
-            kv_heads=self.kv_heads,
-            score_mod=self.score_mod,
-            interpret=interpret,
-            capability=self.spec.capability or (9, 0),
-            shared_memory_per_block=self.spec.shared_memory_per_block or None,
-        )
-        entry = self._cached(cache, fields, generated.source, score_mod=generated.score_mod_text, interpret=interpret)
-        self._source = entry.source
-        self.kernels = TritonAttention(cache.load_module(entry), self.plan, generated)
-        self.tensor_names = tuple(generated.tensor_names)
-        self._captured = generated.static_tensors
-
-    def _build_tvm(self, fields: dict, cache: KernelCache) -> None:
-        from maskir.codegen.tvm import launch
-        from maskir.codegen.tvm.emit import generate_tvm_source
-
-        generated = generate_tvm_source(
-            self.plan,
-            head_dim=self.head_dim,
-            dtype=self.dtype,
-            kv_heads=self.kv_heads,
-            score_mod=self.score_mod,
-            vector_lanes=launch.host_vector_lanes(),
-            vector_registers=launch.host_vector_registers(),
-        )
-        entry = self._cached(
-            cache, fields, generated.source, score_mod=generated.score_mod_text, target=generated.target
-        )
-        self._source = entry.source
-        # the built library is cached too (sha256-verified bytes, loaded from a private copy)
-        library = cache.get_or_build_library(
-            {**fields, "source_sha256": source_digest(entry.source), "target": launch.host_target()},
-            lambda: launch.library_bytes(entry.source),
-        )
-        self.kernels = launch.TvmAttention(self.plan, generated, library)  # entry.source == generated.source
-        self.tensor_names = tuple(generated.tensor_names)
-        self._captured = generated.static_tensors
-
-    def _build_flex(self) -> None:
-        from maskir.runtime.flex_backend import TENSOR_NAMES as FLEX_TENSORS
-        from maskir.runtime.flex_backend import FlexKernels
-
-        uses_segments = any(isinstance(node, Segments) for node in self.pattern.walk())
-        self.tensor_names = tuple(
-            name
-            for name in FLEX_TENSORS
-            if (name.startswith("segments") and uses_segments) or (name == "routing_map" and self._routing)
-        )
-        self._source, self._captured = None, {}
-        self.kernels = FlexKernels(self.plan, self.score_mod, self.tensor_names, self.kv_heads)
 
     def _run_tensors(self, q, k, segments, routing, captures=None) -> list[torch.Tensor]:
         batch, n_q, n_kv = q.shape[0], q.shape[2], k.shape[2]
@@ -251,10 +144,8 @@ class CompiledAttention:
         elif segments is not None:
             raise ValueError("segments were given but the pattern has no Segments() node.")
         if self._routing is not None:
-            from maskir.reference import routing_indices
-
             if routing is None:  # the scorer's top-k: valid by construction, no synchronisation
-                indices = routing_indices(q.detach(), k.detach(), self._routing)
+                indices = score_routing(q, k, self._routing)
             else:
                 check_routing_indices(routing, q, k, self._routing)
                 indices = routing
@@ -263,8 +154,7 @@ class CompiledAttention:
         elif routing is not None:
             raise ValueError("routing was given but the pattern has no Routing node.")
         if self._captured:
-            static = self._captured if self.backend == "reference" else self.kernels.static_tensors(q.device)
-            named.update(static)
+            named.update(self.kernels.static_tensors(q.device))
             named.update({name: t.to(q.device) for name, t in (captures or self._fresh_captures()).items()})
         missing = [name for name in self.tensor_names if name not in named]
         if missing:
@@ -295,7 +185,7 @@ class CompiledAttention:
 
         traced = trace_score_mod(self.score_mod)
         refs = {ref.name: ref for ref in traced.tensors() if ref.data is not None}
-        captured = {name: t for name, t in self._captured.items() if name.startswith("capture_")}
+        captured = {name: t for name, t in self._captured.items() if name.startswith(CAPTURE_PREFIX)}
         if refs.keys() != captured.keys() or any(
             tuple(ref.data.shape) != tuple(captured[name].shape) for name, ref in refs.items()
         ):
@@ -352,16 +242,14 @@ class CompiledAttention:
             raise ValueError(f"q is on {shapes.device.type}; this CompiledAttention was built for {self.device.type}.")
         tensors = self._run_tensors(q, k, segments, routing)
         parts = self.kernels.tables(q.device)
-        return [
-            self.kernels.gate_lists(i, tables, tensors, backward=backward, fresh=True) for i, tables in enumerate(parts)
-        ]
+        if self._gates is None:
+            return [None] * len(parts)
+        return self._gates.lists(parts, tensors, backward=backward, fresh=True)
 
     def source(self) -> str:
         """The generated kernel source (as stored in the cache)."""
-        if self.backend == "flex":
-            return f"# backend 'flex': torch's flex_attention runs {self.pattern} over this plan's BlockMask\n"
         if self._source is None:
-            return f"# backend 'reference': no generated kernel; maskir.reference.reference_attention runs {self.pattern}\n"
+            return f"# backend {self.backend!r} generates no kernel text: {self._backend.__doc__}\n"
         return self._source
 
     def describe(self) -> str:
@@ -370,20 +258,6 @@ class CompiledAttention:
         return (
             f"{self.plan.describe()}\n  backend {self.backend}, {DTYPES[self.dtype]}, head_dim {self.head_dim}, {heads}"
         )
-
-
-def _traceable(score_mod: Callable | None) -> tuple[Expr, dict[str, torch.Tensor]] | None:
-    """The traced score_mod and the tensors it reads, when maskir can trace it; None for none or an
-    untraceable one (the reference backend then calls it as is, and cannot differentiate what it reads)."""
-    if score_mod is None:
-        return None
-    from maskir.codegen.common.score_mod import trace_score_mod
-
-    try:
-        traced = trace_score_mod(score_mod)
-    except Exception:  # any failure of user code under tracing: the reference backend does not need it
-        return None
-    return traced, {ref.name: ref.data for ref in traced.tensors() if ref.data is not None}
 
 
 def _device_capability(device: torch.device) -> str:

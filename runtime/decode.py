@@ -33,6 +33,9 @@ from maskir.sim.target import KernelSpec
 
 CPU_SMS = 4
 """SMs assumed for splitting on CPU (the interpreter runs programs one after another)."""
+DECODE_BACKEND = "triton"
+"""The registered backend whose kernels decode (``codegen/triton/template_decode.py``); decoding on a CPU
+runs them in Triton's interpreter."""
 MEMO_SIZE = 16
 """``maskir.decode`` keeps this many ``DecodeAttention`` objects (least recently used ones go first)."""
 _MEMO: OrderedDict[tuple, DecodeAttention] = OrderedDict()
@@ -112,11 +115,14 @@ class DecodeAttention:
         return self._kernels[n_q, bucket]
 
     def _build(self, n_q: int, plan):
-        from maskir.runtime.compiled import _device_capability, _use_interpreter
+        from maskir.codegen.triton.backend import use_interpreter
+        from maskir.runtime.backends import resolve
+        from maskir.runtime.compiled import _device_capability
 
+        resolve(DECODE_BACKEND, self.spec)  # the decode kernels are Triton's: ValueError with its reason if it cannot run
         interpret = self.device.type != "cuda"
         if interpret:
-            _use_interpreter()
+            use_interpreter()
         from maskir.codegen.triton.emit_decode import generate_decode_source
         from maskir.codegen.triton.launch_decode import TritonDecode
 
@@ -336,7 +342,7 @@ class LocalDecode:
     def applies(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
         """Whether this call takes the decode kernels (``tensors``: its run-time tensors, a trainable bias too)."""
         c = self.compiled
-        if c.backend != "triton" or torch.compiler.is_compiling():
+        if c.backend != DECODE_BACKEND or torch.compiler.is_compiling():
             return False
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors)):
             return False

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,7 @@ class ReferenceKernels:
     ``score_expr``: the traced score_mod when it reads tensors (``capture_*``, passed among ``tensors``):
     then the scores are that expression evaluated in float64 on the tensors of the call, so the backward
     differentiates them by autograd. Otherwise the score_mod itself is called (it need not be traceable).
+    ``captured``: the tensors the traced score_mod read when it was compiled, by name.
     """
 
     pattern: Pattern
@@ -34,6 +35,7 @@ class ReferenceKernels:
     score_mod: Callable | None
     tensor_names: tuple[str, ...]
     score_expr: Expr | None = None
+    captured: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def _score_mod(self, named: dict[str, torch.Tensor]) -> Callable | None:
         if self.score_expr is None:
@@ -63,6 +65,11 @@ class ReferenceKernels:
             return_lse=True,
         )
 
+    def static_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The tensors the traced score_mod read when it was compiled (the objects themselves, so in-place
+        updates and gradients reach them)."""
+        return dict(self.captured)
+
     def forward(self, q, k, v, *, scale, tensors):
         out, lse = self._run(q, k, v, scale, tensors)
         return out.to(q.dtype), lse.float()
@@ -86,3 +93,17 @@ class ReferenceKernels:
             grads = worker.submit(differentiate).result()
         likes = [q, k, v, *(tensors[i] for i in trained)]
         return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, likes))
+
+
+def traceable(score_mod: Callable | None) -> tuple[Expr, dict[str, torch.Tensor]] | None:
+    """The traced score_mod and the tensors it reads, when maskir can trace it; None for none or an
+    untraceable one (the reference backend then calls it as is, and cannot differentiate what it reads)."""
+    if score_mod is None:
+        return None
+    from maskir.codegen.common.score_mod import trace_score_mod
+
+    try:
+        traced = trace_score_mod(score_mod)
+    except Exception:  # any failure of user code under tracing: the reference backend does not need it
+        return None
+    return traced, {ref.name: ref.data for ref in traced.tensors() if ref.data is not None}

@@ -1,11 +1,14 @@
-"""Run-time data of dynamic patterns: the routing block map and the named tensors kernels read."""
+"""Run-time data of dynamic patterns: the routing scorer, the routing block map and its checks.
+
+``score_routing`` is the production scorer: it runs in the inputs' dtype on their device (no float64, no
+copy to the host); ``maskir.reference.routing_indices`` is its float64 oracle.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from maskir.ir import Pattern, Routing
-from maskir.reference import routing_indices
 from maskir.runtime.checks import integer_range, is_integer_tensor
 
 
@@ -15,6 +18,32 @@ def routing_node(pattern: Pattern) -> Routing | None:
     if len({(n.block, n.topk, n.scorer) for n in nodes}) > 1:
         raise ValueError(f"{pattern} has several different Routing nodes; maskir supports one per pattern.")
     return nodes[0] if nodes else None
+
+
+def score_routing(q: torch.Tensor, k: torch.Tensor, node: Routing) -> torch.Tensor:
+    """Top-k kv blocks per q block by mean-pooled q . k (scorer "mean_qk"): int64 [B, H, q_blocks, topk].
+
+    score[b, h, i, j] = mean(q[b, h, block i]) . mean(k[b, h // (H / H_kv), block j]); blocks are
+    ``node.block`` consecutive tokens (the last may be short: its mean is over the tokens it has). Means
+    and scores are in q's dtype on q's device (torch accumulates the sums in float32 for 16-bit types);
+    ties break towards the lower block index. Equals ``maskir.reference.routing_indices`` up to the
+    rounding of the dtype (exactly for float64 inputs).
+    """
+    with torch.no_grad():
+        heads, kv_heads = q.shape[1], k.shape[1]
+        pooled_k = _block_means(k.detach(), node.block).repeat_interleave(heads // kv_heads, dim=1)
+        scores = _block_means(q.detach(), node.block) @ pooled_k.transpose(-1, -2)
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+        return order[..., : min(node.topk, scores.shape[-1])]
+
+
+def _block_means(x: torch.Tensor, block: int) -> torch.Tensor:
+    """[B, H, blocks, D]: the mean of each ``block`` consecutive tokens of x [B, H, N, D] (last block short)."""
+    full = x.shape[2] // block * block
+    means = x[:, :, :full].unflatten(2, (full // block, block)).mean(3)
+    if full == x.shape[2]:
+        return means
+    return torch.cat((means, x[:, :, full:].mean(2, keepdim=True)), dim=2)
 
 
 def check_routing_indices(indices, q: torch.Tensor, k: torch.Tensor, node: Routing) -> None:
@@ -45,8 +74,7 @@ def routing_map(q: torch.Tensor, k: torch.Tensor, node: Routing, indices: torch.
     checked (``check_routing_indices``).
     """
     if indices is None:
-        with torch.no_grad():
-            indices = routing_indices(q.detach(), k.detach(), node)
+        indices = score_routing(q, k, node)
     else:
         check_routing_indices(indices, q, k, node)
     return scatter_routing(indices, q, k, node)

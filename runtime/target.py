@@ -24,6 +24,8 @@ def device_spec(
     sizes = {"head_dim": head_dim, "dtype": DTYPES[dtype], "kv_heads": kv_heads, "score_mod": score_mod}
     if device.type != "cuda":
         return KernelSpec.for_cpu(**sizes)
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but torch sees no CUDA device here: pass device='cpu'.")
     capability = tuple(torch.cuda.get_device_capability(device))
     properties = torch.cuda.get_device_properties(device)
     arch = arch_of(capability)

@@ -46,3 +46,28 @@ def test_the_table_goes_between_the_readme_markers(tmp_path):
     plain.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
         cpu_backends.put_in_readme(plain, "| new |")
+
+
+def test_a_peer_failing_its_first_call_is_tried_once_more():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CppCompileError: C++ compile error\ndetails")
+        return torch.ones(1)
+
+    row: dict = {}
+    assert torch.equal(cpu_backends._warm_up("flex", flaky, row), torch.ones(1)) and len(calls) == 2
+    assert row["flex_retried"] is True
+
+
+def test_a_peer_failing_twice_is_reported_and_maskir_errors_propagate():
+    def broken():
+        raise RuntimeError("no kernel\ndetails")
+
+    row: dict = {}
+    assert cpu_backends._warm_up("natten", broken, row) is None
+    assert row["natten_error"] == "RuntimeError: no kernel"
+    with pytest.raises(RuntimeError, match="no kernel"):
+        cpu_backends._warm_up("maskir", broken, {})

@@ -10,6 +10,8 @@ import torch
 
 from benchmarks import suite
 from benchmarks.catalogue import case, cases
+from maskir.bench import measure, predict
+from maskir.bench.case import Case
 from maskir.sim.target import hardware_for_device_name
 
 ANCHORS = [
@@ -27,7 +29,7 @@ def test_useful_tflops_follows_the_anchors_convention(row, causal_share):
     backward = "fwdbwd_ms" in row
     ms = row["fwdbwd_ms" if backward else "fwd_ms"]
     expected = row.get("useful_tflops", row.get("tflops"))
-    assert suite.useful_tflops(allowed, head_dim, ms, backward) == pytest.approx(expected, rel=1e-4)
+    assert measure.useful_tflops(allowed, head_dim, ms, backward) == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +101,8 @@ def test_dry_run_prints_plan_and_predictions_for_each_selected_entry(capsys):
 
 def test_predictions_of_documents_price_only_the_tiles_their_data_leaves():
     documents = next(c for c in cases("small") if c.documents)
-    causal = suite.predict(suite.Case("causal", "small", documents.pattern.right, documents.canvas), "h100")
-    gated = suite.predict(documents, "h100")
+    causal = predict.predict(Case("causal", "small", documents.pattern.right, documents.canvas), "h100")
+    gated = predict.predict(documents, "h100")
     assert gated.plan.tile_counts.computed_pairs < causal.plan.tile_counts.computed_pairs / 2
     assert gated.maskir_fwd_ms < causal.maskir_fwd_ms and gated.flex_fwd_ms < causal.flex_fwd_ms
 
@@ -116,16 +118,16 @@ def test_without_cuda_and_without_dry_run_the_suite_says_what_to_do(capsys):
 def test_an_entry_runs_through_maskir_and_compiled_flex_on_a_cpu(monkeypatch, name):
     """The measuring flow of a GPU session (inputs with their run-time data, maskir's kernels, compiled
     flex over to_mask_mod), on a CPU at the small size, forward only and untimed: both agree."""
-    monkeypatch.setattr(suite, "cuda_median_ms", lambda fn, warmup, iters: (fn(), 0.0)[1])  # run once, untimed
-    monkeypatch.setattr(suite, "DTYPE", torch.float32)
-    monkeypatch.setattr(suite, "HEADS", 2)
-    monkeypatch.setattr(suite, "HEAD_DIM", 32)
+    monkeypatch.setattr(measure, "cuda_median_ms", lambda fn, warmup, iters: (fn(), 0.0)[1])  # run once, untimed
+    monkeypatch.setattr(measure, "DTYPE", torch.float32)
+    monkeypatch.setattr(measure, "HEADS", 2)
+    monkeypatch.setattr(measure, "HEAD_DIM", 32)
     entry = case(name, "small")
-    inputs = suite.make_inputs(entry, torch.device("cpu"))
+    inputs = measure.make_inputs(entry, torch.device("cpu"))
     for tensor in (inputs.q, inputs.k, inputs.v):
         tensor.requires_grad_(False)  # flex has no backward on a CPU
-    impls = [suite.build_maskir(entry, inputs, iters=1), suite.build_flex(entry, inputs, iters=1)]
-    (ours,), (flex,) = (suite.results_of(impl, inputs, fwd_only=True) for impl in impls)
+    impls = [measure.build_maskir(entry, inputs, iters=1), measure.build_flex(entry, inputs, iters=1)]
+    (ours,), (flex,) = (measure.results_of(impl, inputs, fwd_only=True) for impl in impls)
     torch.testing.assert_close(ours, flex, atol=1e-5, rtol=0)
     assert 0 < impls[1].extra["block_density"] < 1
     assert ("per_call_ms" in impls[0].extra) == bool(entry.documents)  # only a data-dependent plan works per call

@@ -235,7 +235,9 @@ def test_compiled_attention_takes_the_decode_kernels_for_few_queries():
     kernels, in the canvases' own coordinates (queries at 0..2): the same result as the training kernels."""
     q, k, v = tensors(2, 4, 2, 3, 300)
     pattern = Causal(offset=150) & ~Window(20, 20)
-    compiled = maskir.compile(pattern, 3, kv_canvas=300, heads=4, kv_heads=2, head_dim=32, dtype=torch.float32)
+    compiled = maskir.compile(
+        pattern, 3, kv_canvas=300, heads=4, kv_heads=2, head_dim=32, dtype=torch.float32, backend="triton"
+    )
     assert compiled._decode.applies(q, k, v, [])
     got = compiled(q, k, v, return_lse=True)
     want = maskir.reference_attention(q.double(), k.double(), v.double(), pattern, 3, kv_canvas=300, return_lse=True)

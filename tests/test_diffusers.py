@@ -127,9 +127,54 @@ def test_apply_pattern_keeps_wan_cross_attention_and_checks_the_model():
         apply_pattern(torch.nn.Linear(2, 2), FluxMaskedAttnProcessor(Full(), FLUX_CANVAS))
 
 
-def test_canvas_attention_checks_the_canvas_and_refuses_an_undifferentiable_merge():
-    q, k, v = (torch.randn(1, TEXT_TOKENS + 24, 2, 16, requires_grad=True) for _ in range(3))
+def test_canvas_attention_checks_the_canvas():
+    q, k, v = (torch.randn(1, TEXT_TOKENS + 24, 2, 16) for _ in range(3))
     with pytest.raises(ValueError, match="holds 32 tokens"):
         canvas_attention(q, k, v, Full(), Canvas((4, 8)))
-    with pytest.raises(ValueError, match="torch.no_grad"):
-        canvas_attention(q, k, v, Blocks(2), FLUX_CANVAS)
+    q.requires_grad_()
+    with pytest.raises(ValueError, match="recomputes its forward"):  # its backward ignores the merged lse
+        canvas_attention(q, k, v, Blocks(2), FLUX_CANVAS, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["triton", "tvm"])
+def test_canvas_attention_with_text_tokens_differentiates_like_a_float64_masked_softmax(backend):
+    """Text tokens plus a non-Full pattern: forward and dq, dk, dv equal the dense masked softmax's."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, TEXT_TOKENS + FLUX_CANVAS.size, 2, 16, requires_grad=True) for _ in range(3))
+    pattern = Neighborhood(3) | Blocks(2)
+    out = canvas_attention(q, k, v, pattern, FLUX_CANVAS, backend=backend)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected = dense_masked_attention(*leaves, pattern, FLUX_CANVAS)
+    expected.backward(grad.double())
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    for name, got, want in zip("qkv", (q, k, v), leaves, strict=True):
+        torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-5, rtol=1e-5, msg=f"d{name}")
+
+
+def parameter_gradients(model, inputs, dtype, grad) -> dict:
+    model.to(dtype).zero_grad(set_to_none=True)
+    out = model(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}, return_dict=False)[0]
+    out.backward(grad.to(dtype))
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+TRAINING_CASES = [CASES[0], CASES[2]]
+
+
+@pytest.mark.parametrize(
+    "build, processor, dense, canvas, pattern", TRAINING_CASES, ids=[f"{c[0].__name__}-{c[4]}" for c in TRAINING_CASES]
+)
+def test_training_gradients_equal_the_float64_masked_reference(build, processor, dense, canvas, pattern):
+    """Every parameter's gradient through the pattern processors (Flux: text tokens in the joint attention)
+    equals the float64 dense masked model's."""
+    model, inputs = build()
+    grad = torch.randn_like(run(model, inputs))
+    apply_pattern(model, dense(pattern, canvas))
+    expected = parameter_gradients(model, inputs, torch.float64, grad)
+    apply_pattern(model, processor(pattern, canvas))
+    got = parameter_gradients(model, inputs, torch.float32, grad)
+    assert got.keys() == expected.keys() and len(got) == len(list(model.parameters()))
+    for name, want in expected.items():
+        torch.testing.assert_close(got[name].double(), want.double(), atol=2e-5, rtol=1e-3, msg=name)

@@ -11,6 +11,7 @@ from maskir.codegen.common import expr as E  # noqa: N812
 from maskir.codegen.common.division import lower_division
 from maskir.codegen.common.evaluate import evaluate
 from maskir.codegen.common.expr import Expr, TensorRef
+from maskir.codegen.common.simplify import simplified
 
 B, H, Q, KV, SCORE = (E.var(name) for name in ("b", "h", "q", "kv", "score"))
 
@@ -176,3 +177,17 @@ def test_truncating_division_rounds_toward_zero():
     np.testing.assert_array_equal(evaluate(E.tdiv(Q, KV), env), [-3, 3, 3, -3])
     np.testing.assert_array_equal(evaluate(E.trem(Q, KV), env), [-1, -1, 1, 1])
     assert str(E.tdiv(-7, 2)) == "-3" and str(E.trem(-7, 2)) == "-1"
+
+
+def test_rewrite_rules_return_an_argument_or_build_through_the_given_constructor():
+    """simplify reads nodes and builds only through ``make``: an identity returns its argument untouched,
+    a gathered constant builds new nodes, and no rule leaves the raw node."""
+    built = []
+
+    def make(op, args, dtype, value=None):
+        built.append(op)
+        return E.make(op, args, dtype, value)
+
+    assert simplified("add", (Q, E.const(0)), "int", make) is Q and built == []
+    assert simplified("sub", (Q + 2, E.const(3)), "int", make) == Q - 1 and built == ["const", "sub"]
+    assert simplified("lt", (Q, KV), "bool", make).op == "lt" and built[-1] == "lt"

@@ -1,16 +1,19 @@
-"""Run-time tile gates (codegen.common.gating): never close a tile that holds an allowed pair, and close
+"""Run-time tile gates (maskir.runtime.gating): never close a tile that holds an allowed pair, and close
 exactly the empty ones where the gate is exact (contiguous documents; tiles aligned to routing blocks)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from maskir.canvas import Canvas
-from maskir.codegen.common.gating import PartGate, gate_tree
 from maskir.codegen.common.tables import part_tables
 from maskir.ir import Blocks, Causal, Neighborhood, Routing, Segments, Window
-from maskir.planner import plan
+from maskir.planner import plan, single_part
+from maskir.planner.gates import gate_tree
 from maskir.reference import reference_mask
+from maskir.runtime.gating import PartGate
 from maskir.runtime.routing import routing_map
 
 
@@ -84,6 +87,33 @@ def test_a_union_with_a_static_side_keeps_that_sides_tiles_open():
         assert np.array_equal(backward[0, head].numpy() != 0, want_back)
 
 
+def test_the_planner_pre_lists_static_subtrees_and_gates_plan_nothing(monkeypatch):
+    """plan() stores the tiles of the static side of a union (the diagonal blocks) once; building the gate
+    and its per-call flags then never calls the planner."""
+    canvas = Canvas(256)
+    pattern = (Routing(32, 2) & Causal()) | (Blocks(32) & Causal())
+    planned = plan(pattern, canvas, heads=2, block_q=32, block_kv=32, layout="identity")
+    listed = dict(planned.parts[0].static_tables)
+    assert list(listed) == [Causal(), Blocks(32) & Causal()]  # the routing's causal side, the diagonal
+    assert sorted(zip(*listed[Blocks(32) & Causal()].pairs()[:2])) == [(i, i) for i in range(8)]
+    assert len(listed[Causal()].pairs()[0]) == 8 * 9 // 2
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned while building the gate")
+
+    monkeypatch.setattr(single_part, "plan_part", no_planning)
+    indices = torch.randint(0, 8, (1, 2, 8, 2))
+    q = torch.zeros(1, 2, 256, 8)
+    tables, forward, _ = _flags(planned, {"routing_map": routing_map(q, q, Routing(32, 2), indices)})
+    assert forward.shape == (1, 2, tables.kv_index.numel())
+
+
+def test_a_part_without_pre_listed_static_subtrees_is_not_gated():
+    planned = plan((Routing(32, 2) & Causal()) | (Blocks(32) & Causal()), Canvas(256), block_q=32, block_kv=32)
+    bare = dataclasses.replace(planned, parts=(dataclasses.replace(planned.parts[0], static_tables=()),))
+    assert PartGate.build(bare, bare.parts[0], part_tables(bare, bare.parts[0], "cpu")) is None
+
+
 def test_routing_closes_exactly_the_unchosen_aligned_tiles():
     canvas = Canvas(256)
     pattern = Routing(32, 2) & Causal()
@@ -106,7 +136,15 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     compiled = maskir.compile(
-        Segments() & Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, block_kv=64
+        Segments() & Causal(),
+        256,
+        heads=2,
+        head_dim=16,
+        dtype=torch.float32,
+        device="cpu",
+        block_q=64,
+        block_kv=64,
+        backend="triton",
     )
     q = torch.randn(1, 2, 256, 16)
     documents = torch.arange(256, dtype=torch.int32)[None] // 64  # four documents, one per tile
@@ -117,7 +155,9 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
     assert one_document.open_tiles.tolist() == [[10]]
     with pytest.raises(ValueError, match="segments"):
         compiled.tile_gates(q, q)
-    static = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64)
+    static = maskir.compile(
+        Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu", block_q=64, backend="triton"
+    )
     assert static.tile_gates(q, q) == [None]
     reference = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, backend="reference")
     with pytest.raises(ValueError, match="Triton backend"):
@@ -125,7 +165,7 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
 
 
 def test_compact_packs_each_rows_open_entries_at_its_start_in_order_and_keeps_full_entries():
-    from maskir.codegen.common.gating import ListShape, compact
+    from maskir.runtime.gating import ListShape, compact
 
     # two head groups of two rows each: group 0 rows [0, 3) [3, 5), group 1 rows [5, 6) [6, 9)
     starts = [np.array([0, 3, 5]), np.array([0, 1, 4])]  # per group, as in TileTable
@@ -154,7 +194,9 @@ def test_a_call_reuses_the_lists_of_the_call_before_on_the_same_unchanged_data(m
     import maskir
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    compiled = maskir.compile(Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu")
+    compiled = maskir.compile(
+        Segments() & Causal(), 128, heads=2, head_dim=16, dtype=torch.float32, device="cpu", backend="triton"
+    )
     built = []
     lists = PartGate.lists
     monkeypatch.setattr(

@@ -17,13 +17,18 @@ inside a function, is an edge; ``from maskir import name`` counts as an edge to 
 | maskir.sim.target                        | maskir.sim.hardware                                   |
 | maskir.sim                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner, the four above |
 | maskir.codegen, maskir.codegen.common    | maskir (package), maskir.canvas, maskir.ir, maskir.planner, maskir.sim.target, maskir.codegen.common |
-| maskir.codegen.{triton,tvm,flex}         | the same: backends never import each other            |
-| maskir.runtime                           | everything but maskir.viz and maskir.cli              |
+| maskir.codegen.{triton,tvm,flex}         | the same and maskir.codegen.backend (the interface): backends never import each other |
+| maskir.runtime                           | everything but maskir.reference (the float64 oracle), maskir.viz and maskir.cli |
+| maskir.runtime.reference_backend         | the runtime and maskir.reference: ``backend="reference"`` runs the oracle |
 | maskir.distributed                       | the runtime and everything it may import              |
 | maskir.viz                               | maskir (package), maskir.canvas, maskir.ir, maskir.planner |
 | maskir.nn (layers, above the runtime)    | maskir.reference/patterns/spec, maskir.planner, maskir.runtime, maskir.score_mods |
 | maskir.integrations (transformers, ...)  | those, and maskir.nn                                  |
-| maskir.cli, maskir.__main__              | everything                                            |
+| maskir.bench (what `maskir bench` runs)  | the runtime and everything it may import              |
+| maskir.cli, maskir.__main__              | everything; nothing imports maskir.cli                |
+
+No module imports the ``benchmarks`` folder (a script directory, not installed): what an installed
+module needs from it lives in ``maskir.bench``.
 
 The planner ranks layouts and blocks with the simulator's cost model (``maskir.planner.cost`` calls
 ``maskir.sim.cost``), and the rest of ``sim`` reads plans. The pair stays acyclic because the cost model
@@ -54,7 +59,11 @@ ROOT_PACKAGE = "maskir.__init__"
 _BASE = ("maskir.canvas",)
 _IR = (ROOT_PACKAGE, *_BASE, "maskir.ir")
 _FIRST = (*_IR, "maskir.reference", "maskir.patterns", "maskir.spec")
+_NO_ORACLE = (*_IR, "maskir.patterns", "maskir.spec")
 _TARGET = "maskir.sim.target"
+_INTERFACE = "maskir.codegen.backend"
+"""The Backend protocol and registry: the one module of maskir.codegen above common that backends import."""
+_REFERENCE_BACKEND = "maskir.runtime.reference_backend"
 _CODEGEN = (*_IR, "maskir.planner", _TARGET, "maskir.codegen.common")
 ALLOWED: dict[str, tuple[str, ...]] = {
     ROOT_PACKAGE: (*_BASE, "maskir.ir"),
@@ -72,17 +81,20 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "maskir.sim": (*_IR, "maskir.planner", "maskir.sim.cost", "maskir.sim.hardware", "maskir.sim.schedule", _TARGET),
     "maskir.codegen": _CODEGEN,
     "maskir.codegen.common": _CODEGEN,
-    "maskir.codegen.triton": _CODEGEN,
-    "maskir.codegen.tvm": _CODEGEN,
-    "maskir.codegen.flex": _CODEGEN,
-    "maskir.runtime": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen"),
+    "maskir.codegen.triton": (*_CODEGEN, _INTERFACE),
+    "maskir.codegen.tvm": (*_CODEGEN, _INTERFACE),
+    "maskir.codegen.flex": (*_CODEGEN, _INTERFACE),
+    "maskir.runtime": (*_NO_ORACLE, "maskir.planner", "maskir.sim", "maskir.codegen", _REFERENCE_BACKEND),
+    _REFERENCE_BACKEND: (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.viz": (*_IR, "maskir.planner"),
     "maskir.distributed": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
     "maskir.nn": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods"),
     "maskir.integrations": (*_FIRST, "maskir.planner", "maskir.runtime", "maskir.score_mods", "maskir.nn"),
+    "maskir.bench": (*_FIRST, "maskir.planner", "maskir.sim", "maskir.codegen", "maskir.runtime"),
 }
 """Group (longest matching prefix of a module name) -> modules it may import besides its own group."""
-ALLOWED["maskir.cli"] = ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")
+ALLOWED["maskir.cli"] = tuple(ALLOWED)
+ALLOWED["maskir.__main__"] = (*ALLOWED, "maskir.cli")
 
 FORBIDDEN_THIRD_PARTY = {
     "maskir.codegen.common": ("triton", "tvm"),
@@ -159,6 +171,10 @@ def violations() -> list[tuple[str, str, str, str]]:
         for line, target in imports_of(name, path, modules):
             where = f"{path}:{line}"
             top = target.split(".")[0]
+            if top == "benchmarks":
+                found.append(
+                    (where, name, target, "benchmarks/ is a script folder: move what is needed to maskir.bench")
+                )
             if top in FORBIDDEN_THIRD_PARTY.get(group, ()):
                 found.append((where, name, target, f"no {top} in {group}"))
             if top != "maskir" or group_of(target) == group:
@@ -166,6 +182,59 @@ def violations() -> list[tuple[str, str, str, str]]:
             if not any(_covers(allowed, target) for allowed in ALLOWED[group]):
                 found.append((where, name, target, f"{group} may import only {', '.join(ALLOWED[group]) or 'itself'}"))
     return found
+
+
+def import_cycles(modules: dict[str, Path]) -> list[list[str]]:
+    """The strongly connected components of more than one module in the graph of imports between
+    ``modules`` (deferred imports inside functions included): each is an import loop."""
+    known = source_modules()
+    graph = {
+        name: {t for _, t in imports_of(name, path, known) if t in modules and t != name}
+        for name, path in modules.items()
+    }
+    order, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in order:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], order[target])
+        if low[node] == order[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in graph:
+        if node not in order:
+            visit(node)
+    return cycles
+
+
+BELOW_THE_RUNTIME = ("maskir.ir", "maskir.canvas", "maskir.planner", "maskir.sim", "maskir.codegen")
+
+
+def test_no_import_loop_below_the_runtime():
+    """ir, planner, sim and codegen import as a DAG, even counting imports deferred into functions (the
+    planner's build and union once imported each other: both now take candidates from single_part)."""
+    below = {name: path for name, path in source_modules().items() if any(_covers(p, name) for p in BELOW_THE_RUNTIME)}
+    assert import_cycles(below) == []
+
+
+def test_checker_finds_a_deferred_import_loop(tmp_path, monkeypatch):
+    planner = _fake_tree(tmp_path, monkeypatch) / "maskir" / "planner"
+    planner.mkdir()
+    (planner / "build.py").write_text("def plan():\n    from maskir.planner.union import split\n")
+    (planner / "union.py").write_text("from maskir.planner.build import plan\n")
+    (planner / "plan.py").write_text("import maskir.planner.build\n")
+    assert import_cycles(source_modules()) == [["maskir.planner.build", "maskir.planner.union"]]
 
 
 def test_every_source_module_belongs_to_a_group():
@@ -198,6 +267,32 @@ def test_checker_reports_a_backward_relative_import(tmp_path, monkeypatch):
         (3, ROOT_PACKAGE),
     ]
     assert [(name, target) for _, name, target, _ in violations()] == [("maskir.planner.bad", "maskir.runtime")]
+
+
+def test_checker_reports_imports_of_benchmarks_and_of_the_cli(tmp_path, monkeypatch):
+    maskir_dir = _fake_tree(tmp_path, monkeypatch) / "maskir"
+    (maskir_dir / "bench").mkdir()
+    (maskir_dir / "bench" / "run.py").write_text("from benchmarks.catalogue import Case\n")
+    (maskir_dir / "cli.py").write_text("def main():\n    pass\n")
+    (maskir_dir / "viz.py").write_text("def show():\n    from maskir import cli\n")
+    assert sorted((name, target) for _, name, target, _ in violations()) == [
+        ("maskir.bench.run", "benchmarks.catalogue"),
+        ("maskir.viz", "maskir.cli"),
+    ]
+
+
+def test_checker_reports_a_backend_importing_another(tmp_path, monkeypatch):
+    codegen = _fake_tree(tmp_path, monkeypatch) / "codegen"
+    for backend in ("triton", "tvm"):
+        (codegen / backend).mkdir()
+    (codegen / "backend.py").write_text("class Backend:\n    pass\n")
+    (codegen / "tvm" / "emit.py").write_text("def emit():\n    pass\n")
+    (codegen / "triton" / "launch.py").write_text(
+        "from maskir.codegen.backend import Backend\nfrom maskir.codegen.tvm.emit import emit\n"
+    )
+    assert [(name, target) for _, name, target, _ in violations()] == [
+        ("maskir.codegen.triton.launch", "maskir.codegen.tvm.emit")
+    ]
 
 
 def test_checker_reports_triton_in_codegen_common(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ reference.
 """
 
 import copy
+import math
 import warnings
 
 import natten
@@ -15,7 +16,12 @@ from torch import nn
 
 import maskir
 import maskir.nn as mnn
-from benchmarks.swin_reference import swin_window_attention
+from benchmarks.swin_reference import (
+    SwinV2WindowAttention,
+    swin_v2_block_attention,
+    swin_window_attention,
+    window_partition,
+)
 from maskir import Blocks, Canvas, Causal, Window
 from maskir.reference import reference_attention
 
@@ -127,6 +133,96 @@ def test_window_attention_equals_swin_partition_and_roll_backward(train):
         torch.testing.assert_close(g.double(), e, atol=1e-5, rtol=1e-5)
 
 
+def swin_v2_pair(window, shift, pretrained=0, qkv_bias=True):
+    """Swin v2's reference WindowAttention with random weights (temperatures 5 to 20, so its -100 shift mask
+    is exact to float64) and a WindowAttentionV2 that loaded its state_dict."""
+    torch.manual_seed(0)
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    peer = SwinV2WindowAttention(32, pair(window), 2, qkv_bias, pretrained_window_size=pair(pretrained))
+    with torch.no_grad():
+        peer.logit_scale.copy_(torch.empty(2, 1, 1).uniform_(math.log(5), math.log(20)))
+        for name, parameter in peer.named_parameters():
+            if name in ("q_bias", "v_bias", "cpb_mlp.2.weight"):
+                parameter.normal_(std=0.5)
+    layer = mnn.WindowAttentionV2(32, window, 2, shift, qkv_bias=qkv_bias, pretrained_window_size=pretrained)
+    layer.load_state_dict(peer.state_dict())
+    return peer, layer
+
+
+SWIN_V2_CASES = [((8, 8), 4, 0, 0, True), ((8, 8), 4, 2, 0, False), ((6, 8), (3, 4), (1, 2), (6, 8), True)]
+
+
+@pytest.mark.parametrize("spatial, window, shift, pretrained, qkv_bias", SWIN_V2_CASES, ids=str)
+def test_window_attention_v2_loads_swin_v2_and_equals_its_partition_and_roll_forward(
+    spatial, window, shift, pretrained, qkv_bias
+):
+    peer, layer = swin_v2_pair(window, shift, pretrained, qkv_bias)
+    assert {k: v.shape for k, v in layer.state_dict().items()} == {k: v.shape for k, v in peer.state_dict().items()}
+    torch.testing.assert_close(layer.relative_coords_table, peer.relative_coords_table)
+    x = torch.randn(2, *spatial, 32)
+    with torch.no_grad():
+        expected = swin_v2_block_attention(peer.double(), x.double(), layer.shift_size)
+        torch.testing.assert_close(layer(x).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_window_attention_v2_equals_swin_v2_backward_every_parameter():
+    """Shifted windows: d x and the gradient of every parameter (cpb_mlp through its bias table,
+    logit_scale, q_bias, v_bias, qkv, proj) equal Swin v2's reference, in float64 there."""
+    peer, layer = swin_v2_pair(4, 2)
+    peer.double()
+    x = torch.randn(2, 8, 8, 32, requires_grad=True)
+    grad = torch.randn(2, 8, 8, 32)
+    layer(x).backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    swin_v2_block_attention(peer, x64, (2, 2)).backward(grad.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
+    expected = dict(peer.named_parameters())
+    assert set(dict(layer.named_parameters())) == set(expected)
+    for name, parameter in layer.named_parameters():
+        assert expected[name].grad.abs().sum() > 0, name
+        torch.testing.assert_close(parameter.grad.double(), expected[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_window_attention_v2_equals_transformers_swinv2_self_attention():
+    """A peer no one here wrote: transformers' Swinv2SelfAttention (separate query/key/value, its own
+    coordinates), on windows, forward and the gradients of its bias MLP and temperature."""
+    swinv2 = pytest.importorskip("transformers.models.swinv2.modeling_swinv2")
+    torch.manual_seed(0)
+    config = swinv2.Swinv2Config(qkv_bias=True, attention_probs_dropout_prob=0.0)
+    peer = swinv2.Swinv2SelfAttention(config, 32, 2, 4, pretrained_window_size=[0, 0]).double()
+    with torch.no_grad():
+        peer.logit_scale.uniform_(math.log(5), math.log(20))
+        peer.query.bias.normal_(std=0.5)
+        peer.value.bias.normal_(std=0.5)
+    layer = mnn.WindowAttentionV2(32, 4, 2)
+    weights = {
+        "qkv.weight": torch.cat([peer.query.weight, peer.key.weight, peer.value.weight]),
+        "q_bias": peer.query.bias,
+        "v_bias": peer.value.bias,
+        "logit_scale": peer.logit_scale,
+        "cpb_mlp.0.weight": peer.continuous_position_bias_mlp[0].weight,
+        "cpb_mlp.0.bias": peer.continuous_position_bias_mlp[0].bias,
+        "cpb_mlp.2.weight": peer.continuous_position_bias_mlp[2].weight,
+        "proj.weight": torch.eye(32),  # Swinv2SelfAttention stops before the output projection
+        "proj.bias": torch.zeros(32),
+    }
+    layer.load_state_dict(weights, strict=False)
+    x = torch.randn(2, 8, 8, 32)
+    out = layer(x)
+    windows = window_partition(x.double(), (4, 4))
+    (expected,) = peer(windows)
+    torch.testing.assert_close(window_partition(out.double(), (4, 4)), expected, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(window_partition(grad.double(), (4, 4)))
+    for ours, theirs in [
+        (layer.cpb_mlp[0].weight, peer.continuous_position_bias_mlp[0].weight),
+        (layer.cpb_mlp[2].weight, peer.continuous_position_bias_mlp[2].weight),
+        (layer.logit_scale, peer.logit_scale),
+    ]:  # the fp32 kernels sum the bias table's gradient over all pairs in their own order (TVM's on a CPU)
+        torch.testing.assert_close(ours.grad.double(), theirs.grad, atol=5e-5, rtol=1e-4)
+
+
 def nat_rpb_score_mod(rpb: torch.Tensor, spatial: tuple[int, ...], dilation: tuple[int, ...]):
     """NAT/DiNAT's bias written out: rpb[h, k_i - 1 + (kv_i - q_i) / d_i per dim], on broadcast index
     tensors (float64 reference; only pairs inside a neighborhood are used, where the index is in range)."""
@@ -220,6 +316,7 @@ def test_layers_run_under_torch_compile_fullgraph():
         (mnn.NeighborhoodAttention2D(32, 2, 3, dilation=2), torch.randn(1, 8, 8, 32)),
         (mnn.NeighborhoodAttention2D(32, 2, 3, rpb=True), torch.randn(1, 8, 8, 32)),
         (mnn.WindowAttention(32, 4, 2, 2), torch.randn(1, 8, 8, 32)),
+        (mnn.WindowAttentionV2(32, 4, 2, 2), torch.randn(1, 8, 8, 32)),
         (mnn.MaskedAttention(32, 2, maskir.patterns.swin(4, shifted=True)), torch.randn(1, 8, 8, 32)),
     ]:
         compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")

@@ -14,8 +14,8 @@ import maskir
 from maskir.canvas import Canvas
 from maskir.ir import Blocks, Causal, Columns, Neighborhood, PerHead, Predicate, Segments, Sink, Window
 from maskir.planner import LAYOUTS, Plan, TileKind, plan, plan_cost, progress
-from maskir.planner.build import candidate_plans
 from maskir.planner.picture import block_map, draw_plan
+from maskir.planner.single_part import candidate_plans
 from maskir.reference import reference_mask
 from maskir.sim.cost import plan_cost as simulated_ms
 

@@ -1,8 +1,8 @@
 """Predicates no rule covers are counted per 16 x 16 cell in one vectorised pass (``maskir.planner.cells``).
 
 The tile classes read from the counts equal the per-tile exact evaluation, the plans equal the brute-force
-mask (ragged canvases, cross attention, several block sizes), and the torch.compile'd chunk counts what the
-eager chunk counts.
+mask (ragged canvases, cross attention, several block sizes), and eager and torch.compile'd chunks (interior
+ones and ragged edge ones) give the brute-force tile classes, also for per-head masks with empty rows.
 """
 
 from __future__ import annotations
@@ -45,18 +45,49 @@ def _all_tile_kinds(predicate, n_q, n_kv, block):
     return cells.tile_kinds(predicate, n_q, n_kv, block, block, rows, cols)
 
 
-def test_compiled_chunks_count_what_eager_chunks_count(monkeypatch):
-    predicate = Predicate(_documents_and_product)
-    eager = _all_tile_kinds(predicate, 300, 250, 16)
-    cells.chunk_counts.cache_clear()
-    monkeypatch.setattr(cells, "COMPILE_ABOVE_PAIRS", 0)
-    compiled = _all_tile_kinds(predicate, 300, 250, 16)
-    cells.chunk_counts.cache_clear()
-    np.testing.assert_array_equal(compiled, eager)
+MODULI = torch.tensor([2, 5, 3])
 
 
-def test_only_the_chunks_the_asked_tiles_touch_are_evaluated(monkeypatch):
-    """Causal & (a table lookup): the affine superset leaves the chunks above the diagonal unevaluated."""
+def _per_head_product_with_empty_rows(b, h, q, kv):
+    """Rows q < 20 fully masked, a product of indices, and a per-head modulus read from a captured table."""
+    return (q >= 20) & (kv <= q + 40) & ((q * kv + h) % MODULI[h] != 0)
+
+
+def _brute_force_kinds(predicate, n_q, n_kv, block, head):
+    """Tile classes from the whole N x N mask: EMPTY if no pair is allowed, FULL if all are, else PARTIAL."""
+    allowed = reference_mask(predicate, Canvas((n_q,)), Canvas((n_kv,)), head=head)
+    kinds = []
+    for r in range(-(-n_q // block)):
+        for c in range(-(-n_kv // block)):
+            tile = allowed[r * block : (r + 1) * block, c * block : (c + 1) * block]
+            kinds.append(fallback.EMPTY if not tile.any() else fallback.FULL if tile.all() else fallback.PARTIAL)
+    return np.array(kinds, dtype=np.int8)
+
+
+@pytest.mark.parametrize(
+    ("mask_mod", "head"),
+    [(_documents_and_product, 0), (_per_head_product_with_empty_rows, 0), (_per_head_product_with_empty_rows, 2)],
+    ids=["documents", "per_head_0", "per_head_2"],
+)
+def test_compiled_and_eager_chunks_give_the_brute_force_tile_classes(mask_mod, head, monkeypatch):
+    """Chunks of 128 on a 300 x 250 grid: interior chunks (no clamping) and ragged edge chunks, eager and
+    torch.compile'd (dynamic offsets: one compiled loop for all interior chunks)."""
+    monkeypatch.setattr(cells, "CHUNK", 128)
+    predicate = Predicate(mask_mod)
+    expected = _brute_force_kinds(predicate, 300, 250, 16, head)
+    rows, cols = np.divmod(np.arange(expected.size), -(-250 // 16))
+    for threshold in (1 << 62, 0):  # eager, then compiled
+        monkeypatch.setattr(cells, "COMPILE_ABOVE_PAIRS", threshold)
+        kinds = cells.tile_kinds(predicate, 300, 250, 16, 16, rows, cols, head)
+        cells.chunk_counts.cache_clear()
+        np.testing.assert_array_equal(kinds, expected)
+    assert {fallback.EMPTY, fallback.PARTIAL} <= set(expected.tolist())  # the rows q < 20 and the rest
+
+
+def test_only_the_chunks_of_tiles_the_bounds_leave_open_are_evaluated(monkeypatch):
+    """Causal & (a table lookup): the affine superset leaves the tiles above the diagonal out, interval
+    bounds (``bounds``) prove the tiles inside one document FULL and those across documents EMPTY; only
+    the chunks holding the other (PARTIAL) tiles are evaluated."""
     documents = torch.arange(4096) // 700
     predicate = Predicate(lambda b, h, q, kv: (kv <= q) & (documents[q] == documents[kv]))
     planned = plan(predicate, 4096, block_q=128, block_kv=128)
@@ -70,7 +101,10 @@ def test_only_the_chunks_the_asked_tiles_touch_are_evaluated(monkeypatch):
 
     monkeypatch.setattr(cells.ChunkCounts, "ensure", recording)
     plan(predicate, 4096, block_q=128, block_kv=128)
-    assert sorted(set(seen)) == [(0, 0), (1, 0), (1, 1)]  # 2 x 2 chunks of 2048: the lower triangle
+    kinds = _brute_force_kinds(predicate, 4096, 4096, 128, 0).reshape(32, 32)
+    partial = {(r * 128 // cells.CHUNK, c * 128 // cells.CHUNK) for r, c in zip(*np.nonzero(kinds == fallback.PARTIAL))}
+    assert set(seen) == partial
+    assert len(partial) < (4096 // cells.CHUNK) ** 2 // 2  # fewer than the causal superset's chunks
 
 
 def test_counts_are_dropped_after_each_plan():

@@ -51,6 +51,7 @@ from maskir.ir import (
     Window,
 )
 from maskir.planner import plan
+from maskir.runtime.gating import CallGates, GatedKernels
 
 _modules = itertools.count()
 
@@ -86,11 +87,14 @@ def run(
         config=config,
     )
     attention = TritonAttention(import_module(generated.source, directory), planned, generated)
+    static = attention.static_tensors(torch.device("cpu"))
+    if planned.dynamic:  # as the runtime runs them: each call walks the lists its data leaves open
+        attention = GatedKernels(attention, CallGates(planned, generated.tensor_names))
     return compare(
         case,
         attention,
         generated.tensor_names,
-        attention.static_tensors(torch.device("cpu")),
+        static,
         dtype=dtype,
         head_dim=head_dim,
         kv_heads=kv_heads,
@@ -209,7 +213,7 @@ def test_explicit_layout_gathers_rows_by_token_table(tmp_path, case, layout):
     ids=["documents", "documents-or-causal", "routing-gqa"],
 )
 def test_run_time_gates_walk_only_the_open_tiles(tmp_path, case, kv_heads):
-    """Per call, the kernels walk compacted lists (codegen.common.gating.compact) of the tiles the data
+    """Per call, the kernels walk compacted lists (maskir.runtime.gating.compact) of the tiles the data
     leaves open; FULL entries and the per-head routing choice must survive the compaction."""
     planned = plan(case.pattern, Canvas(case.shape), heads=case.heads, block_q=32, block_kv=32)
     check(run(case, planned, tmp_path, kv_heads=kv_heads), torch.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskir.codegen.tvm.balance import PARTIAL_COST, list_costs, work_order
+from maskir.codegen.tvm.balance import PARTIAL_COST, fuse_backward, list_costs, makespan, work_order
 
 
 def test_every_unit_with_work_appears_once_and_empty_units_are_left_out():
@@ -36,3 +36,16 @@ def test_partial_pairs_cost_more_than_full_ones():
 def test_bad_thread_counts_are_refused(threads):
     with pytest.raises(ValueError, match="threads"):
         work_order(np.ones(3), threads=threads)
+
+
+def test_makespan_is_the_largest_bin_of_the_deal():
+    costs = np.array([8.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert makespan(costs, threads=2) == 8.0
+    assert makespan(costs, threads=1) == 16.0
+
+
+def test_backward_fuses_when_its_units_balance_and_splits_when_they_are_too_few():
+    tiles = np.ones((1, 4, 8))  # (batch, kv heads, kv tiles); dQ's units alike
+    assert fuse_backward(tiles, tiles, tiles.sum(-1), threads=2)  # 4 units on 2 threads: 5 products beat 3 + 4
+    one_head = np.ones((1, 1, 8))
+    assert not fuse_backward(one_head, one_head, one_head.sum(-1), threads=2)  # one unit leaves a thread idle

@@ -46,11 +46,14 @@ def run(
     head_dim: int = 32,
     kv_heads: int | None = None,
     score_mod=None,
+    fused: bool | None = None,
 ) -> Result:
-    """The llvm-built TVM kernels of ``planned`` against the float64 reference (``compare``)."""
+    """The llvm-built TVM kernels of ``planned`` against the float64 reference (``compare``); ``fused``:
+    the backward as the fused kernel (True), as dQ then dK/dV (False), or as the balance expects (None)."""
     kv_heads = kv_heads or case.heads
     generated = generate_tvm_source(planned, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod)
     attention = TvmAttention(planned, generated)
+    attention.fused_backward = fused
     return compare(
         case,
         attention,
@@ -65,9 +68,9 @@ def run(
 
 
 @cache
-def catalogue_result(index: int) -> Result:
+def catalogue_result(index: int, fused: bool = False) -> Result:
     case = CATALOGUE[index]
-    return run(case, plan(case.pattern, Canvas(case.shape), heads=case.heads, block_q=64, block_kv=32))
+    return run(case, plan(case.pattern, Canvas(case.shape), heads=case.heads, block_q=64, block_kv=32), fused=fused)
 
 
 @pytest.mark.parametrize("index", range(len(CATALOGUE)), ids=[str(c) for c in CATALOGUE])
@@ -77,9 +80,10 @@ def test_forward_matches_reference(index):
     assert lse_error(result.lse, result.ref_lse) <= FWD_TOL[torch.float32]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["dq-then-dkdv", "fused"])
 @pytest.mark.parametrize("index", range(len(CATALOGUE)), ids=[str(c) for c in CATALOGUE])
-def test_gradients_match_reference(index):
-    result = catalogue_result(index)
+def test_gradients_match_reference(index, fused):
+    result = catalogue_result(index, fused)
     for got, want in zip(result.grads, result.ref_grads):
         assert max_error(got, want) <= GRAD_TOL[torch.float32]
 
@@ -114,9 +118,10 @@ def test_row_with_no_allowed_key_gives_zero_output_and_finite_gradients():
     check(result, torch.float32)
 
 
-def test_gqa_head_reads_kv_head_of_its_group():
+@pytest.mark.parametrize("fused", [False, True], ids=["dq-then-dkdv", "fused"])
+def test_gqa_head_reads_kv_head_of_its_group(fused):
     case = Case(PerHead([Causal(), Window(8, 8)]), (128,), heads=4, batch=2)
-    check(run(case, plan(case.pattern, Canvas(case.shape), heads=4), kv_heads=2), torch.float32)
+    check(run(case, plan(case.pattern, Canvas(case.shape), heads=4), kv_heads=2, fused=fused), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -153,10 +158,12 @@ def test_union_of_parts_merges_by_log_sum_exp():
     check(run(case, planned), torch.float32)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["dq-then-dkdv", "fused"])
 @pytest.mark.parametrize("score_mod", [alibi, softcap], ids=["alibi", "softcap"])
-def test_score_mods_and_their_derivatives(score_mod):
+def test_score_mods_and_their_derivatives(score_mod, fused):
     case = Case(Window(16, 16), (96,))
-    check(run(case, plan(case.pattern, Canvas(case.shape), heads=2), score_mod=score_mod), torch.float32)
+    planned = plan(case.pattern, Canvas(case.shape), heads=2)
+    check(run(case, planned, score_mod=score_mod, fused=fused), torch.float32)
 
 
 TEMPERATURE = torch.tensor(0.5)  # a 0-d capture
@@ -186,9 +193,9 @@ def test_source_is_tvmscript_with_the_lowered_predicate_per_part():
     planned = plan(Window(4, 0) | Sink(2), Canvas(64), heads=2, block_q=16, block_kv=16)
     source = generate_tvm_source(planned, head_dim=16, dtype=torch.float32).source
     assert source.startswith(f"# maskir 0.1 -- {planned.pattern} on Canvas((64,)), float32, head_dim 16, 2 heads;")
-    for name in ("def fwd_0(", "def dq_0(", "def dkdv_0(", "@I.ir_module"):
+    for name in ("def fwd_0(", "def dq_0(", "def dkdv_0(", "def bwd_0(", "@I.ir_module"):
         assert name in source
-    assert source.count("for w in T.parallel(n_work):") == 3 and "threadIdx" not in source
+    assert source.count("for w in T.parallel(n_work):") == 4 and "threadIdx" not in source
     assert "import" not in source  # tvm.script.from_source parses it: TVMScript only, no imports
 
 
@@ -199,7 +206,7 @@ def test_only_partial_tile_pairs_evaluate_the_predicate_a_row_at_a_time():
     source = generate_tvm_source(planned, head_dim=16, dtype=torch.float32, vector_lanes=8).source
     lines = source.splitlines()
     writes = [i for i, line in enumerate(lines) if line.strip().startswith("S[r, ") and "TOK[(c0 * 8 + c1)]" in line]
-    assert len(writes) == 3  # forward, dQ, dK/dV
+    assert len(writes) == 4  # forward, dQ, dK/dV, fused backward
     for i in writes:
         depth = len(lines[i]) - len(lines[i].lstrip())
         guards = [

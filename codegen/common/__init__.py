@@ -8,7 +8,8 @@ Pipeline, read top-down::
     grad = score_derivative(mod)                         # score_grad.py: d mod / d score, for the backward
     text = backend.render(expr)                          # codegen/triton/render.py, codegen/tvm/render.py
 
-``expr.py`` defines the DAG and its builders, ``printer.py`` the operator text both ``str(expr)`` and the
+``expr.py`` defines the DAG and its builders, ``simplify.py`` the rewrite rules the builders apply
+(constant folding, identities), ``printer.py`` the operator text both ``str(expr)`` and the
 renderers use, ``division.py`` rewrites Python ``//`` ``%`` to C semantics for backends that divide that
 way (Triton), ``evaluate.py`` the numpy meaning of every op (tests, planner fallback), ``tables.py`` the
 host side every backend shares (tile tables as int32 tensors, call checks, the merge of plan parts),

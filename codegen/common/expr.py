@@ -22,9 +22,9 @@ Kernels divide with C semantics; :func:`maskir.codegen.common.division.lower_div
 floordiv/mod that may see a negative operand into tdiv/trem, so backends never guess. Arithmetic on bools
 is rejected (convert with ``where``). ``==`` and ``hash`` on an ``Expr`` are structural (so expressions key
 dicts, which is how renderers share common subexpressions); build an equality test with :func:`eq` or
-``a.eq(b)``. The builders fold constants and trivial identities (``x + 0``, ``x * 1``, ``True & x``,
-``~~x``, ``where(True, a, b)``, ``abs`` of a value known to be non-negative...), gather int constants
-(``(x + 2) - 3`` is ``x - 1``) and merge ``x // m // n`` into ``x // (m * n)``.
+``a.eq(b)``. This module holds the nodes and the builders' type rules; each builder then applies the
+rewrite rules of :mod:`maskir.codegen.common.simplify` (constant folding, identities such as ``x + 0`` or
+``~~x``, gathered int constants), so equal expressions built two ways are usually the same node.
 
 Non-negativity (``Expr.nonnegative``) is a cheap syntactic fact: b, h, q, kv and non-negative constants
 are non-negative, and it propagates through +, *, min, max, //, %, abs. It assumes q and kv are real
@@ -33,14 +33,13 @@ token indices: kernels pass -1 for padding positions, whose results are masked o
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from maskir.codegen.common import printer
+from maskir.codegen.common import printer, simplify
 
 DTYPES = ("bool", "int", "float")
 VARIABLES: dict[str, str] = {"b": "int", "h": "int", "q": "int", "kv": "int", "score": "float"}
@@ -266,11 +265,14 @@ def format_node(node: Expr, args: list[printer.Text]) -> printer.Text:
 
 
 # -- construction ----------------------------------------------------------------------------------
+# Each builder checks its operands' types, then ``simplify.simplified`` applies the rewrite rules.
 
 _NONNEGATIVE_IF_ALL = {"add", "mul", "min", "floordiv", "tdiv", "trem", "to_float", "where"}
 
 
-def _make(op: str, args: tuple[Expr, ...], dtype: str, value: Any = None) -> Expr:
+def make(op: str, args: tuple[Expr, ...], dtype: str, value: Any = None) -> Expr:
+    """A raw node, no rule applied (the rules of ``simplify`` build their results with it); its
+    non-negativity follows from its op and arguments."""
     if op == "const":
         nonnegative = value >= 0
     elif op == "var":
@@ -288,14 +290,18 @@ def _make(op: str, args: tuple[Expr, ...], dtype: str, value: Any = None) -> Exp
     return Expr(op, args, value, dtype, bool(nonnegative))
 
 
+def _simplified(op: str, args: tuple[Expr, ...], dtype: str) -> Expr:
+    return simplify.simplified(op, args, dtype, make)
+
+
 def const(value: bool | int | float) -> Expr:
     """A literal (Python or numpy bool, int or float)."""
     if isinstance(value, (bool, np.bool_)):
-        return _make("const", (), "bool", bool(value))
+        return make("const", (), "bool", bool(value))
     if isinstance(value, (int, np.integer)):
-        return _make("const", (), "int", int(value))
+        return make("const", (), "int", int(value))
     if isinstance(value, (float, np.floating)):
-        return _make("const", (), "float", float(value))
+        return make("const", (), "float", float(value))
     raise TypeError(f"An expression constant must be a bool, int or float, got {type(value).__name__}: {value!r}.")
 
 
@@ -303,7 +309,7 @@ def var(name: str) -> Expr:
     """One of the variables b, h, q, kv (ints) and score (float)."""
     if name not in VARIABLES:
         raise ValueError(f"Unknown variable {name!r}: expressions range over {tuple(VARIABLES)}.")
-    return _make("var", (), VARIABLES[name], name)
+    return make("var", (), VARIABLES[name], name)
 
 
 def as_expr(value: Operand) -> Expr:
@@ -318,7 +324,7 @@ def load(ref: TensorRef, *indices: Operand) -> Expr:
         raise ValueError(f"load from {ref.name!r} needs {ref.ndim} indices (its shape is {ref.shape}), got {len(idx)}.")
     for i in idx:
         _require(i, ("int",), f"load index of {ref.name!r}")
-    return _make("load", idx, ref.dtype, ref)
+    return make("load", idx, ref.dtype, ref)
 
 
 def _require(x: Expr, dtypes: tuple[str, ...], what: str) -> None:
@@ -340,137 +346,36 @@ def _join(*args: Expr) -> str:
     return "float" if any(a.dtype == "float" for a in args) else "int"
 
 
-def _is(x: Expr, value: Any) -> bool:
-    """x is the constant ``value`` (0 matches 0 and 0.0, not False)."""
-    return x.is_const and x.dtype != "bool" and x.value == value
-
-
-def _truncated_quotient(a: int, b: int) -> int:
-    """a / b rounded toward zero."""
-    quotient = abs(a) // abs(b)
-    return quotient if (a < 0) == (b < 0) else -quotient
-
-
-_FOLD: dict[str, Callable] = {
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "truediv": lambda a, b: float(np.float64(a) / np.float64(b)),
-    "floordiv": operator.floordiv,
-    "mod": operator.mod,
-    "tdiv": lambda a, b: _truncated_quotient(a, b),
-    "trem": lambda a, b: a - b * _truncated_quotient(a, b),
-    "min": min,
-    "max": max,
-    "neg": operator.neg,
-    "abs": abs,
-    "lt": operator.lt,
-    "le": operator.le,
-    "gt": operator.gt,
-    "ge": operator.ge,
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "and": operator.and_,
-    "or": operator.or_,
-    "not": operator.not_,
-    "exp": np.exp,
-    "exp2": np.exp2,
-    "log": np.log,
-    "tanh": np.tanh,
-    "sqrt": np.sqrt,
-    "sin": np.sin,
-    "cos": np.cos,
-    "to_float": float,
-}
-"""Python semantics of each op on constants (the float math in float64)."""
-
-
-def _fold(op: str, args: tuple[Expr, ...], dtype: str) -> Expr | None:
-    if not all(a.is_const for a in args):
-        return None
-    with np.errstate(all="ignore"):
-        value = _FOLD[op](*(a.value for a in args))
-    return const({"bool": bool, "int": int, "float": float}[dtype](value))
-
-
-def _build(op: str, args: tuple[Expr, ...], dtype: str) -> Expr:
-    folded = _fold(op, args, dtype)
-    return folded if folded is not None else _make(op, args, dtype)
-
-
-def _binary(op: str, a: Operand, b: Operand) -> Expr:
+def _arithmetic(op: str, a: Operand, b: Operand) -> Expr:
     a, b = _numeric(op, a, b)
-    dtype = _join(a, b)
-    return _build(op, (a, b), dtype)
-
-
-def split_offset(x: Expr) -> tuple[Expr, int]:
-    """An int x as (base, c) with x = base + c and c a constant (0 when x has no constant term)."""
-    if x.op in ("add", "sub") and x.dtype == "int" and x.args[1].is_const:
-        return x.args[0], x.args[1].value if x.op == "add" else -x.args[1].value
-    return x, 0
-
-
-def _plus_constant(x: Expr, c: int) -> Expr:
-    """x + c on ints with constants gathered: (y + 2) - 3 is y - 1."""
-    base, offset = split_offset(x)
-    total = offset + c
-    if total == 0:
-        return base
-    return _make("add", (base, const(total)), "int") if total > 0 else _make("sub", (base, const(-total)), "int")
+    return _simplified(op, (a, b), _join(a, b))
 
 
 def add(a: Operand, b: Operand) -> Expr:
-    a, b = _numeric("add", a, b)
-    dtype = _join(a, b)
-    if dtype == "int" and a.is_const != b.is_const:
-        return _plus_constant(b, a.value) if a.is_const else _plus_constant(a, b.value)
-    if _is(b, 0) and a.dtype == dtype:
-        return a
-    if _is(a, 0) and b.dtype == dtype:
-        return b
-    return _binary("add", a, b)
+    return _arithmetic("add", a, b)
 
 
 def sub(a: Operand, b: Operand) -> Expr:
-    a, b = _numeric("sub", a, b)
-    if _join(a, b) == "int" and b.is_const and not a.is_const:
-        return _plus_constant(a, -b.value)
-    if _is(b, 0) and a.dtype == _join(a, b):
-        return a
-    if a == b and a.dtype == "int":
-        return const(0)
-    return _binary("sub", a, b)
+    return _arithmetic("sub", a, b)
 
 
 def mul(a: Operand, b: Operand) -> Expr:
-    a, b = _numeric("mul", a, b)
-    dtype = _join(a, b)
-    for x, y in ((a, b), (b, a)):
-        if _is(y, 1) and x.dtype == dtype:
-            return x
-        if _is(y, 0) and dtype == "int":
-            return const(0)
-    return _binary("mul", a, b)
+    return _arithmetic("mul", a, b)
 
 
 def truediv(a: Operand, b: Operand) -> Expr:
     """a / b in float (int operands are converted first)."""
     a, b = (to_float(x) for x in _numeric("truediv", a, b))
-    return a if _is(b, 1) else _binary("truediv", a, b)
+    return _simplified("truediv", (a, b), "float")
 
 
 def _division(op: str, a: Operand, b: Operand) -> Expr:
     a, b = (as_expr(a), as_expr(b))
     for x in (a, b):
         _require(x, ("int",), op)
-    if _is(b, 0):
+    if b.is_const and b.value == 0:
         raise ValueError(f"{op} by the constant 0 in {a} {op} 0.")
-    if _is(b, 1):
-        return a if op in ("floordiv", "tdiv") else const(0)
-    if op == "floordiv" and a.op == op and a.args[1].is_const and a.args[1].value > 0 and b.is_const and b.value > 0:
-        return floordiv(a.args[0], a.args[1].value * b.value)  # floor(floor(x / m) / n) = floor(x / (m n))
-    return _binary(op, a, b)
+    return _simplified(op, (a, b), "int")
 
 
 def floordiv(a: Operand, b: Operand) -> Expr:
@@ -494,62 +399,32 @@ def trem(a: Operand, b: Operand) -> Expr:
 
 
 def minimum(a: Operand, b: Operand) -> Expr:
-    a, b = _numeric("min", a, b)
-    return a if a == b else _binary("min", a, b)
+    return _arithmetic("min", a, b)
 
 
 def maximum(a: Operand, b: Operand) -> Expr:
-    a, b = _numeric("max", a, b)
-    return a if a == b else _binary("max", a, b)
+    return _arithmetic("max", a, b)
 
 
 def neg(a: Operand) -> Expr:
     (a,) = _numeric("neg", a)
-    if a.op == "neg":
-        return a.args[0]
-    return _build("neg", (a,), a.dtype)
+    return _simplified("neg", (a,), a.dtype)
 
 
 def absolute(a: Operand) -> Expr:
     """|a|."""
     (a,) = _numeric("abs", a)
-    if a.nonnegative:
-        return a
-    return _build("abs", (a,), a.dtype)
+    return _simplified("abs", (a,), a.dtype)
 
 
 # -- comparisons and logic -------------------------------------------------------------------------
 
-_FLIP = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq"}
-_MIRROR = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
-
 
 def _compare(op: str, a: Operand, b: Operand) -> Expr:
     a, b = as_expr(a), as_expr(b)
-    if op in ("eq", "ne") and a.dtype == b.dtype == "bool":
-        a, b = (b, a) if a.is_const else (a, b)
-        if b.is_const:
-            return a if b.value == (op == "eq") else logical_not(a)
-    else:
+    if not (op in ("eq", "ne") and a.dtype == b.dtype == "bool"):
         _numeric(op, a, b)
-    folded = _fold(op, (a, b), "bool")
-    if folded is not None:
-        return folded
-    if a == b and a.dtype != "float":
-        return const(op in ("le", "ge", "eq"))
-    decided = _sign_decides(op, a, b)
-    if decided is None and a.is_const:
-        decided = _sign_decides(_MIRROR[op], b, a)
-    return const(decided) if decided is not None else _make(op, (a, b), "bool")
-
-
-def _sign_decides(op: str, x: Expr, c: Expr) -> bool | None:
-    """x <op> c when x >= 0 is known and the constant c is <= 0 (or < 0) settles it; else None."""
-    if not (x.nonnegative and x.dtype == "int" and c.is_const):
-        return None
-    if c.value < 0:
-        return op in ("gt", "ge", "ne")
-    return {"ge": True, "lt": False}.get(op) if c.value == 0 else None
+    return _simplified(op, (a, b), "bool")
 
 
 def lt(a: Operand, b: Operand) -> Expr:
@@ -580,13 +455,7 @@ def _logic(op: str, a: Operand, b: Operand) -> Expr:
     a, b = as_expr(a), as_expr(b)
     for x in (a, b):
         _require(x, ("bool",), f"{op} (& |)")
-    absorbing = op == "or"  # True absorbs in `or`, False in `and`
-    for x, y in ((a, b), (b, a)):
-        if x.is_const:
-            return x if x.value == absorbing else y
-    if a == b:
-        return a
-    return _make(op, (a, b), "bool")
+    return _simplified(op, (a, b), "bool")
 
 
 def logical_and(a: Operand, b: Operand) -> Expr:
@@ -601,11 +470,7 @@ def logical_not(a: Operand) -> Expr:
     """not a; flips an int comparison (``~(a < b)`` is ``a >= b``; not for floats, where NaN breaks it)."""
     a = as_expr(a)
     _require(a, ("bool",), "not (~)")
-    if a.op == "not":
-        return a.args[0]
-    if a.op in _FLIP and all(x.dtype == "int" for x in a.args):
-        return _compare(_FLIP[a.op], *a.args)
-    return _build("not", (a,), "bool")
+    return _simplified("not", (a,), "bool")
 
 
 def where(condition: Operand, a: Operand, b: Operand) -> Expr:
@@ -615,14 +480,7 @@ def where(condition: Operand, a: Operand, b: Operand) -> Expr:
     if (a.dtype == "bool") != (b.dtype == "bool"):
         raise TypeError(f"where needs two bool branches or two numeric branches, got {a.dtype} and {b.dtype}.")
     dtype = "bool" if a.dtype == "bool" else _join(a, b)
-    if condition.is_const:
-        chosen = a if condition.value else b
-        return to_float(chosen) if chosen.dtype != dtype else chosen
-    if a == b:
-        return a
-    if dtype == "bool" and a.is_const and b.is_const:
-        return condition if a.value else logical_not(condition)
-    return _make("where", (condition, a, b), dtype)
+    return _simplified("where", (condition, a, b), dtype)
 
 
 # -- float math ------------------------------------------------------------------------------------
@@ -631,15 +489,12 @@ def where(condition: Operand, a: Operand, b: Operand) -> Expr:
 def to_float(a: Operand) -> Expr:
     """An int or bool as a float."""
     a = as_expr(a)
-    if a.dtype == "float":
-        return a
-    return _build("to_float", (a,), "float")
+    return _simplified("to_float", (a,), "float")
 
 
 def _unary_float(op: str, a: Operand) -> Expr:
     (a,) = _numeric(op, a)
-    a = to_float(a)
-    return _build(op, (a,), "float")
+    return _simplified(op, (to_float(a),), "float")
 
 
 def exp(a: Operand) -> Expr:
@@ -681,7 +536,7 @@ def in_range(x: Operand, low: Operand, width: int) -> Expr:
         raise TypeError(f"in_range needs int operands and a width >= 0, got {x}, {low}, {width!r}.")
     if x.is_const and low.is_const:
         return const(0 <= x.value - low.value <= width)
-    return _make("in_range", (x, low), "bool", width)
+    return make("in_range", (x, low), "bool", width)
 
 
 BUILDERS: dict[str, Callable[..., Expr]] = {

@@ -5,6 +5,9 @@ The tile tables and the log-sum-exp merge of parts are shared with the other bac
 kernels run one program per (q tile / FWD_SPLIT or DQ_SPLIT, batch * head); dK/dV one per (kv tile /
 DKDV_SPLIT, batch * kv head); the preprocess one per (PREPROCESS_ROWS rows, batch * head).
 
+Per-call lists: for a pattern over run-time data, the runtime plans per call which listed tiles the data
+leaves open (``maskir.runtime.gating``) and passes them as ``lists``; the kernels then walk only those.
+
 Parts: each writes its own output and LSE (fp32) before the merge; the backward runs every part with the
 merged output's LSE and delta and sums the parts' gradients (all deterministic; no atomics).
 
@@ -24,7 +27,6 @@ from typing import Any
 
 import torch
 
-from maskir.codegen.common.gating import GatedLists, PartGate
 from maskir.codegen.common.tables import KernelSignature, PartTables, merge_parts, part_tables, sum_part_grads
 from maskir.codegen.triton.emit import GeneratedSource
 from maskir.codegen.triton.interpreter_lock import run_kernel
@@ -48,6 +50,9 @@ class TritonAttention:
     runtime tensors named by ``generated.tensor_names``, in that order. lse is fp32 [B, H, N_q], natural log.
     """
 
+    walks_gated_lists = True
+    """forward/backward take ``lists``: per call, the tiles the run-time data leaves open."""
+
     def __init__(self, module: ModuleType, plan: Plan, generated: GeneratedSource):
         self.module, self.plan, self.generated = module, plan, generated
         self.heads = int(module.N_HEADS)
@@ -58,8 +63,6 @@ class TritonAttention:
         )
         self._tables: dict[tuple[str, int | None], list[PartTables]] = {}
         self._static: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
-        self._part_gates: dict[tuple[str, int | None, int], PartGate | None] = {}
-        self._recent_lists: tuple[tuple, tuple[torch.Tensor, ...], dict] = ((), (), {})
 
     # -- device data -------------------------------------------------------------------------------
 
@@ -99,43 +102,11 @@ class TritonAttention:
             "KV_GATHER": tables.kv_gather,
         }
 
-    def gate_lists(
-        self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool, fresh: bool = False
-    ) -> tuple[GatedLists, ...] | None:
-        """This call's lists of part ``part`` (``codegen.common.gating``): only the entries the run-time data
-        leaves open, for the forward/dQ lists and, with ``backward``, the dK/dV lists; None for a part
-        without a gate (its kernels walk the plan's lists).
-
-        Lists are kept for the run-time tensors of the latest call (held, so no other tensor can take their
-        identity; keyed on their identity and version counter, so an in-place change rebuilds them): the
-        backward reuses its forward's lists, and layers sharing one CompiledAttention and one batch of
-        documents build them once per step. ``fresh``: build them anew and keep nothing (what timing the
-        per-call planning needs)."""
-        key = (tables.kv_index.device.type, tables.kv_index.device.index, part)
-        if key not in self._part_gates:
-            self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[part], tables)
-        gate = self._part_gates[key]
-        if gate is None:
-            return None
-        data = tuple((id(t), t._version) for t in tensors)
-        recent = self._recent_lists  # read once: another thread may replace it with its own call's lists
-        if not fresh and recent[0] != data:
-            recent = (data, tuple(tensors), {})
-            self._recent_lists = recent
-        memo = {} if fresh else recent[2]
-        wanted = (0, 1) if backward else (0,)
-        missing = tuple(d for d in wanted if (key, d) not in memo)
-        if missing:
-            built = gate.lists(tables, dict(zip(self.generated.tensor_names, tensors)), directions=missing)
-            memo.update({(key, d): lists for d, lists in zip(missing, built)})
-        return tuple(memo[key, d] for d in wanted)
-
-    def _gates(
-        self, part: int, tables: PartTables, tensors: Sequence[torch.Tensor], *, backward: bool
-    ) -> tuple[dict, ...]:
-        """Kernel arguments of part ``part``'s per-call lists (``gate_lists``); a part without a gate has
-        GATED=False."""
-        lists = self.gate_lists(part, tables, tensors, backward=backward)
+    @staticmethod
+    def _gates(tables: PartTables, lists, *, backward: bool) -> tuple[dict, ...]:
+        """Kernel arguments of one part's per-call lists: ``lists`` holds, per direction (forward/dQ, then
+        dK/dV with ``backward``), the runtime's ``GatedLists`` (``buffer`` int32 [B, H or 1, ...] and
+        ``open_at``, see ``maskir.runtime.gating``); None walks the plan's lists with GATED=False."""
         if lists is None:
             closed = {"GATE": tables.kv_index, "stride_gb": 0, "stride_gh": 0, "gate_open_at": 0, "GATED": False}
             return (closed, closed) if backward else (closed,)
@@ -157,9 +128,17 @@ class TritonAttention:
     # -- forward -----------------------------------------------------------------------------------
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, tensors: Sequence[torch.Tensor]
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        scale: float,
+        tensors: Sequence[torch.Tensor],
+        lists: Sequence | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """out [B, H, N_q, D] (q's dtype) and lse [B, H, N_q] (fp32, natural log, -inf for empty rows)."""
+        """out [B, H, N_q, D] (q's dtype) and lse [B, H, N_q] (fp32, natural log, -inf for empty rows).
+        ``lists``: per plan part, this call's gated forward lists (a 1-tuple) or None (see ``_gates``)."""
         self._check(q, k, v, tensors)
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         batch, heads, n_q, _ = q.shape
@@ -179,7 +158,7 @@ class TritonAttention:
                 "KV_START": tables.kv_start, "KV_FULL": tables.kv_full, "KV_INDEX": tables.kv_index,
                 "n_q_tiles": tables.n_q_tiles, "KV_PADDED": tables.kv_padded,
                 **self._table_args(index, tables), **self._tensor_args(tensors),
-                **self._gates(index, tables, tensors, backward=False)[0],
+                **self._gates(tables, lists[index] if lists else None, backward=False)[0],
             }  # fmt: skip
             self.launch("_fwd", (tables.n_q_tiles * int(self.module.FWD_SPLIT), batch * heads), args)
             outs.append(out)
@@ -202,8 +181,10 @@ class TritonAttention:
         scale: float,
         tensors: Sequence[torch.Tensor],
         trained: Sequence[int] = (),
+        lists: Sequence | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout."""
+        """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout. ``lists``: per plan part,
+        this call's gated (forward/dQ, dK/dV) lists or None (see ``_gates``)."""
         self._check(q, k, v, tensors)
         table_grads = self.generated.table_grads
         names = [self.generated.tensor_names[i] for i in trained]
@@ -229,7 +210,7 @@ class TritonAttention:
                 return (torch.empty if covered else torch.zeros)(like.shape, dtype=dtype, device=like.device)
 
             dq, dk, dv = buffer(q, tables.covers_q), buffer(k, tables.covers_kv), buffer(v, tables.covers_kv)
-            kv_gates, q_gates = self._gates(index, tables, tensors, backward=True)
+            kv_gates, q_gates = self._gates(tables, lists[index] if lists else None, backward=True)
             common = {
                 "Q": q, "K": k, "V": v, "DO": dout, "LSE": lse, "DELTA": delta,
                 **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", dout),

@@ -28,6 +28,7 @@ from maskir.codegen.common import expr as E  # noqa: N812 (the builders read as 
 from maskir.codegen.common import printer
 from maskir.codegen.common.division import lower_division
 from maskir.codegen.common.expr import Expr, TensorRef, topo
+from maskir.codegen.common.simplify import split_offset
 
 _CALLS = {
     "where": "tl.where",
@@ -109,7 +110,7 @@ def _width(low: Expr, high: Expr) -> int | None:
     """high - low when it is a constant (the same base plus constants), else None."""
     if low.is_const and high.is_const:
         return high.value - low.value
-    (low_base, low_offset), (high_base, high_offset) = E.split_offset(low), E.split_offset(high)
+    (low_base, low_offset), (high_base, high_offset) = split_offset(low), split_offset(high)
     return high_offset - low_offset if low_base == high_base else None
 
 

@@ -34,7 +34,7 @@ def _tile_tokens(first, n_tokens, TOKENS, SIZE: tl.constexpr, GATHER: tl.constex
 @triton.jit
 def _list_row(START, INDEX, row, GATE, stride_gb, stride_gh, gate_open_at, b, h, GATED: tl.constexpr):
     """(first entry, end, entry table) of CSR row ``row``: the plan's list or, with GATED, this call's list
-    of (b, h) (codegen.common.gating.GatedLists): only the entries its data leaves open, packed at the
+    of (b, h) (maskir.runtime.gating.GatedLists): only the entries its data leaves open, packed at the
     row's start in the same order (FULL entries first, never closed)."""
     start = tl.load(START + row)
     if GATED:

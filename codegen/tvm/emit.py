@@ -1,4 +1,5 @@
-"""Emit one TVMScript ``IRModule`` for a plan: per part ``fwd_<i>``, ``dq_<i>`` and ``dkdv_<i>`` prim_funcs.
+"""Emit one TVMScript ``IRModule`` for a plan: per part ``fwd_<i>``, ``dq_<i>`` and ``dkdv_<i>`` prim_funcs
+(and for ``llvm``, unless a score_mod trains tensors, the fused backward ``bwd_<i>``).
 
 The plan is lowered once (:func:`maskir.codegen.common.lowered.lower_plan`, the same expressions the
 Triton backend renders); each part's predicate and the score_mod are rendered as TVMScript statements
@@ -41,7 +42,14 @@ from maskir.codegen.tvm.template import (
     TABLE_PARAMS,
     WALK,
 )
-from maskir.codegen.tvm.tile_template import TILE_DKDV, TILE_DQ, TILE_FORWARD, split_vector_loops, tile_blocks
+from maskir.codegen.tvm.tile_template import (
+    TILE_BACKWARD,
+    TILE_DKDV,
+    TILE_DQ,
+    TILE_FORWARD,
+    split_vector_loops,
+    tile_blocks,
+)
 from maskir.planner.plan import Plan
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -266,10 +274,8 @@ def generate_tvm_source(
                 score_grad=lowered.score_grad,
                 table_grad=values["table_grad"] or None,
             )
-            functions += [
-                split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes)
-                for kernel in (TILE_FORWARD, TILE_DQ, TILE_DKDV)
-            ]
+            kernels = (TILE_FORWARD, TILE_DQ, TILE_DKDV) + (() if values["table_grad"] else (TILE_BACKWARD,))
+            functions += [split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes) for kernel in kernels]
             continue
         walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
         functions += [

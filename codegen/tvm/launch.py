@@ -3,7 +3,7 @@
 ``TvmAttention`` has the runtime's ``Kernels`` interface (``forward`` with lse, ``backward``): it parses
 the module text with ``tvm.script.from_source`` (which evaluates the text's expressions: pass only text
 maskir generated, as the runtime's cache does), builds it once with ``tvm.compile(target="llvm")``, and
-per plan part calls ``fwd_<i>`` / ``dq_<i>`` / ``dkdv_<i>`` on torch
+per plan part calls ``fwd_<i>`` and ``dq_<i>`` + ``dkdv_<i>`` or the fused ``bwd_<i>`` on torch
 CPU tensors (passed to TVM by DLPack, no copies). The tile tables and the part merge are the ones the
 Triton backend uses (:mod:`maskir.codegen.common.tables`); outputs are fp32 buffers cast back to the
 inputs' dtype. Delta = rowsum(dO * O) is computed with torch.
@@ -30,7 +30,7 @@ from maskir.codegen.common.tables import (
     part_tables,
     sum_part_grads,
 )
-from maskir.codegen.tvm.balance import list_costs, work_order
+from maskir.codegen.tvm.balance import fuse_backward, list_costs, work_order
 from maskir.codegen.tvm.emit import TvmSource
 from maskir.planner.plan import Plan
 
@@ -147,7 +147,14 @@ class TvmAttention:
     tensors named by ``generated.tensor_names``, in that order. lse is fp32 [B, H, N_q], natural log.
     ``library``: the module already built (``library_bytes`` of ``generated.source``, verified by the
     caller), else it is built here. Calls run on ``torch.get_num_threads()`` threads.
+
+    ``fused_backward``: run each part's backward as the fused ``bwd_<i>`` (True), as ``dq_<i>`` then
+    ``dkdv_<i>`` (False), or as :func:`~maskir.codegen.tvm.balance.fuse_backward` expects to be faster for
+    the batch and thread count (None, the default). Modules whose score_mod trains tensors have no fused
+    kernel and always run split.
     """
+
+    fused_backward: bool | None = None
 
     def __init__(self, plan: Plan, generated: TvmSource, library: bytes | None = None):
         if generated.target != "llvm":
@@ -180,9 +187,10 @@ class TvmAttention:
             self._tables = built
         return self._tables
 
-    def work(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def work(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
         """Per part, the balanced unit orders (:mod:`~maskir.codegen.tvm.balance`) of the forward/dQ
-        kernels (units (b, h, q tile)) and of dK/dV (units (b, kv head, kv tile)) for this thread count."""
+        kernels (units (b, h, q tile)), of dK/dV (units (b, kv head, kv tile)) and of the fused backward
+        (units (b, kv head)) for this thread count, and whether the fused one is expected to be faster."""
         threads = torch.get_num_threads()
         use_threads(threads)
         key = (batch, threads)
@@ -195,10 +203,14 @@ class TvmAttention:
                 q_costs = list_costs(tables.kv_start, tables.kv_full, lists, tables.n_q_tiles)[heads]
                 kv_costs = list_costs(tables.q_start, tables.q_full, lists, tables.n_kv_tiles)[heads]
                 kv_costs = kv_costs.reshape(-1, group_size, tables.n_kv_tiles).sum(1)
+                q_costs, kv_costs = np.tile(q_costs, (batch, 1, 1)), np.tile(kv_costs, (batch, 1, 1))
+                bwd_costs = kv_costs.sum(-1)
                 orders.append(
                     (
-                        work_order(np.tile(q_costs, (batch, 1, 1)), threads),
-                        work_order(np.tile(kv_costs, (batch, 1, 1)), threads),
+                        work_order(q_costs, threads),
+                        work_order(kv_costs, threads),
+                        work_order(bwd_costs, threads),
+                        fuse_backward(q_costs, kv_costs, bwd_costs, threads),
                     )
                 )
             self._work[key] = orders
@@ -235,7 +247,7 @@ class TvmAttention:
         q, k, v = (t.contiguous() for t in (q, k, v))
         buffers = self._buffers(tensors)
         outs, lses = [], []
-        for index, ((tables, q_tokens, kv_tokens), (q_work, _)) in enumerate(zip(self.tables(), self.work(len(q)))):
+        for index, ((tables, q_tokens, kv_tokens), (q_work, *_)) in enumerate(zip(self.tables(), self.work(len(q)))):
             out = torch.zeros(q.shape, dtype=torch.float32)
             lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
             self._call(
@@ -275,13 +287,21 @@ class TvmAttention:
         delta = (out.to(torch.float32) * dout.to(torch.float32)).sum(-1).contiguous()
         buffers = self._buffers(tensors)
         grads = []
-        for index, ((tables, q_tokens, kv_tokens), (q_work, kv_work)) in enumerate(
+        for index, ((tables, q_tokens, kv_tokens), (q_work, kv_work, bwd_work, fuse)) in enumerate(
             zip(self.tables(), self.work(len(q)))
         ):
             dq = torch.zeros(q.shape, dtype=torch.float32)
             dk = torch.zeros(k.shape, dtype=torch.float32)
             dv = torch.zeros(v.shape, dtype=torch.float32)
             common = (q, k, v, lse, tables.head_table, q_tokens, kv_tokens, dout, delta)
+            if table_grads is None and (fuse if self.fused_backward is None else self.fused_backward):
+                self._call(
+                    f"bwd_{index}",
+                    *common, dq, dk, dv, tables.q_start, tables.q_full, tables.q_index, bwd_work, *buffers,
+                    float(scale),
+                )  # fmt: skip
+                grads.append((dq, dk, dv))
+                continue
             table_args = ()
             if table_grads is not None:
                 table_parts.append(torch.zeros((q.shape[0] * q.shape[1] * tables.n_q_tiles, table_grads.entries)))

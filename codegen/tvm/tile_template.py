@@ -18,7 +18,10 @@ unit's own side as vector lanes, so no tile is transposed inside the walk:
 - forward: online softmax per query, vectorised over queries: m' = max(m, max_c S), P = exp(S - m'),
   l' = l exp(m - m') + sum_c P, acc' = acc exp(m - m') + P^T @ V;
 - dQ: P = exp(s - lse), dP = V @ dO^T, dS = P (dP - delta) (times d score_mod / d score), dQ += dS^T @ K;
-- dK/dV: P, dV += P^T @ dO, dP = dO @ V^T, dS, dK += dS^T @ Q, over the GQA group's query heads.
+- dK/dV: P, dV += P^T @ dO, dP = dO @ V^T, dS, dK += dS^T @ Q, over the GQA group's query heads;
+- the fused backward (``bwd``): one unit per (batch, kv head) walks all its kv tiles as dK/dV does and also
+  adds dS @ K into the rows of dQ it owns (every query head of its GQA group): five products per tile
+  pair instead of dQ's three plus dK/dV's four, for plans with enough (batch, kv head) units to balance.
   Rows with no allowed key (lse -inf) and padding rows read lse as +inf, so their P is exactly 0.
 
 ``exp`` is :func:`exp_lanes`, a polynomial that vectorises (LLVM's ``expf`` is a scalar call). Values are
@@ -339,6 +342,8 @@ def tile_blocks(
         "dkdv_dp": product("DP", "DOS", "VT", (bq, bkv, dim), registers),
         "dkdv_ds": _gradient_scores(bq, bkv, "ROW[1, r]", has_dmod),
         "dk_grad": product("GK", "DP", "QS", (bkv, dim, bq), registers, accumulate=True, left_transposed=True),
+        "bwd_buffers": blocks["dkdv_buffers"] + f'\nGQ = T.decl_buffer(({bq}, {dim}), "float32", scope="local")',
+        "dq_rows": product("GQ", "DP", "KS", (bq, dim, bkv), registers),
     }
 
 
@@ -491,3 +496,66 @@ $common_buffers
                             DK[b, kvh, kv, d] = GK[j, d] * sm_scale
                             DV[b, kvh, kv, d] = GV[j, d]
 """
+
+TILE_BACKWARD = """\
+    @T.prim_func
+    def bwd_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, dk_: T.handle,
+            dv_: T.handle, q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle$tensor_params,
+            sm_scale: T.float32):
+$common_buffers
+        DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
+        DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
+        DQ = T.match_buffer(dq_, (batch, $heads, $n_q, $head_dim), "float32")
+        DK = T.match_buffer(dk_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
+        DV = T.match_buffer(dv_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
+        Q_START = T.match_buffer(q_start_, (n_start,), "int32")
+        Q_FULL = T.match_buffer(q_full_, (n_full,), "int32")
+        Q_INDEX = T.match_buffer(q_index_, (n_index,), "int32")
+        n_work = T.int32()
+        WORK = T.match_buffer(work_, (n_work,), "int32")
+        for w in T.parallel(n_work):
+            item = WORK[w]
+            if item >= 0:
+                $bwd_buffers
+                b = item // $kv_heads
+                kvh = item % $kv_heads
+                for kt in T.serial($n_kv_tiles):
+                    $load_kv
+                    $transpose_kv
+                    for j in T.serial($block_kv):
+                        for d in T.vectorized($head_dim):
+                            GK[j, d] = T.float32(0)
+                            GV[j, d] = T.float32(0)
+                    for g in T.serial($gqa_group):
+                        h = kvh * $gqa_group + g
+                        group = HEAD_TABLE[h]
+                        start = Q_START[group * ($n_kv_tiles + 1) + kt]
+                        end = Q_START[group * ($n_kv_tiles + 1) + kt + 1]
+                        full_end = start + Q_FULL[group * $n_kv_tiles + kt]
+                        for e in T.serial(start, end):
+                            qt = Q_INDEX[e]
+                            $load_q_do
+                            $statistics
+                            $q_scores
+                            $dkdv_mask
+                            $dkdv_score_mod
+                            $dkdv_p
+                            $dv_grad
+                            $dkdv_dp
+                            $dkdv_ds
+                            $dk_grad
+                            $dq_rows
+                            for i in T.serial($block_q):
+                                q = QTOK[i]
+                                if q >= 0:
+                                    for d in T.vectorized($head_dim):
+                                        DQ[b, h, q, d] = DQ[b, h, q, d] + GQ[i, d] * sm_scale
+                    for j in T.serial($block_kv):
+                        kv = KVTOK[j]
+                        if kv >= 0:
+                            for d in T.vectorized($head_dim):
+                                DK[b, kvh, kv, d] = GK[j, d] * sm_scale
+                                DV[b, kvh, kv, d] = GV[j, d]
+"""
+"""The fused backward of one part: a unit (batch, kv head) owns dK/dV of its kv tiles and dQ of its GQA
+group's query heads, so it adds into both with no other unit writing the same rows."""

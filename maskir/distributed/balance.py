@@ -13,11 +13,13 @@ plan's layout order. Output: ``owner[i]``, the rank of tile i. The imbalance of 
 - ``chunks(k)``: k contiguous equal-work chunks per rank, dealt out by LPT and swaps.
 - ``...+swaps``: chains or chunks, then single tiles moved or swapped off the most loaded rank.
 - ``lpt+swaps``: LPT, then moves and swaps off the most loaded rank while they lower the maximum.
+- ``kk+swaps``: Karmarkar-Karp's largest differencing (``differencing``), then moves and swaps.
 - ``snake``: torch's PTRR rule on tiles (round robin by decreasing work, reversed every round), so the
-  best candidate is never worse than PTRR on the same tiles.
+  best candidate is never worse than PTRR on the same tiles; ``snake+swaps``: it, improved by moves and
+  swaps off the most loaded rank.
 
 ``candidates`` yields all of them; the caller (``shard``) keeps the one moving the fewest bytes among
-those within a small slack of the best imbalance.
+those within the goal and no worse than the snake.
 """
 
 from __future__ import annotations
@@ -43,6 +45,32 @@ def lpt(work: np.ndarray, ranks: int) -> np.ndarray:
         load, rank = heapq.heappop(heap)
         owner[tile] = rank
         heapq.heappush(heap, (load + float(work[tile]), rank))
+    return owner
+
+
+def differencing(work: np.ndarray, ranks: int) -> np.ndarray:
+    """Karmarkar-Karp's largest differencing method, ``ranks``-way: every tile starts as a partial split
+    (its work on one rank, nothing on the others); the two partial splits with the largest spread (max - min
+    load) are merged, the heaviest rank of one with the lightest of the other, until one split is left.
+    Ties: lower tile index first. Usually far closer to even than LPT when many tiles weigh the same."""
+    owner = np.empty(work.size, dtype=np.int64)
+    heap = []
+    for tile in range(work.size):
+        loads = np.zeros(ranks)
+        loads[0] = work[tile]
+        heapq.heappush(heap, (-float(work[tile]), tile, loads, [[tile]] + [[] for _ in range(ranks - 1)]))
+    while len(heap) > 1:
+        _, key, loads_a, groups_a = heapq.heappop(heap)
+        _, _, loads_b, groups_b = heapq.heappop(heap)
+        down, up = np.argsort(-loads_a, kind="stable"), np.argsort(loads_b, kind="stable")
+        loads = loads_a[down] + loads_b[up]
+        groups = [groups_a[i] + groups_b[j] for i, j in zip(down, up)]
+        order = np.argsort(-loads, kind="stable")
+        loads, groups = loads[order] - loads.min(), [groups[i] for i in order]
+        heapq.heappush(heap, (-float(loads[0] - loads[-1]), key, loads, groups))
+    if heap:
+        for rank, tiles in enumerate(heap[0][3]):
+            owner[tiles] = rank
     return owner
 
 
@@ -149,7 +177,10 @@ def candidates(work: np.ndarray, ranks: int) -> Iterator[tuple[str, np.ndarray]]
     greedy = lpt(work, ranks)
     yield "lpt", greedy
     yield "lpt+swaps", refine(work, greedy, ranks)
-    yield "snake", snake(work, ranks)
+    rule = snake(work, ranks)
+    yield "snake", rule
+    yield "snake+swaps", refine(work, rule, ranks)
+    yield "kk+swaps", refine(work, differencing(work, ranks), ranks)
     contiguous = chains(work, ranks)
     yield "chains", contiguous
     yield "chains+swaps", refine(work, contiguous, ranks)

@@ -4,10 +4,11 @@ For one pattern and rank count:
 - maskir: ``shard``'s imbalance (max / mean computed pairs of the ranks' sub-plans) and the k/v bytes it
   fetches;
 - torch's ``_HeadTailLoadBalancer`` and ``_PTRRLoadBalancer`` (run from torch's own code on the CPU, PTRR
-  on a ``BlockMask`` built from maskir's token-order 128 x 128 plan): the token order each returns, cut in
-  ``ranks`` equal chunks, scored by the work PTRR itself balances, the k/v tokens of a q token's non-empty
-  128-blocks (None where torch refuses the size: HeadTail needs 2 * ranks to divide N, PTRR ranks to
-  divide the 128-blocks);
+  on a ``BlockMask`` built from maskir's token-order 128 x 128 plan; ``torch_balancers``): the token order
+  each returns, cut in ``ranks`` equal chunks, scored on the same measure as maskir's imbalance, the
+  computed pairs of maskir's plan, each token carrying an equal share of its tile's (exact where the
+  tiles nest in torch's chunks, as in 1-D layouts; None where torch refuses the size:
+  HeadTail needs 2 * ranks to divide N, PTRR ranks to divide the 128-blocks);
 - a ring all-gather of K/V (what torch's ring attention moves whatever the balancer): every rank receives
   every other rank's rows;
 - predicted forward step time (the simulator): per rank, its kernels plus receiving its bytes over the
@@ -25,13 +26,12 @@ import numpy as np
 import torch
 
 from maskir.canvas import Canvas
-from maskir.distributed.shard import ContextParallelPlan, opened_by, shard, token_work
+from maskir.distributed.shard import ContextParallelPlan, opened_by, shard, token_split_balance
+from maskir.distributed.torch_balancers import head_tail_owner, ptrr_owner, token_plan
 from maskir.ir import Pattern
-from maskir.planner import Plan, plan
+from maskir.planner import Plan
 from maskir.sim import get_interconnect, simulate_plan
 
-FLEX_BLOCK = 128
-"""torch's BlockMask granularity, which PTRR balances."""
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -69,50 +69,15 @@ class CpComparison:
         )
 
 
-def _chunk_balance(work: np.ndarray, order: torch.Tensor, ranks: int) -> float:
-    loads = work[order.reshape(-1).numpy()].reshape(ranks, -1).sum(axis=1)
-    return float(loads.max() / loads.mean()) if loads.sum() else 1.0
+def torch_balances(cp: ContextParallelPlan, blocks: Plan) -> tuple[float | None, float | None]:
+    """(HeadTail imbalance, PTRR imbalance) of torch's token splits on the measure of ``cp.balance``
+    (``token_split_balance`` on ``cp``'s plan; None: torch refuses the size)."""
+    ranks = cp.world_size
 
+    def scored(owner: np.ndarray | None) -> float | None:
+        return None if owner is None else token_split_balance(cp.plan, owner, ranks)
 
-def block_mask(token_plan: Plan):
-    """A flex ``BlockMask`` [1, 1, N, N] of a token-order plan (head 0), from its CSR tables."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    part = token_plan.parts[0]
-    table = part.tables[part.head_table[0]]
-    n_rows, n_cols = part.n_q_tiles, part.n_kv_tiles
-    counts, full = table.kv_count.astype(np.int64), table.kv_full.astype(np.int64)
-    indices = {"full": np.zeros((n_rows, n_cols), np.int32), "partial": np.zeros((n_rows, n_cols), np.int32)}
-    for row in range(n_rows):
-        entries = table.kv_index[table.kv_start[row] : table.kv_start[row + 1]]
-        indices["full"][row, : full[row]] = entries[: full[row]]
-        indices["partial"][row, : counts[row] - full[row]] = entries[full[row] :]
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.int32)[None, None]  # noqa: E731
-    return BlockMask.from_kv_blocks(
-        as_tensor(counts - full),
-        as_tensor(indices["partial"]),
-        as_tensor(full),
-        as_tensor(indices["full"]),
-        BLOCK_SIZE=FLEX_BLOCK,
-    )
-
-
-def torch_balances(token_plan: Plan, ranks: int) -> tuple[float | None, float | None]:
-    """(HeadTail imbalance, PTRR imbalance) of torch's balancers on ``token_plan`` (None: torch refuses)."""
-    from torch.distributed.tensor.experimental._context_parallel._load_balancer import (
-        _HeadTailLoadBalancer,
-        _PTRRLoadBalancer,
-    )
-
-    work = token_work(token_plan)
-    n = token_plan.canvas.size
-    head_tail = ptrr = None
-    if n % (2 * ranks) == 0:
-        head_tail = _chunk_balance(work, _HeadTailLoadBalancer(n, ranks, "cpu")._generate_indices()[0], ranks)
-    if n % FLEX_BLOCK == 0 and token_plan.parts[0].n_q_tiles % ranks == 0:
-        order = _PTRRLoadBalancer(block_mask(token_plan), ranks)._generate_indices()[0]
-        ptrr = _chunk_balance(work, order, ranks)
-    return head_tail, ptrr
+    return scored(head_tail_owner(blocks.canvas.size, ranks)), scored(ptrr_owner(blocks, ranks))
 
 
 def _maskir_step_ms(cp: ContextParallelPlan, hardware: str, head_dim: int, dtype: str) -> float:
@@ -128,12 +93,10 @@ def _maskir_step_ms(cp: ContextParallelPlan, hardware: str, head_dim: int, dtype
     return slowest
 
 
-def _ring_step_ms(token_plan: Plan, share: float, ranks: int, hardware: str, head_dim: int, dtype: str) -> float:
+def _ring_step_ms(blocks: Plan, share: float, ranks: int, hardware: str, head_dim: int, dtype: str) -> float:
     links = get_interconnect(hardware)
-    compute = simulate_plan(token_plan, hardware, kernel="flex", head_dim=head_dim, dtype=dtype).fwd_ms * share
-    received = (
-        (ranks - 1) * token_plan.kv_canvas.size / ranks * 2 * token_plan.heads * head_dim * DTYPES[dtype].itemsize
-    )
+    compute = simulate_plan(blocks, hardware, kernel="flex", head_dim=head_dim, dtype=dtype).fwd_ms * share
+    received = (ranks - 1) * blocks.kv_canvas.size / ranks * 2 * blocks.heads * head_dim * DTYPES[dtype].itemsize
     rate = links.network_gbps if ranks > links.gpus_per_node else links.node_gbps
     return compute + 1e3 * received / (rate * 1e9)
 
@@ -158,10 +121,10 @@ def compare(
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got dtype={dtype!r}.")
     get_interconnect(hardware)
     cp = shard(pattern, canvas, ranks, heads=heads, segments=segments, **plan_options)
-    token_plan = plan(pattern, canvas, heads=heads, layout="identity", block_q=FLEX_BLOCK, block_kv=FLEX_BLOCK)
+    blocks = token_plan(pattern, canvas, heads=heads)
     if segments is not None:
-        token_plan = opened_by(token_plan, segments)
-    head_tail, ptrr = torch_balances(token_plan, ranks)
+        blocks = opened_by(blocks, segments)
+    head_tail, ptrr = torch_balances(cp, blocks)
     best_torch = ptrr if ptrr is not None else head_tail if head_tail is not None else 1.0
     share = best_torch / ranks
     torch_dtype = DTYPES[dtype]
@@ -176,5 +139,5 @@ def compare(
         cp.bytes_moved(head_dim, torch_dtype),
         cp.all_gather_bytes(head_dim, torch_dtype),
         _maskir_step_ms(cp, hardware, head_dim, dtype),
-        _ring_step_ms(token_plan, share, ranks, hardware, head_dim, dtype),
+        _ring_step_ms(blocks, share, ranks, hardware, head_dim, dtype),
     )

@@ -25,18 +25,15 @@ import numpy as np
 import torch
 
 from maskir.canvas import Canvas
-from maskir.distributed.balance import candidates, imbalance
+from maskir.distributed.balance import candidates, imbalance, refine
 from maskir.ir import Pattern, Routing, Segments
 from maskir.planner import Layout, Plan, PlanPart, TileKind, TileTable, plan
 from maskir.planner.runs import ragged_arange
 
 BALANCE_GOAL = 1.05
 GOAL_SLACK = 0.02
-"""Assignments within BALANCE_GOAL (or GOAL_SLACK of the best imbalance found, when no assignment reaches
-the goal) and within GOAL_SLACK of PTRR's rule (the snake) on the same tiles compete on bytes."""
-BYTES_FOR_BALANCE = 0.05
-"""Of those, one no worse than the snake is taken over a less balanced one that fetches fewer k/v rows when
-it fetches at most this share of a ring all-gather's rows more."""
+"""The ceiling on a split's imbalance: BALANCE_GOAL (or GOAL_SLACK above the best imbalance found, when no
+split reaches the goal), and never above torch's PTRR or HeadTail split on the same measure."""
 TILES_PER_RANK = 16
 FINER_BLOCKS = (64, 32)
 """q tile sizes that also compete when the planner's tiles are too few for the ranks (see ``_plans``)."""
@@ -83,11 +80,22 @@ def token_work(plan: Plan) -> np.ndarray:
 
 
 def tile_work(plan: Plan) -> np.ndarray:
-    """Computed token pairs per q tile of the main layout (``token_work`` summed over each tile's tokens)."""
-    main_slots, _ = _part_sides(plan, plan.parts[0])
-    tile = _tile_of_token(main_slots, plan.canvas.size)
-    held = tile >= 0
-    return np.bincount(tile[held], weights=token_work(plan)[held], minlength=plan.parts[0].n_q_tiles)
+    """Computed token pairs per q tile of the main layout, exactly as a rank holding the tile computes them
+    (int64 [n_q_tiles]): tile j's row of ``sub_plan(plan, all tiles)``, valid q tokens times valid k/v tokens
+    of each listed kv tile, over heads and parts. A rank's sub-plan lists, per local tile, what that tile
+    alone needs, so ``ContextParallelPlan.computed_pairs(r)`` is the sum over r's tiles: balancing this
+    vector balances ``.balance`` itself."""
+    whole = sub_plan(plan, np.arange(plan.parts[0].n_q_tiles), "all tiles")
+    work = np.zeros(plan.parts[0].n_q_tiles, dtype=np.int64)
+    for part in whole.parts:
+        q_sizes, kv_sizes = whole.tile_sizes(part, "q"), whole.tile_sizes(part, "kv")
+        kv_cum = np.concatenate([[0], np.cumsum(kv_sizes, dtype=np.int64)])
+        for group, table in enumerate(part.tables):
+            heads_in_group = int((part.head_table[: plan.heads] == group).sum())
+            row, first, stop, _ = table.runs.listed()
+            pairs = np.asarray(q_sizes, dtype=np.int64)[row] * (kv_cum[stop] - kv_cum[first])
+            work += heads_in_group * np.bincount(row, weights=pairs, minlength=work.size).astype(np.int64)
+    return work
 
 
 def _rank_part_tiles(part_tile: np.ndarray, q_owner: np.ndarray, n_part_tiles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -326,9 +334,16 @@ def shard(
     The balancers of ``maskir.distributed.balance`` (LPT, PTRR's snake, contiguous chains, LPT over runs
     of tiles), on the planner's q tiles and, when those are fewer than 16 per rank, on finer ones, are
     scored by imbalance of computed pairs (over all heads: a token's heads stay on one rank) and by k/v
-    rows fetched. Those within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and
-    within 0.02 of the snake (PTRR's rule) on their tiles compete on k/v rows fetched; the fewest wins,
-    unless a split no worse than the snake fetches at most 5% of a ring all-gather's rows more. ``plan_options`` go to ``maskir.plan`` (block_q,
+    rows fetched. Imbalance is that of ``.balance``: computed pairs of the ranks' sub-plans (``tile_work``).
+    Splits within 1.05 (within 0.02 of the best found when the tiles allow no 1.05) and no worse than
+    torch's balancers compete on k/v rows fetched; the fewest wins
+    (ties: the better balanced). torch's own PTRR and HeadTail splits (``torch_balancers``, each tile to
+    the rank holding most of its tokens) and they improved by moves and swaps are among the splits, and a
+    split is allowed only if no worse than the better of them on its own plan (``token_split_balance``,
+    the measure of ``.balance``); where torch's chunks cut every tile so that no split is allowed,
+    token-order plans with tiles nested in its 128-token blocks join (there its PTRR split is exact), so
+    the winner is never worse than torch's PTRR. Where torch refuses the size, and for
+    cross-attention, the snake (PTRR's rule on maskir's tiles) stands in. ``plan_options`` go to ``maskir.plan`` (block_q,
     block_kv, layout). Patterns with ``Segments`` are sharded by their static superset, or, given
     ``segments`` (the ids [B, N] of the batch, as ``attention`` will get them), by only the tiles those ids
     open in some batch row (per-batch balance: shard again for other ids). ``Routing`` (chosen from all
@@ -342,37 +357,37 @@ def shard(
             "Shard a pattern without Routing (e.g. its Blocks/Causal parts)."
         )
     self_attention = kv_canvas is None
-    scored = []
-    for full in _plans(pattern, canvas, kv_canvas, heads, world_size, plan_options):
-        full = full if segments is None else opened_by(full, segments)
-        main_slots, _ = _part_sides(full, full.parts[0])
-        work = tile_work(full)
-        found = []
-        for name, tile_owner in candidates(work, world_size):
-            q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
-            needed = needed_kv(full, q_owner, world_size)
-            kv_owner = q_owner if self_attention else _place_kv(full, needed, world_size)
-            load = np.bincount(tile_owner, weights=work, minlength=world_size).max()
-            score = (imbalance(work, tile_owner, world_size), _fetched_bytes(needed, kv_owner), load)
-            found.append((score, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner)))
-        snake = min(score[0] for score, (_, name, *_) in found if name.startswith("snake"))
-        scored += [(score, snake * (1 + 1e-12), chosen) for score, chosen in found]
-    goal = max(BALANCE_GOAL, min(score[0] for score, _, _ in scored) + GOAL_SLACK)
-    allowed = [(score, snake, chosen) for score, snake, chosen in scored if score[0] <= min(goal, snake + GOAL_SLACK)]
-    fewest = min(allowed, key=lambda s: s[0][1:])
-    ring_rows = scored[0][2][0].kv_canvas.size * (world_size - 1)
-    balanced = [s for s in allowed if s[0][0] <= s[1] and s[0][1] <= fewest[0][1] + BYTES_FOR_BALANCE * ring_rows]
-    _, _, chosen = min(balanced or [fewest], key=lambda s: s[0][1:])
+    torch_splits = _torch_tokens(pattern, canvas, heads, world_size, segments) if self_attention else {}
+
+    def scored_on(plans: list[Plan]) -> list:
+        return [
+            split
+            for full in plans
+            for split in _scored_splits(full if segments is None else opened_by(full, segments), world_size,
+                                        self_attention, torch_splits)
+        ]  # fmt: skip
+
+    def within(scored: list) -> list:
+        goal = max(BALANCE_GOAL, min(score[0] for score, *_ in scored) + GOAL_SLACK)
+        return [s for s in scored if s[0][0] <= min(goal, s[1]) * (1 + 1e-12)]
+
+    scored = scored_on(_plans(pattern, canvas, kv_canvas, heads, world_size, plan_options))
+    allowed = within(scored)
+    if not allowed and torch_splits and "layout" not in plan_options:
+        # torch's chunks cut the planner's tiles: on token-order tiles nested in them, its split is a candidate
+        scored += scored_on(_identity_plans(pattern, canvas, heads, plan_options))
+        allowed = within(scored)
+    _, _, _, chosen = min(allowed, key=lambda s: (s[0][1], s[0][0])) if allowed else min(scored, key=lambda s: s[0])
     full, name, tile_owner, q_owner, kv_owner = chosen
     cp = _build(full, world_size, self_attention, name, tile_owner, q_owner, kv_owner)
     return cp if segments is None else dataclasses.replace(cp, segments=segments.detach().cpu().clone())
 
 
 def opened_by(full: Plan, segments) -> Plan:
-    """``full`` with only the tiles the segment ids [B, N] open in some batch row (codegen's per-call gate:
+    """``full`` with only the tiles the segment ids [B, N] open in some batch row (the runtime's per-call gate, maskir.runtime.gating:
     a tile pair stays when the id ranges of its q and kv tokens overlap)."""
-    from maskir.codegen.common.gating import gated_plan
     from maskir.runtime.checks import check_segments
+    from maskir.runtime.gating import gated_plan
 
     if not any(isinstance(node, Segments) for node in full.pattern.walk()):
         raise ValueError(f"segments were given but {full.pattern} has no Segments() node.")
@@ -397,6 +412,77 @@ def opened_by(full: Plan, segments) -> Plan:
             )
         parts.append(dataclasses.replace(part, tables=tuple(tables)))
     return dataclasses.replace(full, parts=tuple(parts))
+
+
+def _torch_tokens(pattern, canvas, heads: int, ranks: int, segments) -> dict[str, np.ndarray]:
+    """{name: token owners} of torch's own balancers, PTRR (on the 128-block mask of the token order,
+    opened by ``segments`` when given) and HeadTail, leaving out those that refuse the size."""
+    from maskir.distributed.torch_balancers import head_tail_owner, ptrr_owner, token_plan
+
+    blocks = token_plan(pattern, canvas, heads=heads)
+    blocks = blocks if segments is None else opened_by(blocks, segments)
+    owners = {"ptrr": ptrr_owner(blocks, ranks), "headtail": head_tail_owner(blocks.canvas.size, ranks)}
+    return {name: owner for name, owner in owners.items() if owner is not None}
+
+
+def _scored_splits(full: Plan, ranks: int, self_attention: bool, torch_splits: dict[str, np.ndarray]) -> list:
+    """((imbalance, k/v rows fetched), reference, name, split) of every candidate split of ``full``'s q tiles;
+    reference: the best imbalance of torch's splits on ``full`` (``token_split_balance``), or of the snake
+    when torch refuses the size."""
+    main_slots, _ = _part_sides(full, full.parts[0])
+    work = tile_work(full)
+    splits = list(candidates(work, ranks))
+    if torch_splits:
+        reference = min(token_split_balance(full, owner, ranks, work) for owner in torch_splits.values())
+    else:  # PTRR's rule on these tiles stands in
+        reference = imbalance(work, dict(splits)["snake"], ranks)
+    for name, owner in torch_splits.items():
+        rule = _majority_owner(main_slots, owner, ranks)
+        splits += [(name, rule), (f"{name}+swaps", refine(work, rule, ranks))]
+    scored = []
+    for name, tile_owner in splits:
+        q_owner = _token_owner(main_slots, tile_owner, full.canvas.size)
+        needed = needed_kv(full, q_owner, ranks)
+        kv_owner = q_owner if self_attention else _place_kv(full, needed, ranks)
+        score = (imbalance(work, tile_owner, ranks), _fetched_bytes(needed, kv_owner))
+        scored.append(
+            (score, reference, name, (full, f"{name}, q tiles of {full.block_q}", tile_owner, q_owner, kv_owner))
+        )
+    return scored
+
+
+def _identity_plans(pattern, canvas, heads: int, options: dict) -> list[Plan]:
+    """Token-order plans whose q tiles nest in torch's 128-token blocks (128, 64 and 32 tokens)."""
+    from maskir.distributed.torch_balancers import FLEX_BLOCK
+
+    blocks = [b for b in (FLEX_BLOCK, *FINER_BLOCKS) if FLEX_BLOCK % b == 0]
+    if "block_q" in options:
+        blocks = [options["block_q"]] if FLEX_BLOCK % options["block_q"] == 0 else []
+    rest = {key: value for key, value in options.items() if key != "block_q"}
+    return [plan(pattern, canvas, heads=heads, layout="identity", block_q=b, **rest) for b in blocks]
+
+
+def token_split_balance(plan: Plan, token_owner: np.ndarray, ranks: int, work: np.ndarray | None = None) -> float:
+    """Imbalance of a split of the q tokens on the measure of ``ContextParallelPlan.balance``: each token
+    carries an equal share of its main-layout tile's computed pairs (``tile_work``), so a split of whole
+    tiles scores exactly as ``.balance`` does, and a split that cuts tiles (torch's chunks against a
+    tiled layout) is charged the pairs maskir's kernels compute for its tokens."""
+    main_slots, _ = _part_sides(plan, plan.parts[0])
+    work = tile_work(plan) if work is None else work
+    valid = main_slots >= 0
+    share = np.broadcast_to((work / np.maximum(valid.sum(axis=1), 1))[:, None], main_slots.shape)
+    load = np.bincount(token_owner[main_slots[valid]], weights=share[valid], minlength=ranks)
+    return float(load.max() / load.mean()) if load.sum() else 1.0
+
+
+def _majority_owner(main_slots: np.ndarray, token_owner: np.ndarray, ranks: int) -> np.ndarray:
+    """Per q tile of the main layout, the rank owning most of its tokens (ties: the lowest rank); a tile of
+    padding only goes to rank 0. Exactly ``token_owner`` where tiles nest in its chunks."""
+    valid = main_slots >= 0
+    rows = np.broadcast_to(np.arange(main_slots.shape[0])[:, None], main_slots.shape)[valid]
+    counts = np.zeros((main_slots.shape[0], ranks), dtype=np.int64)
+    np.add.at(counts, (rows, token_owner[main_slots[valid]]), 1)
+    return counts.argmax(axis=1)
 
 
 def _plans(pattern, canvas, kv_canvas, heads: int, ranks: int, options: dict) -> list[Plan]:

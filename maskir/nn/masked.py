@@ -12,6 +12,7 @@ from torch import nn
 from maskir.ir import Pattern
 from maskir.runtime import CompiledAttention, attention
 from maskir.runtime import compile as maskir_compile
+from maskir.runtime.compiled import CAPTURE_PREFIX
 
 TRITON_MIN_HEAD_DIM = 16
 """The Triton kernels' smallest head dim: smaller heads are zero-padded to it (q.k and the kept columns of
@@ -25,8 +26,8 @@ class MaskedAttention(nn.Module):
     Swin's layout); the canvas is ``spatial`` (row-major tokens), so ``pattern`` may use its coordinates
     (``Neighborhood``, ``Blocks``, ``Distance(dim, ...)``). ``qk_scale`` defaults to ``head_dim ** -0.5``.
     ``score_mod`` is a flex-style ``score_mod(score, b, h, q_idx, kv_idx)`` added to every call;
-    ``backend`` as in ``maskir.attention`` ("auto": Triton, "tvm" on CPU, "reference"); heads narrower
-    than the Triton kernels' 16 are zero-padded to 16 there.
+    ``backend`` as in ``maskir.attention`` (a registered name or "auto"); with "auto" and "triton", heads
+    narrower than the Triton kernels' 16 are zero-padded to 16 (zero channels change no score or output).
     """
 
     def __init__(
@@ -85,6 +86,16 @@ class MaskedAttention(nn.Module):
         """The score_mod of a call on a ``spatial`` grid (subclasses add their biases here)."""
         return self.score_mod
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, heads, N, head_dim] of x [B, *spatial, C] (subclasses change how: Swin v2's cosine q, k)."""
+        qkv = self.qkv(x).reshape(x.shape[0], -1, 3, self.num_heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def score_mod_tensors(self) -> list[torch.Tensor] | None:
+        """The tensors this layer's score_mod reads, computed by this forward, in the order it reads them
+        (a bias table an MLP makes: Swin v2); None: the score_mod reads the layer's parameters themselves."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rank = self.spatial_rank()
         if x.dim() < 3 or (rank is not None and x.dim() != rank + 2):
@@ -94,7 +105,7 @@ class MaskedAttention(nn.Module):
         if channels != self.embed_dim:
             raise ValueError(f"Expected embedding dimension {self.embed_dim}, got {channels} ({x.shape=}).")
         spatial = tuple(spatial)
-        q, k, v = self.qkv(x).reshape(batch, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.project(x)
         pad = TRITON_MIN_HEAD_DIM - self.head_dim if self.backend in ("auto", "triton") else 0
         if pad > 0:
             q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
@@ -105,13 +116,18 @@ class MaskedAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
         """Attention over the pattern on ``spatial``. With a score_mod, through a ``maskir.compile`` object held
         per (grid, dtype, device, head dim), built on first use (while tracing, under torch.compile): its
-        score_mod's tensors (the layer's bias parameters) reach maskir's op as inputs, so they get gradients
-        and optimizer steps are seen, in eager mode and under torch.compile alike."""
+        score_mod's tensors (the layer's bias parameters, or what ``score_mod_tensors`` computes in this
+        forward) reach maskir's op as inputs, so they get gradients and optimizer steps are seen, in eager
+        mode and under torch.compile alike."""
         score_mod = self.attention_score_mod(spatial)
         if score_mod is None:
             return attention(q, k, v, self.pattern, spatial, scale=self.scale, backend=self.backend)
         held = _HELD[_build_held(self._handle, *_held_key(spatial, q))]  # built on first use (while tracing)
-        return held(q, k, v, scale=self.scale)
+        tensors = self.score_mod_tensors()
+        if tensors is None:
+            return held(q, k, v, scale=self.scale)
+        captures = {f"{CAPTURE_PREFIX}{i}": t for i, t in enumerate(tensors)}  # the tracer's names, in order
+        return held._run(q, k, v, scale=self.scale, segments=None, routing=None, return_lse=False, captures=captures)
 
     def extra_repr(self) -> str:
         return f"pattern={self.pattern}, head_dim={self.head_dim}, num_heads={self.num_heads}, backend={self.backend!r}"

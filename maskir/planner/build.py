@@ -4,36 +4,34 @@
    ``Predicate`` leaves that are affine in q and kv to IR nodes (``affine.rewrite_predicates``), so they
    plan like the nodes they equal;
 2. resolve ``PerHead`` into head groups (heads with the same pattern share tables);
-3. for every block size pair and layout candidate: tile sides, tile classes per head group
-   (``analysis.tile_runs``), a single-part plan; keep the cheapest by ``cost`` (default ``plan_cost``);
+3. for every block size pair and layout candidate a single-part plan (``single_part.candidate_plans``:
+   tile sides, tile classes per head group by ``analysis.tile_runs``); keep the cheapest by ``cost`` (default ``plan_cost``);
 4. with ``layout="auto"``, try splitting a union into disjoint parts with their own layouts
    (``union.split_union``) and keep the split if it is cheaper;
-5. stamp the planning time. Tables stay as runs; CSR arrays and stats are computed on first use.
+5. pre-list the static subtrees of parts that read run-time data (``gates.list_static_subtrees``: the
+   tiles a ``|`` keeps whatever the data), so nothing plans again when kernels are built;
+6. stamp the planning time. Tables stay as runs; CSR arrays and stats are computed on first use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from maskir.canvas import MAX_TOKENS, Canvas
 from maskir.ir import Pattern, check_canvas
 from maskir.planner.affine import rewrite_predicates
-from maskir.planner.analysis import tile_runs
 from maskir.planner.cells import chunk_counts
 from maskir.planner.cost import cost_for
-from maskir.planner.heads import head_groups
-from maskir.planner.layouts import LAYOUTS, LayoutChoice, layout_choices
-from maskir.planner.plan import Layout, Plan, PlanPart, TileTable
-from maskir.planner.tiles import ExplicitSide, make_side
+from maskir.planner.gates import list_static_subtrees
+from maskir.planner.layouts import LAYOUTS
+from maskir.planner.plan import Plan
+from maskir.planner.single_part import candidate_plans
+from maskir.planner.union import split_union
 from maskir.sim.target import KernelSpec
-
-BLOCK_Q_CHOICES = (64, 128)
-BLOCK_KV_CHOICES = (32, 64, 128)
-"""Block sizes the planner chooses from when block_q / block_kv are None."""
 
 Cost = Callable[[Plan], float]
 
@@ -68,10 +66,9 @@ def plan(
     try:
         best_cost, best = cheapest(candidate_plans(pattern, canvas, kv_canvas, heads, block_q, block_kv, layout), price)
         if layout == "auto":
-            from maskir.planner.union import split_union  # union builds on this module's candidate_plans
-
             split_cost, split = cheapest(split_union(best, price), price)
             best = split if split_cost < best_cost else best
+        best = list_static_subtrees(best)
     finally:
         chunk_counts.cache_clear()  # counts of Predicates are shared by this call's candidates only
     return dataclasses.replace(best, plan_seconds=time.perf_counter() - started)
@@ -80,48 +77,6 @@ def plan(
 def cheapest(plans: Iterable[Plan], price: Cost) -> tuple[float, Plan | None]:
     """(price, plan) of the first cheapest plan, each priced once; (inf, None) when there is none."""
     return min(((price(p), p) for p in plans), key=lambda priced: priced[0], default=(float("inf"), None))
-
-
-def candidate_plans(
-    pattern: Pattern,
-    canvas: Canvas,
-    kv_canvas: Canvas,
-    heads: int,
-    block_q: int | None,
-    block_kv: int | None,
-    family: str,
-) -> Iterator[Plan]:
-    """One single-part plan per block size pair and layout candidate of ``family``."""
-    for bq in (block_q,) if block_q else BLOCK_Q_CHOICES:
-        for bkv in (block_kv,) if block_kv else BLOCK_KV_CHOICES:
-            for choice in layout_choices(pattern, canvas, kv_canvas, bq, bkv, family):
-                yield single_part_plan(pattern, canvas, kv_canvas, heads, bq, bkv, choice)
-
-
-def plan_part(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas, heads: int, bq: int, bkv: int, choice: LayoutChoice):
-    """The part of ``pattern`` in one layout: tile classes per head group, equal tables shared."""
-    q, kv = make_side(canvas, bq, choice.q), make_side(kv_canvas, bkv, choice.kv)
-    groups, head_table = head_groups(pattern, heads)
-    tables: list[TileTable] = []
-    index_of_group = []
-    for resolved, head in groups:
-        runs = tile_runs(resolved, q, kv, head=head)
-        same = next((i for i, t in enumerate(tables) if t.runs.equals(runs)), None)
-        if same is None:
-            tables.append(TileTable(runs))
-            same = len(tables) - 1
-        index_of_group.append(same)
-    layout = Layout(
-        choice.name,
-        q.order if isinstance(q, ExplicitSide) else None,
-        kv.order if isinstance(kv, ExplicitSide) else None,
-    )
-    return PlanPart(pattern, layout, tuple(tables), np.asarray(index_of_group)[head_table], q.n_tiles, kv.n_tiles)
-
-
-def single_part_plan(pattern, canvas, kv_canvas, heads, bq, bkv, choice: LayoutChoice) -> Plan:
-    part = plan_part(pattern, canvas, kv_canvas, heads, bq, bkv, choice)
-    return Plan(pattern, canvas, kv_canvas, heads, bq, bkv, (part,))
 
 
 def _as_canvas(value, name: str) -> Canvas:

@@ -44,11 +44,11 @@ from maskir.ir import (
     Stripes,
     Window,
 )
-from maskir.planner.build import BLOCK_Q_CHOICES
 from maskir.planner.build import plan as make_plan
 from maskir.planner.kinds import EMPTY, FULL
 from maskir.planner.plan import Plan
 from maskir.planner.runs import TileRuns, ragged_arange
+from maskir.planner.single_part import BLOCK_Q_CHOICES
 from maskir.reference import evaluate_pairs
 
 DECODE_BLOCK_Q = 16

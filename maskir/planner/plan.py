@@ -148,6 +148,10 @@ class PlanPart:
     head_table: np.ndarray  # int [heads]: head h uses tables[head_table[h]]
     n_q_tiles: int
     n_kv_tiles: int
+    static_tables: tuple[tuple[Pattern, TileTable | None], ...] = ()
+    """Of a part whose predicate reads run-time data: each static subtree of its gate tree with the tiles
+    its own identity plan lists at these block sizes (``planner.gates.list_static_subtrees``; None when
+    that plan differs per head). The runtime's gates read them; empty when there is none."""
 
     @property
     def dynamic(self) -> bool:

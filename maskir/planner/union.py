@@ -15,8 +15,8 @@ from collections.abc import Callable
 from functools import reduce
 
 from maskir.ir import And, Not, Or, Pattern, PerHead
-from maskir.planner.build import candidate_plans
 from maskir.planner.plan import Plan
+from maskir.planner.single_part import candidate_plans
 
 MAX_TERMS = 8
 """Unions with more terms are planned as one part."""

@@ -13,13 +13,7 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Full, Pattern
-from maskir.runtime import attention
-
-
-def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Softmax over the union of disjoint key sets from each part's (out, lse): sum_i out_i exp(lse_i - lse)."""
-    lse = torch.logsumexp(torch.stack([part_lse for _, part_lse in parts]), dim=0)
-    return sum(out * torch.exp(part_lse - lse)[..., None].to(out.dtype) for out, part_lse in parts)
+from maskir.runtime import attention, union_attention
 
 
 def canvas_attention(
@@ -35,9 +29,9 @@ def canvas_attention(
     """Attention of ``[B, N, H, D]`` tensors over the allowed set in the module docstring; ``[B, N, H, D]`` out.
 
     Without text tokens, or with ``Full()``, this is one ``maskir.attention`` call. With both text and
-    another pattern it is three: text queries over every key, canvas queries over canvas keys (the pattern)
-    and over text keys, the last two merged by their log-sum-exp. maskir's log-sum-exp carries no
-    gradient, so that case runs without autograd (diffusion sampling): a ValueError says so otherwise.
+    another pattern it is two: text queries over every key, and canvas queries over the union of the canvas
+    keys (the pattern) and the text keys (``Full()``): one softmax over both key sets
+    (``maskir.runtime.union_attention``), differentiable in q, k and v, so the processors train.
     """
     canvas = canvas if isinstance(canvas, Canvas) else Canvas(tuple(canvas))
     n = query.shape[1]
@@ -51,18 +45,10 @@ def canvas_attention(
     if text == 0 or pattern == Full():
         out = attention(q, k, v, pattern, canvas if text == 0 else Canvas((n,)), scale=scale, backend=backend)
         return out.transpose(1, 2)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError(
-            f"{text} text tokens plus {pattern} on the canvas merge partial attentions by their log-sum-exp, which "
-            "maskir does not differentiate: run under torch.no_grad() (sampling), or use Full() to train."
-        )
     text_out = attention(q[:, :, :text], k, v, Full(), (text,), kv_canvas=(n,), scale=scale, backend=backend)
-    q_canvas = q[:, :, text:].contiguous()
-    canvas_part = attention(
-        q_canvas, k[:, :, text:], v[:, :, text:], pattern, canvas, scale=scale, backend=backend, return_lse=True
-    )
-    text_part = attention(
-        q_canvas, k[:, :, :text], v[:, :, :text], Full(), canvas, kv_canvas=(text,), scale=scale,
-        backend=backend, return_lse=True,
-    )  # fmt: skip
-    return torch.cat([text_out, _merge([canvas_part, text_part])], dim=2).transpose(1, 2)
+    canvas_parts = [
+        (pattern, canvas, k[:, :, text:], v[:, :, text:]),
+        (Full(), (text,), k[:, :, :text], v[:, :, :text]),
+    ]
+    canvas_out = union_attention(q[:, :, text:], canvas_parts, canvas=canvas, scale=scale, backend=backend)
+    return torch.cat([text_out, canvas_out], dim=2).transpose(1, 2)

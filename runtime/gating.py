@@ -1,4 +1,4 @@
-"""Run-time tile gates of data-dependent patterns: per call, lists of only the tiles its data leaves open.
+"""Per-call planning of data-dependent patterns: per call, lists of only the tiles its data leaves open.
 
 A plan of a pattern with ``Segments()`` or ``Routing`` holds a static superset: every tile the rest of the
 pattern allows is PARTIAL, whatever the documents or the routing choice. Per call, from the run-time
@@ -9,92 +9,44 @@ tensors, each list entry (q tile, kv tile) gets an int8 flag, 0 only where the d
 - ``Routing(block, k)``: the tile's tokens touch routing blocks [min, max] (``token // block``) on each
   side; some block pair in that rectangle must be chosen, read from 2-D prefix sums of the block map.
 
-The leaves combine through the pattern (``gate_tree``): ``&`` ands their flags, ``|`` ors them with the
-flags of its other side; a static subtree under ``|`` (``(Routing(128, 8) & Causal()) | (Blocks(128) &
-Causal())``: the diagonal blocks are always kept) contributes the tiles its own plan lists (computed
-once, identity layouts only); static top-level conjuncts are implied by the plan's entries and left out;
-anything else over run-time data (``~``, PerHead, a Predicate) closes nothing. Flags are [B, H, entries],
+The leaves combine through the pattern (``maskir.planner.gates.gate_tree``): ``&`` ands their flags,
+``|`` ors them with the flags of its other side; a static subtree under ``|`` (``(Routing(128, 8) &
+Causal()) | (Blocks(128) & Causal())``: the diagonal blocks are always kept) contributes the tiles the
+planner pre-listed for it (``PlanPart.static_tables``, identity layouts only; a part without them is not
+gated); static top-level conjuncts are implied by the plan's entries and left out; anything else over
+run-time data (``~``, PerHead, a Predicate) closes nothing. Flags are [B, H, entries],
 H being 1 (broadcast) when no leaf depends on the head.
 
 ``compact`` then packs each CSR row's open entries at the row's start (``GatedLists``), so a kernel walks
 only the open tiles of its row: skipping closed entries one by one would cost a dependent load per
 listed tile (a documents plan lists every causal tile, most of them closed). The per-call cost is
 O(N + entries + routing blocks) torch operations on the device: no host work, no synchronisation.
+``CallGates`` keeps a compiled plan's gates and the latest call's lists; ``GatedKernels`` hands them to
+kernels that walk gated lists (``walks_gated_lists``: the Triton backend's) on every forward and backward.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import reduce
 
 import numpy as np
 import torch
 
 from maskir.codegen.common.tables import PartTables, identity_tokens, part_tables
-from maskir.ir import And, Or, Pattern, Routing, Segments, is_dynamic
-from maskir.planner import plan as make_plan
+from maskir.ir import Pattern, Segments
+from maskir.planner.gates import Gate, gate_tree, static_subtrees
 from maskir.planner.plan import Plan, PlanPart, TileTable
 
 _FAR = 2**30
 """Beyond any segment id or block index: the range of a tile with no token is [_FAR, -_FAR] (empty)."""
 
 
-Gate = tuple
-"""("leaf", Segments | Routing), ("static", pattern), or ("and" | "or", Gate, Gate)."""
-
-
-def _conjuncts(pattern: Pattern) -> list[Pattern]:
-    if isinstance(pattern, And):
-        return _conjuncts(pattern.left) + _conjuncts(pattern.right)
-    return [pattern]
-
-
-def _combine(op: str, gates: list[Gate]) -> Gate | None:
-    return reduce(lambda a, b: (op, a, b), gates) if gates else None
-
-
-def _gate(pattern: Pattern) -> Gate | None:
-    """The gate of a subtree that reads run-time data; None when it cannot close a tile."""
-    if isinstance(pattern, (Segments, Routing)):
-        return ("leaf", pattern)
-    if isinstance(pattern, (And, Or)):
-        sides = [_gate(side) if is_dynamic(side) else ("static", side) for side in (pattern.left, pattern.right)]
-        if isinstance(pattern, And):  # a side that cannot close leaves the other one in charge
-            return _combine("and", [side for side in sides if side is not None])
-        return None if None in sides else ("or", *sides)
-    return None
-
-
-def gate_tree(pattern: Pattern) -> Gate | None:
-    """How per-call data can close the tiles of ``pattern``'s plan; None when it cannot."""
-    return _combine("and", [g for c in _conjuncts(pattern) if is_dynamic(c) and (g := _gate(c)) is not None])
-
-
-def _statics(gate: Gate) -> list[Pattern]:
-    if gate[0] == "static":
-        return [gate[1]]
-    return [] if gate[0] == "leaf" else _statics(gate[1]) + _statics(gate[2])
-
-
-def _listed(sub: Pattern, plan: Plan, q_tile: np.ndarray, kv_tile: np.ndarray) -> np.ndarray | None:
-    """Whether each (q_tile, kv_tile) is listed by the identity-layout plan of static ``sub`` (same tiles);
-    None when that plan differs per head or splits into parts."""
-    own = make_plan(
-        sub,
-        plan.canvas,
-        plan.kv_canvas,
-        heads=plan.heads,
-        block_q=plan.block_q,
-        block_kv=plan.block_kv,
-        layout="identity",
-    )
-    if len(own.parts) != 1 or len(own.parts[0].tables) != 1:
-        return None
-    listed_q, listed_kv, _ = own.parts[0].tables[0].pairs()
-    n_kv = own.parts[0].n_kv_tiles
-    return np.isin(q_tile.astype(np.int64) * n_kv + kv_tile, listed_q * n_kv + listed_kv)
+def _listed(table: TileTable, n_kv_tiles: int, q_tile: np.ndarray, kv_tile: np.ndarray) -> np.ndarray:
+    """Whether each (q_tile, kv_tile) is listed by ``table`` (a static subtree's, same tiles)."""
+    listed_q, listed_kv, _ = table.pairs()
+    return np.isin(q_tile.astype(np.int64) * n_kv_tiles + kv_tile, listed_q * n_kv_tiles + listed_kv)
 
 
 def tile_ranges(values: torch.Tensor, tokens: torch.Tensor | None, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,15 +185,14 @@ class PartGate:
         tree = gate_tree(part.pattern)
         if tree is None:
             return None
-        subs = _statics(tree)
-        if subs and not part.layout.is_identity:
+        subs = static_subtrees(tree)
+        listed = dict(part.static_tables)  # pre-listed by the planner (planner.gates): nothing plans here
+        if subs and (not part.layout.is_identity or any(listed.get(sub) is None for sub in subs)):
             return None
         static = {}
         lists = _host_entries(part)
         for sub in subs:
-            flags = [_listed(sub, plan, q, kv) for q, kv in lists]
-            if flags[0] is None:
-                return None
+            flags = [_listed(listed[sub], part.n_kv_tiles, q, kv) for q, kv in lists]
             static[sub] = tuple(torch.as_tensor(f, device=tables.kv_index.device)[None, None] for f in flags)
         shapes = (
             ListShape.build(
@@ -318,3 +269,68 @@ def gated_plan(plan: Plan, tensors: Mapping[str, torch.Tensor], *, batch: int = 
             )
         parts.append(dataclasses.replace(part, tables=tuple(gated)))
     return dataclasses.replace(plan, parts=tuple(parts))
+
+
+class CallGates:
+    """The per-call planning of one compiled plan: each part's ``PartGate`` per device (built once from the
+    plan and the part's tables) and the lists of the latest call.
+
+    Lists are kept for the run-time tensors of the latest call (held, so no other tensor can take their
+    identity; keyed on their identity and version counter, so an in-place change rebuilds them): the
+    backward reuses its forward's lists, and layers sharing one CompiledAttention and one batch of
+    documents build them once per step."""
+
+    def __init__(self, plan: Plan, tensor_names: Sequence[str]):
+        self.plan, self.tensor_names = plan, tuple(tensor_names)
+        self._part_gates: dict[tuple[str, int | None, int], PartGate | None] = {}
+        self._recent: tuple[tuple, tuple[torch.Tensor, ...], dict] = ((), (), {})
+
+    def lists(
+        self, parts: Sequence[PartTables], tensors: Sequence[torch.Tensor], *, backward: bool, fresh: bool = False
+    ) -> list[tuple[GatedLists, ...] | None]:
+        """Per part (``parts``: the kernels' tables on the call's device), this call's lists for the
+        forward/dQ and, with ``backward``, the dK/dV direction; None for a part without a gate. ``fresh``:
+        build them anew and keep nothing (what timing the per-call planning needs)."""
+        data = tuple((id(t), t._version) for t in tensors)
+        recent = self._recent  # read once: another thread may replace it with its own call's lists
+        if not fresh and recent[0] != data:
+            recent = (data, tuple(tensors), {})
+            self._recent = recent
+        memo = {} if fresh else recent[2]
+        named = dict(zip(self.tensor_names, tensors))
+        wanted = (0, 1) if backward else (0,)
+        out = []
+        for index, tables in enumerate(parts):
+            key = (tables.kv_index.device.type, tables.kv_index.device.index, index)
+            if key not in self._part_gates:
+                self._part_gates[key] = PartGate.build(self.plan, self.plan.parts[index], tables)
+            gate = self._part_gates[key]
+            if gate is None:
+                out.append(None)
+                continue
+            missing = tuple(d for d in wanted if (key, d) not in memo)
+            if missing:
+                built = gate.lists(tables, named, directions=missing)
+                memo.update({(key, d): lists for d, lists in zip(missing, built)})
+            out.append(tuple(memo[key, d] for d in wanted))
+        return out
+
+
+class GatedKernels:
+    """Kernels that walk gated lists (``walks_gated_lists``), with this call's lists planned first: the
+    ``maskir.runtime.ops.Kernels`` the runtime registers for a data-dependent plan."""
+
+    def __init__(self, kernels, gates: CallGates):
+        self.kernels, self.gates = kernels, gates
+
+    def forward(self, q, k, v, *, scale: float, tensors: list[torch.Tensor]):
+        lists = self.gates.lists(self.kernels.tables(q.device), tensors, backward=False)
+        return self.kernels.forward(q, k, v, scale=scale, tensors=tensors, lists=lists)
+
+    def backward(
+        self, q, k, v, out, lse, dout, *, scale: float, tensors: list[torch.Tensor], trained: Sequence[int] = ()
+    ):
+        lists = self.gates.lists(self.kernels.tables(q.device), tensors, backward=True)
+        return self.kernels.backward(
+            q, k, v, out, lse, dout, scale=scale, tensors=tensors, trained=trained, lists=lists
+        )
