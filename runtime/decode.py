@@ -119,7 +119,9 @@ class DecodeAttention:
         from maskir.runtime.backends import resolve
         from maskir.runtime.compiled import _device_capability
 
-        resolve(DECODE_BACKEND, self.spec)  # the decode kernels are Triton's: ValueError with its reason if it cannot run
+        resolve(
+            DECODE_BACKEND, self.spec
+        )  # the decode kernels are Triton's: ValueError with its reason if it cannot run
         interpret = self.device.type != "cuda"
         if interpret:
             use_interpreter()

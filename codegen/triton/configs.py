@@ -3,7 +3,7 @@
 Tile sizes (BLOCK_M x BLOCK_N) belong to the plan; a kernel may walk a tile in narrower steps (a chunk of
 kv positions in the forward and dQ passes, of q positions in the dK/dV pass) to bound registers. Chunks
 divide their tile. The interpreter (CPU) runs whole tiles in one step: its cost is per operation, not per
-register. GPU rules were checked by compiling the benchmark suite for sm_90 (``compile_check``):
+register. GPU rules were checked by compiling the benchmark suite for sm_80 to sm_100 (``compile_check``):
 no spills and shared memory within the per-block limit.
 """
 
