@@ -11,6 +11,7 @@ import torch
 
 from maskir.canvas import Canvas
 from maskir.ir import Predicate
+from maskir.planner import bounds
 from maskir.planner.bounds import tile_bounds
 from maskir.reference import reference_mask
 
@@ -77,3 +78,14 @@ def test_bounds_decide_every_tile_of_a_document_mask_but_the_boundaries():
 def test_bounds_give_up_on_what_they_do_not_model(mask_mod):
     rows, cols = _tiles(64, 64, 16)
     assert tile_bounds(Predicate(mask_mod), 64, 64, 16, 16, rows, cols) is None
+
+
+def test_tiles_traced_in_slices_give_what_one_trace_gives(monkeypatch):
+    """Memory stays bounded for many tiles: slices of TILES_PER_TRACE tiles, the same answer."""
+    predicate = Predicate(MASK_MODS["per_head"])
+    rows, cols = _tiles(300, 250, 16)
+    whole = tile_bounds(predicate, 300, 250, 16, 16, rows, cols, 2)
+    monkeypatch.setattr(bounds, "TILES_PER_TRACE", 7)
+    sliced = tile_bounds(predicate, 300, 250, 16, 16, rows, cols, 2)
+    for a, b in zip(whole, sliced):
+        np.testing.assert_array_equal(a, b)

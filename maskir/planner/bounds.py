@@ -24,6 +24,9 @@ import torch
 
 from maskir.ir import Predicate
 
+TILES_PER_TRACE = 1 << 18
+"""Tiles traced per call of the mask_mod (a few int64 tensors of this length live at once)."""
+
 
 class UnsupportedError(Exception):
     """The mask_mod does something the interval proxies do not model."""
@@ -281,9 +284,22 @@ def tile_bounds(
     head: int = 0,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(may_true, may_false) per tile (rows[i], cols[i]): False in may_true proves the tile EMPTY, False in
-    may_false proves it FULL. None when the mask_mod is outside what the proxies model."""
-    q_lo = torch.from_numpy(np.asarray(rows, dtype=np.int64) * q_block)
-    kv_lo = torch.from_numpy(np.asarray(cols, dtype=np.int64) * kv_block)
+    may_false proves it FULL. None when the mask_mod is outside what the proxies model. Tiles are traced
+    ``TILES_PER_TRACE`` at a time, so memory stays bounded however many are asked."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    may_true, may_false = np.empty(rows.shape, dtype=bool), np.empty(rows.shape, dtype=bool)
+    for first in range(0, rows.size, TILES_PER_TRACE):
+        part = slice(first, first + TILES_PER_TRACE)
+        traced = _trace(predicate, n_q, n_kv, q_block, kv_block, rows[part], cols[part], head)
+        if traced is None:
+            return None
+        may_true[part], may_false[part] = traced
+    return may_true, may_false
+
+
+def _trace(predicate, n_q, n_kv, q_block, kv_block, rows, cols, head):
+    q_lo = torch.from_numpy(rows * q_block)
+    kv_lo = torch.from_numpy(cols * kv_block)
     q = Range(q_lo, torch.clamp(q_lo + q_block, max=n_q) - 1)
     kv = Range(kv_lo, torch.clamp(kv_lo + kv_block, max=n_kv) - 1)
     zero, h = torch.tensor(0), torch.tensor(head)
@@ -291,8 +307,6 @@ def tile_bounds(
         result = _as_truth(predicate.fn(Range(zero, zero), Range(h, h), q, kv))
     except (UnsupportedError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, ZeroDivisionError):
         return None
-    shape = rows.shape
-    return (
-        torch.broadcast_to(result.may_true, shape).numpy().copy(),
-        torch.broadcast_to(result.may_false, shape).numpy().copy(),
-    )
+    return torch.broadcast_to(result.may_true, rows.shape).numpy(), torch.broadcast_to(
+        result.may_false, rows.shape
+    ).numpy()
