@@ -22,9 +22,15 @@ mask_mods (``Predicate``): "swa_causal_lambda" is the causal SWA above written a
 ``maskir.plan(Predicate(lambda b, h, q, kv: (q - kv < 1024) & (kv <= q)))``, which the planner rewrites to
 ``Window(1023, 0)`` (16K and 1M tokens; its ratio to the Window row is reported); "causal_documents_product"
 is a mask no rule covers, ``(kv <= q) & (doc[q] == doc[kv]) & ((q * kv) % 7 != 0)`` with 1000-token
-documents, planned from counts over the chunks of the causal superset (16K tokens). For both, maskir's
+documents: the causal superset is affine, interval bounds prove the tiles across documents EMPTY, and the
+chunks of the rest are evaluated (16K tokens); "product_mod7", ``(q * kv) % 7 != 0``, is one where neither
+helps (every tile PARTIAL): all N^2 pairs are evaluated, as create_block_mask does (16K tokens).
+For each, maskir's
 ``plan_ms`` is the median of repeated plans of the same Predicate after a first call (``first_call_ms``,
-which compiles the counting chunk for the second), against create_block_mask on the same mask_mod.
+which compiles the counting chunks for the second); ``torch.compile(create_block_mask)`` on the same mask_mod
+runs in the same process, alternating with maskir round by round (``--mask-mod-repeats`` rounds, the first
+apart), so load from other work hits both alike; ``paired_ratio_vs_compiled`` is the median of the per-round
+ratios. Eager create_block_mask runs in a fresh process as above.
 
 Appends one JSON object per row to ``benchmarks/results/plan_speed_cpu.jsonl`` and prints a table.
 
@@ -84,7 +90,7 @@ print(statistics.median(steady) * 1e3, (peak - before) / 1024, times[0] * 1e3)
 """
 
 
-MASK_MODS = ("swa_causal_lambda", "causal_documents_product")
+MASK_MODS = ("swa_causal_lambda", "causal_documents_product", "product_mod7")
 DOCUMENTS = None
 
 
@@ -93,6 +99,8 @@ def mask_mod(name: str) -> Callable:
     global DOCUMENTS
     if name == "swa_causal_lambda":
         return lambda b, h, q, kv: (q - kv < WINDOW) & (kv <= q)
+    if name == "product_mod7":
+        return lambda b, h, q, kv: (q * kv) % 7 != 0
     import torch
 
     if DOCUMENTS is None:
@@ -180,25 +188,59 @@ def time_maskir(n: int, repeats: int, block: int | None) -> dict:
     }
 
 
-def time_mask_mod(name: str, n: int, repeats: int) -> dict:
-    """maskir.plan of the Predicate of ``name`` (128 x 128 blocks): the first call apart, then the median."""
+def time_mask_mod(name: str, n: int, repeats: int, flex: bool = True) -> tuple[dict, dict | None]:
+    """maskir.plan of the Predicate of ``name`` (128 x 128 blocks) and ``torch.compile(create_block_mask)`` on
+    the same mask_mod, alternating in this process (the machine's load drifts: both sides see the same), each
+    side's first call apart; returns (maskir's fields, the compiled create_block_mask row's fields) with
+    medians, and the median of the per-round ratios (create_block_mask / maskir); then maskir alone again
+    (``alone_plan_ms``: a sub-millisecond plan slows several-fold right after an N^2 pass has flushed the
+    caches, so the ratio to ``Window`` uses this one). ``flex`` False: maskir only
+    (create_block_mask would evaluate N^2 pairs), and no create_block_mask row."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
     from maskir.ir import Predicate
 
-    predicate = Predicate(mask_mod(name))
-    times = []
+    predicate, flex_mod = Predicate(mask_mod(name)), mask_mod(name)
+    create = torch.compile(create_block_mask)
+    ours, theirs, alone = [], [], []
     for _ in range(repeats + 1):
         start = time.perf_counter()
         result = plan(predicate, n, block_q=128, block_kv=128)
-        times.append(time.perf_counter() - start)
-    return {
-        "plan_ms": statistics.median(times[1:]) * 1e3,
-        "first_call_ms": times[0] * 1e3,
+        ours.append(time.perf_counter() - start)
+        if flex:
+            start = time.perf_counter()
+            create(flex_mod, None, None, n, n, device="cpu")
+            theirs.append(time.perf_counter() - start)
+    for _ in range(repeats if flex else 0):  # maskir alone: caches not flushed by create_block_mask's N^2 pass
+        start = time.perf_counter()
+        plan(predicate, n, block_q=128, block_kv=128)
+        alone.append(time.perf_counter() - start)
+    load = os.getloadavg()[0]
+    maskir_row = {
+        "plan_ms": statistics.median(ours[1:]) * 1e3,
+        "first_call_ms": ours[0] * 1e3,
         "planned_as": str(result.pattern),
         "blocks": f"{result.block_q}x{result.block_kv}",
         "layout": result.layout.name,
         "tiles": result.tile_counts.tiles,
-        "load_average_1m": os.getloadavg()[0],
+        "times_ms": [t * 1e3 for t in ours[1:]],
+        "load_average_1m": load,
     }
+    if not flex:
+        return maskir_row, None
+    maskir_row["paired_ratio_vs_compiled"] = statistics.median(b / a for a, b in zip(ours[1:], theirs[1:]))
+    maskir_row["alone_plan_ms"] = statistics.median(alone) * 1e3
+    flex_row = {
+        "blocks": "128x128",
+        "layout": "identity",
+        "plan_ms": statistics.median(theirs[1:]) * 1e3,
+        "first_call_ms": theirs[0] * 1e3,
+        "times_ms": [t * 1e3 for t in theirs[1:]],
+        "in_process": True,
+        "load_average_1m": load,
+    }
+    return maskir_row, flex_row
 
 
 def time_per_call(name: str, repeats: int) -> dict:
@@ -257,25 +299,28 @@ def time_create_block_mask(pattern: str, n: int, repeats: int, compiled: bool) -
 
 def mask_mod_rows(rows: list, args, against_flex: Callable) -> None:
     """The MASK_MODS rows: the lambda SWA against Window(1023, 0) (16K, 1M) and create_block_mask (16K);
-    the documents x product mask against create_block_mask (16K)."""
-    repeats = min(args.repeats, 5)
+    the documents x product mask and the product alone against create_block_mask (16K). Compiled create_block_mask runs in this
+    process, alternating with maskir (``time_mask_mod``); the eager one in a fresh process."""
+    repeats = min(args.repeats, args.mask_mod_repeats)
     for n in (16384, 1 << 20):
         window = time_maskir(n, args.repeats, 128)
-        row = {
-            "pattern": "swa_causal_lambda",
-            "impl": "maskir-mask_mod",
-            "N": n,
-            **time_mask_mod("swa_causal_lambda", n, args.repeats),
-        }
+        timed, flex_row = time_mask_mod("swa_causal_lambda", n, repeats, flex=n == 16384)
+        row = {"pattern": "swa_causal_lambda", "impl": "maskir-mask_mod", "N": n, **timed}
         row["window_plan_ms"] = window["plan_ms"]
-        row["ratio_to_window"] = row["plan_ms"] / window["plan_ms"]
+        row["ratio_to_window"] = row.get("alone_plan_ms", row["plan_ms"]) / window["plan_ms"]
         if n == 16384:
-            against_flex(row, row["plan_ms"])
-        else:
+            against_flex(row, row["plan_ms"], compiled_row=flex_row)
+        else:  # create_block_mask at 1M: 2^40 pairs, not run
             rows.append(row)
-    row = {"pattern": "causal_documents_product", "impl": "maskir-mask_mod", "N": 16384}
-    row |= time_mask_mod("causal_documents_product", 16384, repeats)
-    against_flex(row, row["plan_ms"])
+    for name in MASK_MODS[1:]:
+        timed, flex_row = time_mask_mod(name, 16384, repeats)
+        row = {"pattern": name, "impl": "maskir-mask_mod", "N": 16384, **timed}
+        against_flex(row, row["plan_ms"], compiled_row=flex_row)
+
+
+def _ratio(value: float | None) -> str:
+    """A speedup for the table: two decimals below 10x, none above; blank when not measured."""
+    return "" if value is None else f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,21 +334,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only-mask-mods", action="store_true", help=f"only the mask_mod rows ({', '.join(MASK_MODS)})"
     )
+    parser.add_argument(
+        "--mask-mod-repeats", type=int, default=9, help="rounds of maskir and compiled create_block_mask per mask_mod"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON lines file to append to")
     args = parser.parse_args(argv)
 
     env = _environment()
     rows = []
 
-    def against_flex(maskir_row: dict, maskir_ms: float, eager: bool = True) -> None:
-        """Append ``maskir_row`` and create_block_mask's rows of the same pattern and size, with ratios."""
+    def against_flex(maskir_row: dict, maskir_ms: float, eager: bool = True, compiled_row: dict | None = None):
+        """Append ``maskir_row`` and create_block_mask's rows of the same pattern and size, with ratios (the
+        compiled one timed already in this process when ``compiled_row`` is given)."""
         rows.append(maskir_row)
         pattern, n = maskir_row["pattern"], maskir_row["N"]
         for impl, compiled in (("create_block_mask", False), ("create_block_mask_compiled", True)):
             if not compiled and not eager:
                 continue
             flex_row = {"pattern": pattern, "impl": impl, "N": n}
-            flex_row |= time_create_block_mask(pattern, n, args.flex_repeats, compiled)
+            if compiled and compiled_row is not None:
+                flex_row |= compiled_row
+            else:
+                flex_row |= time_create_block_mask(pattern, n, args.flex_repeats, compiled)
             if "plan_ms" in flex_row:
                 maskir_row[f"speedup_vs_{impl}"] = flex_row["plan_ms"] / maskir_ms
             rows.append(flex_row)
@@ -346,9 +398,15 @@ def main(argv: list[str] | None = None) -> None:
         peak = f"{row['peak_mib']:.2f}" if "peak_mib" in row else ""
         print(
             f"{row['impl']:<27} {row['N']:>9} {row['blocks']:>8} {row['plan_ms']:>9.3f} {tables:>9} "
-            f"{peak:>9}  {f'{eager:.0f}x' if eager else '':>9} {f'{compiled:.0f}x' if compiled else '':>11}"
+            f"{peak:>9}  {_ratio(eager):>9} {_ratio(compiled):>11}"
             f" {row['load_average_1m']:>5.2f}  {row['layout']}"
         )
+    for row in rows:
+        if "paired_ratio_vs_compiled" in row:
+            print(
+                f"{row['pattern']} N={row['N']}: median per-round ratio compiled create_block_mask / maskir "
+                f"{row['paired_ratio_vs_compiled']:.2f}x"
+            )
     print(f"appended {len(rows)} rows to {args.output}")
 
 

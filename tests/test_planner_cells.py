@@ -84,8 +84,10 @@ def test_compiled_and_eager_chunks_give_the_brute_force_tile_classes(mask_mod, h
     assert {fallback.EMPTY, fallback.PARTIAL} <= set(expected.tolist())  # the rows q < 20 and the rest
 
 
-def test_only_the_chunks_the_asked_tiles_touch_are_evaluated(monkeypatch):
-    """Causal & (a table lookup): the affine superset leaves the chunks above the diagonal unevaluated."""
+def test_only_the_chunks_of_tiles_the_bounds_leave_open_are_evaluated(monkeypatch):
+    """Causal & (a table lookup): the affine superset leaves the tiles above the diagonal out, interval
+    bounds (``bounds``) prove the tiles inside one document FULL and those across documents EMPTY; only
+    the chunks holding the other (PARTIAL) tiles are evaluated."""
     documents = torch.arange(4096) // 700
     predicate = Predicate(lambda b, h, q, kv: (kv <= q) & (documents[q] == documents[kv]))
     planned = plan(predicate, 4096, block_q=128, block_kv=128)
@@ -99,7 +101,10 @@ def test_only_the_chunks_the_asked_tiles_touch_are_evaluated(monkeypatch):
 
     monkeypatch.setattr(cells.ChunkCounts, "ensure", recording)
     plan(predicate, 4096, block_q=128, block_kv=128)
-    assert sorted(set(seen)) == [(0, 0), (1, 0), (1, 1)]  # 2 x 2 chunks of 2048: the lower triangle
+    kinds = _brute_force_kinds(predicate, 4096, 4096, 128, 0).reshape(32, 32)
+    partial = {(r * 128 // cells.CHUNK, c * 128 // cells.CHUNK) for r, c in zip(*np.nonzero(kinds == fallback.PARTIAL))}
+    assert set(seen) == partial
+    assert len(partial) < (4096 // cells.CHUNK) ** 2 // 2  # fewer than the causal superset's chunks
 
 
 def test_counts_are_dropped_after_each_plan():

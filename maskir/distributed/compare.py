@@ -14,7 +14,8 @@ For one pattern and rank count:
 - predicted forward step time (the simulator): per rank, its kernels plus receiving its bytes over the
   hardware's ``Interconnect`` (NVLink inside a node, InfiniBand across), no overlap; the step is the
   slowest rank. maskir's kernels run each rank's sub-plan; the ring's compute is flex on the token-order
-  plan times the largest rank share under PTRR (HeadTail where PTRR refuses, an even split where both do),
+  plan times the largest rank share of its 128-block work under PTRR (HeadTail where PTRR refuses, an even
+  split where both do),
   its communication the all-gather over the ring's slowest link.
 """
 
@@ -93,6 +94,14 @@ def _maskir_step_ms(cp: ContextParallelPlan, hardware: str, head_dim: int, dtype
     return slowest
 
 
+def _flex_share(blocks: Plan, ranks: int) -> float:
+    """The largest rank's share of flex's work (its 128-blocks) under PTRR, HeadTail where PTRR refuses, an
+    even split where both do."""
+    owner = ptrr_owner(blocks, ranks)
+    owner = head_tail_owner(blocks.canvas.size, ranks) if owner is None else owner
+    return (1.0 if owner is None else token_split_balance(blocks, owner, ranks)) / ranks
+
+
 def _ring_step_ms(blocks: Plan, share: float, ranks: int, hardware: str, head_dim: int, dtype: str) -> float:
     links = get_interconnect(hardware)
     compute = simulate_plan(blocks, hardware, kernel="flex", head_dim=head_dim, dtype=dtype).fwd_ms * share
@@ -125,8 +134,7 @@ def compare(
     if segments is not None:
         blocks = opened_by(blocks, segments)
     head_tail, ptrr = torch_balances(cp, blocks)
-    best_torch = ptrr if ptrr is not None else head_tail if head_tail is not None else 1.0
-    share = best_torch / ranks
+    share = _flex_share(blocks, ranks)
     torch_dtype = DTYPES[dtype]
     return CpComparison(
         pattern,

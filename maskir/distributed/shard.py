@@ -61,24 +61,6 @@ def _part_sides(plan: Plan, part: PlanPart) -> tuple[np.ndarray, np.ndarray]:
     return q_slots, kv_slots
 
 
-def token_work(plan: Plan) -> np.ndarray:
-    """Computed token pairs per q token, summed over heads and parts (float64 [N_q]): per part and head
-    group, the k/v tokens in the listed kv tiles of the token's q tile."""
-    work = np.zeros(plan.canvas.size)
-    for part in plan.parts:
-        q_slots, kv_slots = _part_sides(plan, part)
-        kv_cum = np.concatenate([[0], np.cumsum((kv_slots >= 0).sum(axis=1))])
-        part_tile = _tile_of_token(q_slots, plan.canvas.size)
-        held = part_tile >= 0
-        for group, table in enumerate(part.tables):
-            heads_in_group = int((part.head_table[: plan.heads] == group).sum())
-            if heads_in_group:
-                row, first, stop, _ = table.runs.listed()
-                per_row = np.bincount(row, weights=kv_cum[stop] - kv_cum[first], minlength=part.n_q_tiles)
-                work[held] += heads_in_group * per_row[part_tile[held]]
-    return work
-
-
 def tile_work(plan: Plan) -> np.ndarray:
     """Computed token pairs per q tile of the main layout, exactly as a rank holding the tile computes them
     (int64 [n_q_tiles]): tile j's row of ``sub_plan(plan, all tiles)``, valid q tokens times valid k/v tokens
@@ -417,8 +399,11 @@ def opened_by(full: Plan, segments) -> Plan:
 def _torch_tokens(pattern, canvas, heads: int, ranks: int, segments) -> dict[str, np.ndarray]:
     """{name: token owners} of torch's own balancers, PTRR (on the 128-block mask of the token order,
     opened by ``segments`` when given) and HeadTail, leaving out those that refuse the size."""
-    from maskir.distributed.torch_balancers import head_tail_owner, ptrr_owner, token_plan
+    from maskir.distributed.torch_balancers import FLEX_BLOCK, head_tail_owner, ptrr_owner, token_plan
 
+    size = math.prod(canvas.shape) if isinstance(canvas, Canvas) else math.prod(np.atleast_1d(canvas).tolist())
+    if size % FLEX_BLOCK and size % (2 * ranks):
+        return {}  # both refuse: no token-order plan to build
     blocks = token_plan(pattern, canvas, heads=heads)
     blocks = blocks if segments is None else opened_by(blocks, segments)
     owners = {"ptrr": ptrr_owner(blocks, ranks), "headtail": head_tail_owner(blocks.canvas.size, ranks)}

@@ -1,6 +1,7 @@
 """Exact tile classes by evaluation: the path for leaves no rule covers (``Predicate``), and the test oracle.
 
-A ``Predicate`` on identity tiles is counted per 16 x 16 cell in the 2048 x 2048 chunks its candidate
+A ``Predicate`` on identity tiles is bounded per tile by interval arithmetic (``bounds``), then counted per
+16 x 16 cell in the 512 x 512 chunks its undecided candidate
 tiles touch (``cells``: vectorised torch, compiled for large grids), once per plan call, and every
 candidate's tiles are read from the counts. Otherwise, for each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
 blocks of at most ``PAIRS_PER_EVALUATION`` pairs (so memory stays bounded, well under 256 MiB), and a tile
