@@ -34,14 +34,15 @@ import torch
 
 from benchmarks.catalogue import NAMES, SIZES, cases
 from maskir.bench.measure import FWDBWD_WORK, environment, measure_case
-from maskir.bench.predict import dry_run, hardware_name
+from maskir.bench.predict import dry_run
+from maskir.sim.target import hardware_for_device_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_slug(device_name: str) -> str:
     """A file-name part for a device: its hardware entry when known, else its name in lower-case words."""
-    known = hardware_name(device_name)
+    known = hardware_for_device_name(device_name)
     return known or "_".join(device_name.lower().replace("nvidia", "").split())
 
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.suite needs a CUDA GPU; use --dry-run for plans and predictions.", file=sys.stderr)
         return 2
     device_name = torch.cuda.get_device_name()
-    hardware = args.hardware or hardware_name(device_name)
+    hardware = args.hardware or hardware_for_device_name(device_name)
     env = environment(device_name)
     title = f"maskir suite on {device_name} (torch {env['torch']}, triton {env['triton']}, commit {env['commit'][:12]})"
     started = time.perf_counter()

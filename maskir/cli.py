@@ -19,7 +19,7 @@ import numpy as np
 from maskir import __version__
 from maskir.canvas import Canvas
 from maskir.ir import Pattern
-from maskir.sim.target import ARCHES
+from maskir.sim.target import ARCHES, hardware_for_device_name
 
 DENSE_PAIR_LIMIT = 4096 * 4096
 """Largest Nq * Nkv for which ``maskir parse`` builds the dense mask (16 MiB of bools)."""
@@ -258,7 +258,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from maskir.bench.case import Case
     from maskir.bench.measure import environment, measure_case
-    from maskir.bench.predict import dry_run, hardware_name
+    from maskir.bench.predict import dry_run
 
     pattern, canvas, _ = load_pattern(args.spec, args.canvas, None)
     case = Case("cli", "full", pattern, canvas, documents=args.documents)
@@ -268,7 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         return
     device_name = torch.cuda.get_device_name()
     options = argparse.Namespace(fwd_only=args.fwd_only, warmup=args.warmup, iters=args.iters)
-    for row in measure_case(case, options, environment(device_name), hardware_name(device_name)):
+    for row in measure_case(case, options, environment(device_name), hardware_for_device_name(device_name)):
         timing = {key: round(row[key], 3) for key in ("fwd_ms", "fwdbwd_ms", "useful_tflops") if key in row}
         print(f"{row['impl']:<8} {timing or row.get('skipped')}")
 

@@ -231,12 +231,15 @@ class CompiledAttention:
         ``segments``/``routing`` leave open (``GatedLists``: forward/dQ lists, and with ``backward`` the
         dK/dV lists; ``.open_tiles`` [B, H or 1] counts them); None for a part without a gate.
 
-        Every Triton-backend call builds exactly these before it launches (O(N + entries) torch ops on
+        Every Triton- or TVM-backend call builds exactly these before it launches (O(N + entries) torch ops on
         q's device, no synchronisation), unless its run-time tensors are those of the call before (the
         backward of a forward, layers sharing this object and one batch): then it reuses them. Here they are
         always built anew. ``routing`` as in ``__call__`` (None: scored from q and k)."""
-        if self.backend != "triton":
-            raise ValueError(f"tile_gates needs the Triton backend; this CompiledAttention runs {self.backend!r}.")
+        if not getattr(self.kernels, "walks_gated_lists", False):
+            raise ValueError(
+                "tile_gates needs kernels that walk per-call lists (the Triton or TVM backend); "
+                f"this CompiledAttention runs {self.backend!r}."
+            )
         shapes = check_qkv(q, k, k, enable_gqa=self.kv_heads != self.heads)
         if shapes.device.type != self.device.type:
             raise ValueError(f"q is on {shapes.device.type}; this CompiledAttention was built for {self.device.type}.")

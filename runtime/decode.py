@@ -28,6 +28,8 @@ from maskir.ir import Pattern, Segments
 from maskir.planner.decode import check_decodable, decode_plan, kv_bucket, prefers_decode
 from maskir.runtime.cache import DEFAULT_CACHE, KernelCache, source_digest
 from maskir.runtime.checks import DTYPES, int32_ids, is_integer_tensor
+from maskir.runtime.target import device_spec
+from maskir.sim.target import KernelSpec
 
 CPU_SMS = 4
 """SMs assumed for splitting on CPU (the interpreter runs programs one after another)."""
@@ -88,6 +90,9 @@ class DecodeAttention:
             )
         self.pattern, self.heads, self.kv_heads, self.head_dim = pattern, heads, kv_heads, head_dim
         self.dtype, self.device, self.score_mod, self.cache = dtype, torch.device(device), score_mod, cache
+        self.spec = device_spec(
+            self.device, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod is not None
+        )
         self._segments = any(isinstance(node, Segments) for node in pattern.walk())
         self._plans: dict[int, object] = {}
         self._kernels: dict[tuple[int, int], object] = {}
@@ -113,10 +118,10 @@ class DecodeAttention:
         from maskir.codegen.triton.backend import use_interpreter
         from maskir.runtime.backends import resolve
         from maskir.runtime.compiled import _device_capability
-        from maskir.runtime.target import device_spec
 
-        spec = device_spec(self.device, head_dim=self.head_dim, dtype=self.dtype, kv_heads=self.kv_heads)
-        resolve(DECODE_BACKEND, spec)  # the decode kernels are Triton's: ValueError with its reason if it cannot run
+        resolve(
+            DECODE_BACKEND, self.spec
+        )  # the decode kernels are Triton's: ValueError with its reason if it cannot run
         interpret = self.device.type != "cuda"
         if interpret:
             use_interpreter()
@@ -131,6 +136,8 @@ class DecodeAttention:
             kv_heads=self.kv_heads,
             score_mod=self.score_mod,
             interpret=interpret,
+            capability=self.spec.capability or (9, 0),
+            shared_memory_per_block=self.spec.shared_memory_per_block or None,
         )
         fields = {
             "kernel": "decode",
@@ -290,7 +297,7 @@ class DecodeAttention:
             kv_lens=kv_lens,
             block_table=block_table,
             ring=ring,
-            sms=device_sms(q.device),
+            sms=spec_sms(self.spec),
             splits=num_splits,
         )
 
@@ -319,9 +326,10 @@ class DecodeAttention:
         return named
 
 
-def device_sms(device: torch.device) -> int:
-    """SMs the split count aims at: the GPU's, or ``CPU_SMS`` for the interpreter."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else CPU_SMS
+def spec_sms(spec: KernelSpec) -> int:
+    """SMs the split count aims at: the target's (``KernelSpec.sms``, the device's own count on CUDA), or
+    ``CPU_SMS`` for the interpreter."""
+    return spec.sms if spec.device == "cuda" else CPU_SMS
 
 
 class LocalDecode:
@@ -340,9 +348,7 @@ class LocalDecode:
             return False
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors)):
             return False
-        return prefers_decode(
-            c.pattern, c.canvas, c.kv_canvas, batch=q.shape[0], heads=c.heads, sms=device_sms(q.device)
-        )
+        return prefers_decode(c.pattern, c.canvas, c.kv_canvas, batch=q.shape[0], heads=c.heads, sms=spec_sms(c.spec))
 
     def __call__(self, q, k, v, scale: float, named: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.compiled

@@ -22,7 +22,7 @@ only the open tiles of its row: skipping closed entries one by one would cost a 
 listed tile (a documents plan lists every causal tile, most of them closed). The per-call cost is
 O(N + entries + routing blocks) torch operations on the device: no host work, no synchronisation.
 ``CallGates`` keeps a compiled plan's gates and the latest call's lists; ``GatedKernels`` hands them to
-kernels that walk gated lists (``walks_gated_lists``: the Triton backend's) on every forward and backward.
+kernels that walk gated lists (``walks_gated_lists``: the Triton and TVM backends') on every forward and backward.
 """
 
 from __future__ import annotations

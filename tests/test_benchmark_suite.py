@@ -12,6 +12,7 @@ from benchmarks import suite
 from benchmarks.catalogue import case, cases
 from maskir.bench import measure, predict
 from maskir.bench.case import Case
+from maskir.sim.target import hardware_for_device_name
 
 ANCHORS = [
     # Rows of shared/anchors/h100_flex_sdpa.jsonl (N = 16384, H = 16, D = 128) and their allowed pairs.
@@ -42,7 +43,7 @@ def test_useful_tflops_follows_the_anchors_convention(row, causal_share):
     ],
 )
 def test_device_names_map_to_the_simulator_hardware_and_a_file_name(device, hardware, slug):
-    assert predict.hardware_name(device) == hardware
+    assert hardware_for_device_name(device) == hardware
     assert suite.device_slug(device) == slug
 
 

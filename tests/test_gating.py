@@ -160,7 +160,7 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
     )
     assert static.tile_gates(q, q) == [None]
     reference = maskir.compile(Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, backend="reference")
-    with pytest.raises(ValueError, match="Triton backend"):
+    with pytest.raises(ValueError, match="walk per-call lists"):
         reference.tile_gates(q, q)
 
 
@@ -214,3 +214,38 @@ def test_a_call_reuses_the_lists_of_the_call_before_on_the_same_unchanged_data(m
     assert built == [(0,), (1,), (0,), (0,)]
     want = maskir.attention(q, k, v, Segments() & Causal(), backend="reference", segments=documents)
     torch.testing.assert_close(compiled(q, k, v, segments=documents), want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["dq-then-dkdv", "fused"])
+def test_tvm_kernels_walk_the_lists_a_calls_documents_leave_open(monkeypatch, fused):
+    """The TVM backend's kernels get this call's gated lists (``gated`` = 1, their last scalar) and, on
+    documents that cut across tiles, match the float64 reference forward and backward."""
+    pytest.importorskip("tvm")
+    import maskir
+    from maskir.codegen.tvm.launch import TvmAttention
+
+    compiled = maskir.compile(
+        Segments() & Causal(), 256, heads=2, head_dim=16, dtype=torch.float32, device="cpu",
+        block_q=64, block_kv=64, backend="tvm",
+    )  # fmt: skip
+    compiled.kernels.fused_backward = fused
+    gated = []
+    call = TvmAttention._call
+    monkeypatch.setattr(
+        TvmAttention, "_call", lambda self, name, *a: gated.append((name[:3], a[-1])) or call(self, name, *a)
+    )
+    q, k, v = (torch.randn(2, 2, 256, 16, requires_grad=True) for _ in range(3))
+    documents = torch.stack([torch.arange(256) // 40, torch.arange(256) // 100]).to(torch.int32)
+    out = compiled(q, k, v, segments=documents)
+    out.square().sum().backward()
+    assert {flag for _, flag in gated} == {1} and {name for name, _ in gated} == (
+        {"fwd", "bwd"} if fused else {"fwd", "dq_", "dkd"}
+    )
+    ((forward, _),) = compiled.tile_gates(q, k, segments=documents, backward=True)
+    assert forward.open_tiles.max() < compiled.plan.tile_counts.tiles // 2  # fewer than the causal tiles
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]  # the reference computes in float64
+    want = maskir.attention(*leaves, Segments() & Causal(), backend="reference", segments=documents)
+    want.square().sum().backward()
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=0)
+    for got, ref in zip((q, k, v), leaves):
+        torch.testing.assert_close(got.grad, ref.grad, atol=1e-4, rtol=0)

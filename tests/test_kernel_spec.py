@@ -122,21 +122,31 @@ RUNTIME_ON_A_PATCHED_DEVICE = textwrap.dedent(
     kernels = compiled.kernels
     reports = check_module("causal", kernels.module, compiled.plan, kernels.generated, dtype=torch.bfloat16,
                            capability=compiled.spec.capability)
+    from maskir.codegen.triton.compile_check_decode import check_decode_plan
+    decoding = maskir.compile_decode(maskir.Causal(), heads=2, kv_heads=2, head_dim=128, dtype=torch.bfloat16,
+                                     device="cuda")
+    decode_module = decoding.kernels(1, 2048).module
+    reports += check_decode_plan("decode", decoding.plan(2048), n_q=1, head_dim=128, dtype=torch.bfloat16,
+                                 kv_heads=2, paged=False, capability=decoding.spec.capability, sms=decoding.spec.sms)
     print(json.dumps({"arch": compiled.spec.arch, "hardware": compiled.spec.hardware.name,
                       "sms": compiled.spec.sms, "options": kernels.module.LAUNCH_OPTIONS,
+                      "decode": [decoding.spec.arch, decode_module.LAUNCH_OPTIONS["_decode"]["num_stages"]],
                       "reports": [[r.kernel, r.shared, r.shared_limit, r.spills, r.ok] for r in reports]}))
     """
 )
 
 
 @pytest.mark.parametrize(
-    "capability, device_name, sms, entry",
-    [((8, 9), "NVIDIA GeForce RTX 4090", 128, "rtx4090"), ((8, 0), "NVIDIA A100-SXM4-40GB", 108, "a100")],
+    "capability, device_name, sms, entry, decode_stages",
+    [((8, 9), "NVIDIA GeForce RTX 4090", 128, "rtx4090", 2), ((8, 0), "NVIDIA A100-SXM4-40GB", 108, "a100", 3)],
 )
-def test_runtime_on_an_ampere_or_ada_device_generates_kernels_that_fit(tmp_path, capability, device_name, sms, entry):
-    """With the device capability patched, ``maskir.compile`` on "cuda" builds its spec from the device and
-    generates kernels that, compiled for that capability (ptxas, no GPU), fit its shared memory and spill
-    nothing. With sm_90's configuration the causal forward needed 114,688 B, over sm_89's 101,376 B."""
+def test_runtime_on_an_ampere_or_ada_device_generates_kernels_that_fit(
+    tmp_path, capability, device_name, sms, entry, decode_stages
+):
+    """With the device capability patched, ``maskir.compile`` and ``maskir.compile_decode`` on "cuda" build
+    their spec from the device and generate kernels that, compiled for that capability (ptxas, no GPU), fit
+    its shared memory and spill nothing. With sm_90's configuration the causal forward needed 114,688 B, over
+    sm_89's 101,376 B; the decode kernel's 3 stages of 64 x 128 K and V need 102,400 B there, so it takes 2."""
     shared = ARCHES[f"sm_{capability[0]}{capability[1]}"].shared_memory_per_block
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env.update(MASKIR_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
@@ -151,10 +161,27 @@ def test_runtime_on_an_ampere_or_ada_device_generates_kernels_that_fit(tmp_path,
     assert done.returncode == 0, done.stderr[-4000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert (found["arch"], found["hardware"], found["sms"]) == (f"sm_{capability[0]}{capability[1]}", entry, sms)
-    assert {name for name, *_ in found["reports"]} == {"_fwd", "_bwd_preprocess", "_bwd_dq", "_bwd_dkdv"}
+    kernels = {name.split()[0] for name, *_ in found["reports"]}
+    assert kernels == {"_fwd", "_bwd_preprocess", "_bwd_dq", "_bwd_dkdv", "_decode", "_merge"}
     assert all(limit == shared for _, _, limit, _, _ in found["reports"])
     assert [row for row in found["reports"] if not row[-1]] == []
     assert found["options"]["_fwd"]["num_stages"] == 2
+    assert found["decode"] == [f"sm_{capability[0]}{capability[1]}", decode_stages]
+
+
+def test_decode_stages_are_priced_from_the_targets_shared_memory():
+    """Each stage holds a 64 x D tile of K and of V beside the program's queries: 3 stages of head dim 128
+    bf16 need 3 x 32,768 + 16 x 256 = 102,400 B, over sm_89's 101,376 B; fp32 doubles the stage."""
+    from maskir.codegen.triton.emit_decode import decode_launch_options
+
+    def stages(capability, dtype=torch.bfloat16):
+        return decode_launch_options(128, dtype, False, chunk=64, rows=16, capability=capability).num_stages
+
+    assert [stages(c) for c in ((8, 0), (8, 6), (8, 9), (9, 0), (10, 0))] == [3, 2, 2, 3, 3]
+    assert [stages(c, torch.float32) for c in ((8, 0), (8, 9), (9, 0))] == [2, 1, 3]
+    assert decode_launch_options(128, torch.bfloat16, True).num_stages == 1
+    with pytest.raises(ValueError, match="shared_memory_per_block"):
+        decode_launch_options(128, torch.bfloat16, False, capability=(7, 5))
 
 
 def test_cli_source_configures_the_triton_module_for_the_arch(capsys):

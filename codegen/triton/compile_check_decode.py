@@ -58,11 +58,19 @@ def check_decode_plan(
     sms: int = 132,
 ) -> list[KernelReport]:
     """Generate the decode module for ``plan`` (GPU flavour) and compile the launches of one call whose
-    queries are the last ``n_q`` positions of the plan's canvas (contiguous or, with ``paged``, paged cache)."""
+    queries are the last ``n_q`` positions of the plan's canvas (contiguous or, with ``paged``, paged cache),
+    with the launch options chosen for ``capability``; ``sms`` sets the split count as on that GPU."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile_check must run without TRITON_INTERPRET=1: use a subprocess.")
     generated = generate_decode_source(
-        plan, n_q=n_q, head_dim=head_dim, dtype=dtype, kv_heads=kv_heads, score_mod=score_mod, interpret=False
+        plan,
+        n_q=n_q,
+        head_dim=head_dim,
+        dtype=dtype,
+        kv_heads=kv_heads,
+        score_mod=score_mod,
+        interpret=False,
+        capability=capability,
     )
     meta, length = torch.device("meta"), plan.canvas.size
     q = torch.empty(1, plan.heads, n_q, head_dim, dtype=dtype, device=meta)

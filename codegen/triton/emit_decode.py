@@ -11,7 +11,7 @@ import torch
 
 from maskir.codegen.common.lowered import source_title
 from maskir.codegen.common.template import fill
-from maskir.codegen.triton.configs import DTYPE_NAMES, LaunchOptions
+from maskir.codegen.triton.configs import DTYPE_NAMES, SHARED_MEMORY_BYTES, LaunchOptions
 from maskir.codegen.triton.emit import (
     MIN_HEAD_DIM,
     GeneratedSource,
@@ -31,12 +31,43 @@ MERGE_ROWS = 16
 """Rows of [B * H * N_Q] per program of the merge kernel."""
 
 
-def decode_launch_options(head_dim_pad: int, dtype: torch.dtype, interpret: bool) -> LaunchOptions:
-    """Warps and stages of the decode kernel: 4 warps stream K/V tiles; fp32 or head dim 256 take 8."""
+MAX_DECODE_STAGES = 3
+"""Deepest K/V pipeline of the decode kernel (sm_90 with the suite's head dim 128 bf16: 3 stages fit)."""
+
+
+def decode_launch_options(
+    head_dim_pad: int,
+    dtype: torch.dtype,
+    interpret: bool,
+    *,
+    chunk: int = DECODE_CHUNK_N,
+    rows: int = 16,
+    capability: tuple[int, int] = (9, 0),
+    shared_memory_per_block: int | None = None,
+) -> LaunchOptions:
+    """Warps and stages of the decode kernel: 4 warps stream K/V tiles; fp32 or head dim 256 take 8.
+
+    Stages are priced from the target's shared memory: each stage buffers a ``chunk`` x ``head_dim_pad``
+    tile of K and of V, beside the program's ``rows`` x ``head_dim_pad`` queries, so the deepest pipeline
+    with ``stages * 2 * chunk * D * bytes + rows * D * bytes <= shared_memory_per_block`` is taken (at most
+    ``MAX_DECODE_STAGES``; 1, no pipelining, when two do not fit). Head dim 128 bf16: 3 stages need
+    102,400 B, over sm_86/sm_89's 101,376 B, so those take 2. ``shared_memory_per_block`` None: the
+    capability's limit (``ARCHES``).
+    """
     if interpret:
         return LaunchOptions(num_warps=4, num_stages=1)
-    heavy = head_dim_pad * (4 if dtype == torch.float32 else 2) >= 512
-    return LaunchOptions(num_warps=8 if heavy else 4, num_stages=3)
+    if shared_memory_per_block is None:
+        if tuple(capability) not in SHARED_MEMORY_BYTES:
+            raise ValueError(
+                f"No shared memory limit known for capability={capability}: pass shared_memory_per_block "
+                f"(known capabilities: {', '.join(map(str, SHARED_MEMORY_BYTES))})."
+            )
+        shared_memory_per_block = SHARED_MEMORY_BYTES[tuple(capability)]
+    element = 4 if dtype == torch.float32 else 2
+    heavy = head_dim_pad * element >= 512
+    stage_bytes, query_bytes = 2 * chunk * head_dim_pad * element, rows * head_dim_pad * element
+    fitting = (shared_memory_per_block - query_bytes) // stage_bytes
+    return LaunchOptions(num_warps=8 if heavy else 4, num_stages=int(max(1, min(MAX_DECODE_STAGES, fitting))))
 
 
 def generate_decode_source(
@@ -48,8 +79,13 @@ def generate_decode_source(
     kv_heads: int,
     score_mod: Callable | None = None,
     interpret: bool = False,
+    capability: tuple[int, int] = (9, 0),
+    shared_memory_per_block: int | None = None,
 ) -> GeneratedSource:
-    """The decode module for ``plan`` (a ``decode_plan``), ``n_q`` queries per head, q/k/v of ``dtype``."""
+    """The decode module for ``plan`` (a ``decode_plan``), ``n_q`` queries per head, q/k/v of ``dtype``.
+
+    ``capability`` and ``shared_memory_per_block`` (a ``KernelSpec``'s) price the launch options
+    (``decode_launch_options``); ignored when ``interpret``."""
     if (plan.block_q, plan.block_kv, len(plan.parts)) != (DECODE_BLOCK_Q, DECODE_BLOCK_KV, 1):
         raise ValueError(
             f"generate_decode_source needs a decode plan (maskir.planner.decode.decode_plan: one part, "
@@ -61,7 +97,15 @@ def generate_decode_source(
     pack = head_pack(plan, kv_heads)
     rows, row_blocks = decode_rows(n_q, pack)
     chunk = plan.block_kv if interpret else min(DECODE_CHUNK_N, plan.block_kv)
-    options = decode_launch_options(head_dim_pad, dtype, interpret)
+    options = decode_launch_options(
+        head_dim_pad,
+        dtype,
+        interpret,
+        chunk=chunk,
+        rows=rows,
+        capability=capability,
+        shared_memory_per_block=shared_memory_per_block,
+    )
     values = [
         ("BLOCK_M", plan.block_q, "q positions per tile of the decode plan"),
         ("BLOCK_N", plan.block_kv, "kv positions per tile"),

@@ -43,6 +43,9 @@ from maskir.codegen.tvm.template import (
     WALK,
 )
 from maskir.codegen.tvm.tile_template import (
+    GATE_BUFFER,
+    GATE_PARAMS,
+    GATE_WALK,
     TILE_BACKWARD,
     TILE_DKDV,
     TILE_DQ,
@@ -274,6 +277,13 @@ def generate_tvm_source(
                 score_grad=lowered.score_grad,
                 table_grad=values["table_grad"] or None,
             )
+            gates = {
+                "gate_params": GATE_PARAMS,
+                "gate_buffer": GATE_BUFFER,
+                "kv_gate": fill(GATE_WALK, {"n_tiles": str(part.n_q_tiles), "tile": "qt"}),
+                "q_gate": fill(GATE_WALK, {"n_tiles": str(part.n_kv_tiles), "tile": "kt"}),
+            }
+            blocks = {**blocks, **gates}
             kernels = (TILE_FORWARD, TILE_DQ, TILE_DKDV) + (() if values["table_grad"] else (TILE_BACKWARD,))
             functions += [split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes) for kernel in kernels]
             continue

@@ -155,6 +155,8 @@ class TvmAttention:
     """
 
     fused_backward: bool | None = None
+    walks_gated_lists = True
+    """forward/backward take ``lists``: per call, the tiles the run-time data leaves open."""
 
     def __init__(self, plan: Plan, generated: TvmSource, library: bytes | None = None):
         if generated.target != "llvm":
@@ -167,7 +169,23 @@ class TvmAttention:
         self._tables: list[PartTables] | None = None
         self._work: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def tables(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
+    def tables(self, device: torch.device | str = "cpu") -> list[PartTables]:
+        """Per part, its tables (CPU tensors: what ``maskir.runtime.gating`` builds per-call lists from)."""
+        return [tables for tables, _, _ in self._parts()]
+
+    @staticmethod
+    def _gate(tables: PartTables, gated) -> tuple:
+        """Kernel arguments of one direction's per-call list (``GatedLists``), or of the plan's (None):
+        the flattened buffer, ``gate_open_at``, the batch and head strides, ``gated``."""
+        if gated is None:
+            return tables.kv_index, 0, 0, 0, 0
+        buffer = gated.buffer.contiguous()
+        if buffer.numel() >= 2**31:
+            raise ValueError(f"The per-call lists hold {buffer.numel()} entries; the TVM kernels index with int32.")
+        head_stride = buffer.stride(1) if buffer.shape[1] > 1 else 0
+        return buffer.reshape(-1), int(gated.open_at), buffer.stride(0), head_stride, 1
+
+    def _parts(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""
         if self._tables is None:  # built whole, then published: a concurrent call never sees it half made
             built = []
@@ -197,7 +215,7 @@ class TvmAttention:
         if key not in self._work:
             orders = []
             group_size = self.plan.heads // self.generated.kv_heads
-            for tables, _, _ in self.tables():
+            for tables, _, _ in self._parts():
                 heads = tables.head_table.long().numpy()
                 lists = len(tables.kv_full) // max(1, tables.n_q_tiles)
                 q_costs = list_costs(tables.kv_start, tables.kv_full, lists, tables.n_q_tiles)[heads]
@@ -240,20 +258,29 @@ class TvmAttention:
         self.executable[name](*args)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, tensors: Sequence[torch.Tensor]
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        scale: float,
+        tensors: Sequence[torch.Tensor],
+        lists: Sequence | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """out [B, H, N_q, D] (q's dtype) and lse [B, H, N_q] (fp32, natural log, -inf for empty rows)."""
+        """out [B, H, N_q, D] (q's dtype) and lse [B, H, N_q] (fp32, natural log, -inf for empty rows).
+        ``lists``: per plan part, this call's gated forward lists (a 1-tuple) or None (the plan's)."""
         self._check(q, k, v, tensors)
         q, k, v = (t.contiguous() for t in (q, k, v))
         buffers = self._buffers(tensors)
         outs, lses = [], []
-        for index, ((tables, q_tokens, kv_tokens), (q_work, *_)) in enumerate(zip(self.tables(), self.work(len(q)))):
+        for index, ((tables, q_tokens, kv_tokens), (q_work, *_)) in enumerate(zip(self._parts(), self.work(len(q)))):
+            gate, *gate_args = self._gate(tables, lists[index][0] if lists and lists[index] else None)
             out = torch.zeros(q.shape, dtype=torch.float32)
             lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
             self._call(
                 f"fwd_{index}",
                 q, k, v, lse, tables.head_table, q_tokens, kv_tokens,
-                out, tables.kv_start, tables.kv_full, tables.kv_index, q_work, *buffers, float(scale),
+                out, tables.kv_start, tables.kv_full, tables.kv_index, q_work, gate, *buffers, float(scale), *gate_args,
             )  # fmt: skip
             outs.append(out)
             lses.append(lse)
@@ -273,9 +300,11 @@ class TvmAttention:
         scale: float,
         tensors: Sequence[torch.Tensor],
         trained: Sequence[int] = (),
+        lists: Sequence | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """dq, dk, dv (in the inputs' dtypes) of the forward's output, given dout; then the gradients of
-        the score_mod tensors at indices ``trained`` of ``tensors``."""
+        the score_mod tensors at indices ``trained`` of ``tensors``. ``lists``: per plan part, this call's
+        gated (forward/dQ, dK/dV) lists or None (the plan's)."""
         self._check(q, k, v, tensors)
         table_grads = self.generated.table_grads
         names = [self.generated.tensor_names[i] for i in trained]
@@ -288,8 +317,13 @@ class TvmAttention:
         buffers = self._buffers(tensors)
         grads = []
         for index, ((tables, q_tokens, kv_tokens), (q_work, kv_work, bwd_work, fuse)) in enumerate(
-            zip(self.tables(), self.work(len(q)))
+            zip(self._parts(), self.work(len(q)))
         ):
+            kv_gate, q_gate = (
+                (self._gate(tables, None), self._gate(tables, None))
+                if not lists or lists[index] is None
+                else (self._gate(tables, lists[index][0]), self._gate(tables, lists[index][1]))
+            )
             dq = torch.zeros(q.shape, dtype=torch.float32)
             dk = torch.zeros(k.shape, dtype=torch.float32)
             dv = torch.zeros(v.shape, dtype=torch.float32)
@@ -297,8 +331,8 @@ class TvmAttention:
             if table_grads is None and (fuse if self.fused_backward is None else self.fused_backward):
                 self._call(
                     f"bwd_{index}",
-                    *common, dq, dk, dv, tables.q_start, tables.q_full, tables.q_index, bwd_work, *buffers,
-                    float(scale),
+                    *common, dq, dk, dv, tables.q_start, tables.q_full, tables.q_index, bwd_work, q_gate[0],
+                    *buffers, float(scale), *q_gate[1:],
                 )  # fmt: skip
                 grads.append((dq, dk, dv))
                 continue
@@ -314,13 +348,16 @@ class TvmAttention:
                 tables.kv_full,
                 tables.kv_index,
                 q_work,
+                kv_gate[0],
                 *buffers,
                 float(scale),
+                *kv_gate[1:],
                 *table_args,
             )
             self._call(
                 f"dkdv_{index}",
-                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, kv_work, *buffers, float(scale),
+                *common, dk, dv, tables.q_start, tables.q_full, tables.q_index, kv_work, q_gate[0], *buffers,
+                float(scale), *q_gate[1:],
             )  # fmt: skip
             grads.append((dq, dk, dv))
         summed = sum_part_grads(grads, (q, k, v))

@@ -15,6 +15,8 @@ unit's own side as vector lanes, so no tile is transposed inside the walk:
   so it may be stored transposed;
 - padding keys (token -1) score -inf; a PARTIAL pair evaluates the lowered predicate for a whole row of
   lanes at once, once per tile pair (FULL pairs never do); a score_mod rewrites each allowed score;
+- lists: the plan's CSR lists, or with ``gated`` (patterns over run-time data) this call's lists of the
+  tiles the data leaves open (``GATE_WALK``);
 - forward: online softmax per query, vectorised over queries: m' = max(m, max_c S), P = exp(S - m'),
   l' = l exp(m - m') + sum_c P, acc' = acc exp(m - m') + P^T @ V;
 - dQ: P = exp(s - lse), dP = V @ dO^T, dS = P (dP - delta) (times d score_mod / d score), dQ += dS^T @ K;
@@ -350,8 +352,9 @@ def tile_blocks(
 TILE_FORWARD = """\
     @T.prim_func
     def fwd_$part($common_params, o_: T.handle, kv_start_: T.handle, kv_full_: T.handle,
-            kv_index_: T.handle, work_: T.handle$tensor_params, sm_scale: T.float32):
+            kv_index_: T.handle, work_: T.handle, gate_: T.handle$tensor_params, sm_scale: T.float32$gate_params):
 $common_buffers
+$gate_buffer
         O = T.match_buffer(o_, (batch, $heads, $n_q, $head_dim), "float32")
         KV_START = T.match_buffer(kv_start_, (n_start,), "int32")
         KV_FULL = T.match_buffer(kv_full_, (n_full,), "int32")
@@ -374,8 +377,9 @@ $common_buffers
                     ROW[1, i] = T.float32(0)
                     for d in T.vectorized($head_dim):
                         ACC[i, d] = T.float32(0)
-                for e in T.serial(start, end):
-                    kt = KV_INDEX[e]
+                $kv_gate
+                for e in T.serial(start, stop):
+                    kt = T.if_then_else(gated != 0, GATE[gate_base + e], KV_INDEX[e])
                     $load_kv
                     $kv_scores
                     $fwd_mask
@@ -399,8 +403,10 @@ $common_buffers
 TILE_DQ = """\
     @T.prim_func
     def dq_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, kv_start_: T.handle,
-            kv_full_: T.handle, kv_index_: T.handle, work_: T.handle$tensor_params, sm_scale: T.float32$table_params):
+            kv_full_: T.handle, kv_index_: T.handle, work_: T.handle, gate_: T.handle$tensor_params,
+            sm_scale: T.float32$gate_params$table_params):
 $common_buffers
+$gate_buffer
         DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
         DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
         DQ = T.match_buffer(dq_, (batch, $heads, $n_q, $head_dim), "float32")
@@ -425,8 +431,9 @@ $common_buffers
                 for i in T.serial($block_q):
                     for d in T.vectorized($head_dim):
                         GRAD[i, d] = T.float32(0)
-                for e in T.serial(start, end):
-                    kt = KV_INDEX[e]
+                $kv_gate
+                for e in T.serial(start, stop):
+                    kt = T.if_then_else(gated != 0, GATE[gate_base + e], KV_INDEX[e])
                     $load_kv
                     $kv_scores
                     $dq_mask
@@ -445,9 +452,10 @@ $common_buffers
 TILE_DKDV = """\
     @T.prim_func
     def dkdv_$part($common_params, do_: T.handle, delta_: T.handle, dk_: T.handle, dv_: T.handle,
-            q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle$tensor_params,
-            sm_scale: T.float32):
+            q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle, gate_: T.handle$tensor_params,
+            sm_scale: T.float32$gate_params):
 $common_buffers
+$gate_buffer
         DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
         DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
         DK = T.match_buffer(dk_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
@@ -477,8 +485,9 @@ $common_buffers
                     start = Q_START[group * ($n_kv_tiles + 1) + kt]
                     end = Q_START[group * ($n_kv_tiles + 1) + kt + 1]
                     full_end = start + Q_FULL[group * $n_kv_tiles + kt]
-                    for e in T.serial(start, end):
-                        qt = Q_INDEX[e]
+                    $q_gate
+                    for e in T.serial(start, stop):
+                        qt = T.if_then_else(gated != 0, GATE[gate_base + e], Q_INDEX[e])
                         $load_q_do
                         $statistics
                         $q_scores
@@ -500,9 +509,10 @@ $common_buffers
 TILE_BACKWARD = """\
     @T.prim_func
     def bwd_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, dk_: T.handle,
-            dv_: T.handle, q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle$tensor_params,
-            sm_scale: T.float32):
+            dv_: T.handle, q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle,
+            gate_: T.handle$tensor_params, sm_scale: T.float32$gate_params):
 $common_buffers
+$gate_buffer
         DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
         DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
         DQ = T.match_buffer(dq_, (batch, $heads, $n_q, $head_dim), "float32")
@@ -532,8 +542,9 @@ $common_buffers
                         start = Q_START[group * ($n_kv_tiles + 1) + kt]
                         end = Q_START[group * ($n_kv_tiles + 1) + kt + 1]
                         full_end = start + Q_FULL[group * $n_kv_tiles + kt]
-                        for e in T.serial(start, end):
-                            qt = Q_INDEX[e]
+                        $q_gate
+                        for e in T.serial(start, stop):
+                            qt = T.if_then_else(gated != 0, GATE[gate_base + e], Q_INDEX[e])
                             $load_q_do
                             $statistics
                             $q_scores
@@ -559,3 +570,18 @@ $common_buffers
 """
 """The fused backward of one part: a unit (batch, kv head) owns dK/dV of its kv tiles and dQ of its GQA
 group's query heads, so it adds into both with no other unit writing the same rows."""
+
+GATE_PARAMS = ", gate_open_at: T.int32, stride_gb: T.int32, stride_gh: T.int32, gated: T.int32"
+
+GATE_BUFFER = """\
+        n_gate = T.int32()
+        GATE = T.match_buffer(gate_, (n_gate,), "int32")"""
+
+GATE_WALK = """\
+gate_base = b * stride_gb + h * stride_gh
+gate_row = gate_base + gate_open_at + group * ($n_tiles + 1) + $tile
+stop = T.if_then_else(gated != 0, start + GATE[gate_row + 1] - GATE[gate_row], end)"""
+"""The end of a list row walked: the plan's (``end``), or with ``gated`` this call's (``GATE``: the
+runtime's ``GatedLists`` buffer [B, H or 1, entries + rows + 2] flattened, ``stride_gh`` 0 when it has one
+head): its open entries packed from ``start`` (FULL ones first, never closed), the running open counts from
+``gate_open_at`` on, and ``GATE[gate_base + e]`` the tile of entry e (``maskir.runtime.gating``)."""

@@ -13,15 +13,6 @@ from maskir.planner import Plan
 from maskir.runtime.gating import gated_plan
 
 
-def hardware_name(device_name: str) -> str | None:
-    """The simulator's hardware entry for a CUDA device name ("NVIDIA H100 80GB HBM3" -> "h100"), or None."""
-    from maskir.sim import HARDWARE
-
-    words = device_name.lower().replace("-", " ").split()
-    matches = [key for key in HARDWARE if all(part in words for part in key.split("-"))]
-    return max(matches, key=len) if matches else None
-
-
 @dataclass
 class Prediction:
     """maskir's plan of one case and the simulator's forward / forward+backward times for maskir and flex."""

@@ -75,7 +75,8 @@ class Hardware:
 HARDWARE: dict[str, Hardware] = {
     # NVIDIA H100 Tensor Core GPU datasheet (SXM5): 989 TFLOP/s bf16 dense (1,979 with sparsity), 67 TFLOP/s
     # fp32, 3.35 TB/s HBM3; Hopper architecture whitepaper: 132 SMs, 1.98 GHz max boost, 228 KiB shared
-    # memory per SM, 50 MiB L2.
+    # memory per SM, 50 MiB L2. (The tensor peak is quoted at 1.83 GHz: 132 SMs x 4,096 FLOP/clk; the fp32
+    # peak at 1.98 GHz: 132 x 128 lanes x 2. ``clock_ghz`` is the max boost, used for L2 bandwidth only.)
     "h100": Hardware("h100", 132, 1.98, 989.4, 66.9, 3.35, 228, 50),
     # Same datasheet, PCIe column: 756 TFLOP/s bf16 dense (1,513 with sparsity), 51 TFLOP/s fp32, 2.0 TB/s
     # HBM2e; whitepaper: 114 SMs, 1.755 GHz boost.
@@ -92,7 +93,10 @@ HARDWARE: dict[str, Hardware] = {
     # 148 SMs x 128 lanes x 2).
     "b200": Hardware("b200", 148, 1.98, 2250.0, 75.0, 8.0, 228, 126),
     # NVIDIA L40S datasheet: 362.05 TFLOP/s bf16 dense (733 with sparsity), 91.6 TFLOP/s fp32, 864 GB/s
-    # GDDR6, 2.52 GHz boost, 142 SMs (AD102), 96 MiB L2; Ada tuning guide: 100 KiB shared memory per SM.
+    # GDDR6, 142 SMs (568 tensor cores / 4; AD102), 2.52 GHz boost (91.6 TFLOP/s over 18,176 lanes x 2);
+    # Ada tuning guide: 100 KiB shared memory per SM. L2: the datasheet gives none; 96 MiB is the Ada
+    # whitepaper's full AD102 (16 MiB per 64-bit channel, L40S uses all 384 bits); some third-party
+    # listings say 48 MiB (unconfirmed by NVIDIA).
     "l40s": Hardware("l40s", 142, 2.52, 362.05, 91.6, 0.864, 100, 96),
     # NVIDIA Ada Lovelace architecture whitepaper (GeForce RTX 4090): 165.2 TFLOP/s fp16/bf16 tensor with
     # fp32 accumulate, dense (330.4 with sparsity), 82.6 TFLOP/s fp32, 1,008 GB/s GDDR6X, 128 SMs,
