@@ -187,6 +187,30 @@ def chunk_counts(predicate: Predicate, n_q: int, n_kv: int, head: int) -> ChunkC
     return ChunkCounts(predicate, n_q, n_kv, head)
 
 
+def _decides_none(bounds: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """True when ``tile_bounds`` gave up or left every tile both maybe-true and maybe-false."""
+    return bounds is None or bool((bounds[0] & bounds[1]).all())
+
+
+def _useful_bounds(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray):
+    """``tile_bounds`` of the tiles, or None when ``counts.bounds_decide`` is already False or turns False
+    here: with at least four times ``FRUITLESS_TILES`` tiles a spread sample of that many is traced first
+    and the full trace skipped when it decides none; a full trace of at least ``FRUITLESS_TILES`` tiles
+    that decides none turns bounds off for the plan's later block sizes."""
+    if not counts.bounds_decide:
+        return None
+    trace = (counts.predicate, counts.n_q, counts.n_kv, q_block, kv_block)
+    if rows.size >= 4 * FRUITLESS_TILES:
+        sample = np.linspace(0, rows.size - 1, FRUITLESS_TILES).astype(np.int64)
+        if _decides_none(tile_bounds(*trace, rows[sample], cols[sample], counts.head)):
+            counts.bounds_decide = False
+            return None
+    bounded = tile_bounds(*trace, rows, cols, counts.head)
+    if bounded is None or (rows.size >= FRUITLESS_TILES and _decides_none(bounded)):
+        counts.bounds_decide = False
+    return bounded
+
+
 def tile_kinds(
     predicate: Predicate,
     n_q: int,
@@ -203,13 +227,7 @@ def tile_kinds(
     if counts.q_side % q_block or counts.kv_side % kv_block:
         return None
     kinds = np.full(rows.shape, PARTIAL, dtype=np.int8)
-    if counts.bounds_decide and rows.size >= 4 * FRUITLESS_TILES:  # a spread sample first: opaque masks stop here
-        sample = np.linspace(0, rows.size - 1, FRUITLESS_TILES).astype(np.int64)
-        probed = tile_bounds(predicate, n_q, n_kv, q_block, kv_block, rows[sample], cols[sample], head)
-        counts.bounds_decide = probed is not None and not (probed[0] & probed[1]).all()
-    bounded = tile_bounds(predicate, n_q, n_kv, q_block, kv_block, rows, cols, head) if counts.bounds_decide else None
-    if bounded is None or (rows.size >= FRUITLESS_TILES and (bounded[0] & bounded[1]).all()):
-        counts.bounds_decide = False
+    bounded = _useful_bounds(counts, q_block, kv_block, rows, cols)
     if bounded is not None:  # tiles proven EMPTY or FULL by interval arithmetic are not evaluated
         may_true, may_false = bounded
         kinds[~may_true] = EMPTY
