@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from maskir import Canvas, Causal, Columns, Dilated, Segments, Window, patterns
 from maskir.distributed import shard
@@ -319,6 +320,54 @@ def test_two_ranks_match_the_float64_reference():
 
 def test_four_ranks_match_the_float64_reference():
     _spawn(4, [(name, "reference", 1, 1, None) for name in [*CASES, *MORE_CASES]])
+
+
+class _Shapes(TorchDispatchMode):
+    """Records the shape of every tensor an op returns while active (forward and CPU backward alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(result):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return result
+
+
+def _buffers_worker(rank: int, world: int, port: int, case: tuple) -> None:
+    """Forward and backward of one rank under ``_Shapes``: no tensor may have an extent above the rows the
+    rank holds plus the rows it fetches (a canvas-sized buffer would have one of N)."""
+    from maskir.distributed import attention, scatter
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        pattern, canvas = case
+        cp = shard(pattern, canvas, world, **BLOCK)
+        generator = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 1, canvas.size, 4, generator=generator) for _ in range(3))
+        local = [scatter(q, cp, rank).requires_grad_()] + [
+            scatter(t, cp, rank, kv=True).requires_grad_() for t in (k, v)
+        ]
+        rows = cp.kv_token_indices(rank).numel() + sum(t.size for t in cp.received[rank])
+        with _Shapes() as recorded:
+            attention(*local, cp, backend="reference").sum().backward()
+        largest = max(max(shape, default=0) for shape in recorded.shapes)
+        assert 0 < largest <= rows < canvas.size // 2 + canvas.size // 4, (rank, largest, rows, canvas.size)
+        assert all(t.grad is not None for t in local)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_buffers_hold_only_its_rows_and_the_rows_it_fetches():
+    """Memory O(N / world + rows fetched): on a causal sliding window over 1000 tokens in 2 ranks, every tensor
+    the forward and backward create is at most the rank's own plus fetched rows long, far below N."""
+    case = ((Window(31, 0) & Causal()), Canvas(1000))
+    mp.spawn(_buffers_worker, args=(2, _free_port(), case), nprocs=2, join=True)
 
 
 def test_context_parallel_example_matches_one_process(tmp_path):

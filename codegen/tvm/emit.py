@@ -43,10 +43,11 @@ from maskir.codegen.tvm.template import (
     WALK,
 )
 from maskir.codegen.tvm.tile_template import (
+    DKDV_UNITS,
+    FUSED_UNITS,
     GATE_BUFFER,
     GATE_PARAMS,
     GATE_WALK,
-    TILE_BACKWARD,
     TILE_DKDV,
     TILE_DQ,
     TILE_FORWARD,
@@ -284,8 +285,12 @@ def generate_tvm_source(
                 "q_gate": fill(GATE_WALK, {"n_tiles": str(part.n_kv_tiles), "tile": "kt"}),
             }
             blocks = {**blocks, **gates}
-            kernels = (TILE_FORWARD, TILE_DQ, TILE_DKDV) + (() if values["table_grad"] else (TILE_BACKWARD,))
-            functions += [split_vector_loops(fill(kernel, {**values, **blocks}), vector_lanes) for kernel in kernels]
+            kernels = [(TILE_FORWARD, {}), (TILE_DQ, {}), (TILE_DKDV, DKDV_UNITS)]
+            kernels += [] if values["table_grad"] else [(TILE_DKDV, FUSED_UNITS)]
+            functions += [
+                split_vector_loops(fill(kernel, {**values, **blocks, **units}), vector_lanes)
+                for kernel, units in kernels
+            ]
             continue
         walk_kv, walk_q = _walk("kv", plan.block_kv), _walk("q", plan.block_q)
         functions += [

@@ -21,8 +21,8 @@ unit's own side as vector lanes, so no tile is transposed inside the walk:
   l' = l exp(m - m') + sum_c P, acc' = acc exp(m - m') + P^T @ V;
 - dQ: P = exp(s - lse), dP = V @ dO^T, dS = P (dP - delta) (times d score_mod / d score), dQ += dS^T @ K;
 - dK/dV: P, dV += P^T @ dO, dP = dO @ V^T, dS, dK += dS^T @ Q, over the GQA group's query heads;
-- the fused backward (``bwd``): one unit per (batch, kv head) walks all its kv tiles as dK/dV does and also
-  adds dS @ K into the rows of dQ it owns (every query head of its GQA group): five products per tile
+- the fused backward (``bwd``): the dK/dV kernel with one unit per (batch, kv head) walking all its kv
+  tiles, which also adds dS @ K into the rows of dQ it owns (every query head of its GQA group): five products per tile
   pair instead of dQ's three plus dK/dV's four, for plans with enough (batch, kv head) units to balance.
   Rows with no allowed key (lse -inf) and padding rows read lse as +inf, so their P is exactly 0.
 
@@ -451,13 +451,14 @@ $gate_buffer
 
 TILE_DKDV = """\
     @T.prim_func
-    def dkdv_$part($common_params, do_: T.handle, delta_: T.handle, dk_: T.handle, dv_: T.handle,
+    def ${kernel}_$part($common_params, do_: T.handle, delta_: T.handle, ${dq_param}dk_: T.handle, dv_: T.handle,
             q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle, gate_: T.handle$tensor_params,
             sm_scale: T.float32$gate_params):
 $common_buffers
 $gate_buffer
         DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
         DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
+        $dq_buffer
         DK = T.match_buffer(dk_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
         DV = T.match_buffer(dv_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
         Q_START = T.match_buffer(q_start_, (n_start,), "int32")
@@ -468,68 +469,9 @@ $gate_buffer
         for w in T.parallel(n_work):
             item = WORK[w]
             if item >= 0:
-                $dkdv_buffers
-                bkh = item // $n_kv_tiles
-                kt = item % $n_kv_tiles
-                b = bkh // $kv_heads
-                kvh = bkh % $kv_heads
-                $load_kv
-                $transpose_kv
-                for j in T.serial($block_kv):
-                    for d in T.vectorized($head_dim):
-                        GK[j, d] = T.float32(0)
-                        GV[j, d] = T.float32(0)
-                for g in T.serial($gqa_group):
-                    h = kvh * $gqa_group + g
-                    group = HEAD_TABLE[h]
-                    start = Q_START[group * ($n_kv_tiles + 1) + kt]
-                    end = Q_START[group * ($n_kv_tiles + 1) + kt + 1]
-                    full_end = start + Q_FULL[group * $n_kv_tiles + kt]
-                    $q_gate
-                    for e in T.serial(start, stop):
-                        qt = T.if_then_else(gated != 0, GATE[gate_base + e], Q_INDEX[e])
-                        $load_q_do
-                        $statistics
-                        $q_scores
-                        $dkdv_mask
-                        $dkdv_score_mod
-                        $dkdv_p
-                        $dv_grad
-                        $dkdv_dp
-                        $dkdv_ds
-                        $dk_grad
-                for j in T.serial($block_kv):
-                    kv = KVTOK[j]
-                    if kv >= 0:
-                        for d in T.vectorized($head_dim):
-                            DK[b, kvh, kv, d] = GK[j, d] * sm_scale
-                            DV[b, kvh, kv, d] = GV[j, d]
-"""
-
-TILE_BACKWARD = """\
-    @T.prim_func
-    def bwd_$part($common_params, do_: T.handle, delta_: T.handle, dq_: T.handle, dk_: T.handle,
-            dv_: T.handle, q_start_: T.handle, q_full_: T.handle, q_index_: T.handle, work_: T.handle,
-            gate_: T.handle$tensor_params, sm_scale: T.float32$gate_params):
-$common_buffers
-$gate_buffer
-        DO = T.match_buffer(do_, (batch, $heads, $n_q, $head_dim), "$dtype")
-        DELTA = T.match_buffer(delta_, (batch, $heads, $n_q), "float32")
-        DQ = T.match_buffer(dq_, (batch, $heads, $n_q, $head_dim), "float32")
-        DK = T.match_buffer(dk_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
-        DV = T.match_buffer(dv_, (batch, $kv_heads, $n_kv, $head_dim), "float32")
-        Q_START = T.match_buffer(q_start_, (n_start,), "int32")
-        Q_FULL = T.match_buffer(q_full_, (n_full,), "int32")
-        Q_INDEX = T.match_buffer(q_index_, (n_index,), "int32")
-        n_work = T.int32()
-        WORK = T.match_buffer(work_, (n_work,), "int32")
-        for w in T.parallel(n_work):
-            item = WORK[w]
-            if item >= 0:
-                $bwd_buffers
-                b = item // $kv_heads
-                kvh = item % $kv_heads
-                for kt in T.serial($n_kv_tiles):
+                $unit_buffers
+                $unit
+                for kt in T.serial($unit_kv_tiles):
                     $load_kv
                     $transpose_kv
                     for j in T.serial($block_kv):
@@ -555,12 +497,7 @@ $gate_buffer
                             $dkdv_dp
                             $dkdv_ds
                             $dk_grad
-                            $dq_rows
-                            for i in T.serial($block_q):
-                                q = QTOK[i]
-                                if q >= 0:
-                                    for d in T.vectorized($head_dim):
-                                        DQ[b, h, q, d] = DQ[b, h, q, d] + GQ[i, d] * sm_scale
+                            $dq_step
                     for j in T.serial($block_kv):
                         kv = KVTOK[j]
                         if kv >= 0:
@@ -568,8 +505,37 @@ $gate_buffer
                                 DK[b, kvh, kv, d] = GK[j, d] * sm_scale
                                 DV[b, kvh, kv, d] = GV[j, d]
 """
-"""The fused backward of one part: a unit (batch, kv head) owns dK/dV of its kv tiles and dQ of its GQA
-group's query heads, so it adds into both with no other unit writing the same rows."""
+"""The dK/dV kernel of one part, walking the transposed lists of the kv tiles a unit owns; filled with
+:data:`DKDV_UNITS` (a (batch, kv head, kv tile) per unit) or :data:`FUSED_UNITS` (the fused backward)."""
+
+DKDV_UNITS = {
+    "kernel": "dkdv",
+    "dq_param": "",
+    "dq_buffer": "",
+    "unit_buffers": "$dkdv_buffers",
+    "unit": "bkh = item // $n_kv_tiles\nb = bkh // $kv_heads\nkvh = bkh % $kv_heads",
+    "unit_kv_tiles": "item % $n_kv_tiles, item % $n_kv_tiles + 1",
+    "dq_step": "",
+}
+"""dK/dV alone: a unit (batch, kv head, kv tile) walks the one kv tile it names."""
+
+FUSED_UNITS = {
+    "kernel": "bwd",
+    "dq_param": "dq_: T.handle, ",
+    "dq_buffer": 'DQ = T.match_buffer(dq_, (batch, $heads, $n_q, $head_dim), "float32")',
+    "unit_buffers": "$bwd_buffers",
+    "unit": "b = item // $kv_heads\nkvh = item % $kv_heads",
+    "unit_kv_tiles": "$n_kv_tiles",
+    "dq_step": """\
+$dq_rows
+for i in T.serial($block_q):
+    q = QTOK[i]
+    if q >= 0:
+        for d in T.vectorized($head_dim):
+            DQ[b, h, q, d] = DQ[b, h, q, d] + GQ[i, d] * sm_scale""",
+}
+"""The fused backward: a unit (batch, kv head) walks all its kv tiles and owns dK/dV of those and dQ of
+its GQA group's query heads, so it adds dS @ K into dQ with no other unit writing the same rows."""
 
 GATE_PARAMS = ", gate_open_at: T.int32, stride_gb: T.int32, stride_gh: T.int32, gated: T.int32"
 

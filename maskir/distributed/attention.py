@@ -3,18 +3,21 @@
 ``attention`` on rank r (q [B, H, n_q(r), D] in ``token_indices(r)`` order, k/v [B, H_kv, n_kv(r), D] in
 ``kv_token_indices(r)`` order):
 1. fetch: one all_to_all brings r the k/v rows its sub-plan lists and other ranks hold (``FetchRows``);
-2. place: r's q rows, and its own and fetched k/v rows, go to their original token positions in
-   canvas-sized buffers (rows nobody needs stay zero and are never read);
-3. compute: ``maskir.compile(..., plan=r's sub-plan)`` runs the runtime's kernels over r's q tiles only
-   (any backend; the predicate and score_mod see original token indices, so nothing is re-derived);
-4. return r's output rows. Autograd runs it backwards: dQ stays local, dK/dV of fetched rows go back to
-   their owners through the reversed all_to_all and are summed there in source-rank order.
-The buffers cost O(N) memory per rank; the traffic and the computed tiles are only what r's tiles need.
+2. compact: r's own k/v rows, then the fetched ones source by source, are the k/v of a compact problem
+   whose q is r's q as given (``maskir.distributed.compact``: the sub-plan re-addressed to these rows, the
+   predicate and score_mod still seeing original token indices);
+3. compute: ``maskir.compile(..., plan=<that compact plan>)`` runs the runtime's kernels (any backend) and
+   returns r's output rows in r's order.
+Autograd runs it backwards: dQ stays local, dK/dV of fetched rows go back to their owners through the
+reversed all_to_all and are summed there in source-rank order.
+Memory per rank is O(n_q(r) + n_kv(r) + rows fetched): no tensor is canvas-sized; the traffic and the
+computed tiles are only what r's tiles need.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import weakref
 from collections.abc import Callable
 
@@ -22,15 +25,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from maskir.distributed.compact import compact_problem, compact_score_mod
 from maskir.distributed.exchange import FetchRows, gather_rows, resolve_group
 from maskir.distributed.shard import ContextParallelPlan
 from maskir.planner import Plan
 from maskir.runtime import CompiledAttention
 from maskir.runtime import compile as compile_attention
 
-_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, CompiledAttention]] = weakref.WeakKeyDictionary()
-"""Per context-parallel plan: the compiled sub-plan of each (rank, heads, kv heads, head dim, dtype,
-device, backend, score_mod) it ran, freed with the plan."""
+_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, tuple]] = weakref.WeakKeyDictionary()
+"""Per context-parallel plan: (segment ids digest, compiled compact problem) of each (rank, k/v rows, heads,
+kv heads, head dim, dtype, device, backend, score_mod) it ran, freed with the plan."""
 
 
 def _rank_and_size(cp_plan: ContextParallelPlan, group) -> int:
@@ -58,26 +62,39 @@ def _for_heads(plan: Plan, heads: int) -> Plan:
     return dataclasses.replace(plan, heads=heads, parts=parts)
 
 
-def _compiled(cp_plan: ContextParallelPlan, rank: int, q, k, score_mod, backend: str) -> CompiledAttention:
-    full = cp_plan.plan
-    key = (rank, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
+def _compiled(
+    cp_plan: ContextParallelPlan, rank: int, kv_tokens: np.ndarray, q, k, score_mod, backend: str, segments
+) -> CompiledAttention | None:
+    """The runtime's kernels for rank ``rank``'s sub-plan on compact rows (``compact_problem``): its q tokens
+    by ``kv_tokens``; None when its tiles list none of them. Memoised per (rank, k/v rows, shapes, backend,
+    score_mod, segment ids: the latest ids per rank when the plan was sharded without them)."""
+    ids = cp_plan.segments if cp_plan.segments is not None else segments
+    digest = None if ids is None else hashlib.sha1(ids.detach().cpu().numpy().tobytes()).hexdigest()
+    key = (rank, kv_tokens.size, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
     memo = _COMPILED.setdefault(cp_plan, {})
-    if key not in memo:
-        memo[key] = compile_attention(
-            full.pattern,
-            full.canvas,
-            heads=q.shape[1],
-            kv_heads=k.shape[1],
-            head_dim=q.shape[3],
-            dtype=q.dtype,
-            device=q.device,
-            kv_canvas=full.kv_canvas,
-            score_mod=score_mod,
-            backend=backend,
-            plan=_for_heads(cp_plan.sub_plans[rank], q.shape[1]),
-            quiet=True,
-        )
-    return memo[key]
+    if key not in memo or memo[key][0] != digest:
+        sub = _for_heads(cp_plan.sub_plans[rank], q.shape[1])
+        ids = None if ids is None else ids.detach().cpu()
+        problem = compact_problem(sub, cp_plan.q_tokens[rank], kv_tokens, ids)
+        compiled = None
+        if problem is not None:
+            q_index, kv_index = torch.as_tensor(problem.q_tokens), torch.as_tensor(problem.kv_tokens)
+            compiled = compile_attention(
+                problem.plan.pattern,
+                problem.plan.canvas,
+                heads=q.shape[1],
+                kv_heads=k.shape[1],
+                head_dim=q.shape[3],
+                dtype=q.dtype,
+                device=q.device,
+                kv_canvas=problem.plan.kv_canvas,
+                score_mod=compact_score_mod(score_mod, q_index, kv_index),
+                backend=backend,
+                plan=problem.plan,
+                quiet=True,
+            )
+        memo[key] = (digest, compiled)
+    return memo[key][1]
 
 
 def _check_local(name: str, t: torch.Tensor, heads: int | None, tokens: int, rank: int, order: str) -> None:
@@ -133,8 +150,6 @@ def attention(
             "as segments=, or shard again for these."
         )
     batch, kv_heads, n_local_kv, head_dim = k.shape
-    n_q, n_kv = cp_plan.plan.canvas.size, cp_plan.plan.kv_canvas.size
-    device = q.device
 
     # 1. fetch the k/v rows this rank's tiles list from their owners: [rows, B * H_kv * 2D]
     local_rows = torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(n_local_kv, batch * kv_heads * 2 * head_dim)
@@ -142,20 +157,17 @@ def attention(
     received = cp_plan.received[rank]
     fetched = FetchRows.apply(local_rows, send, [int(t.size) for t in received], group)
 
-    # 2. place every row at its original token position in canvas-sized buffers
-    rows_at = torch.cat([kv_index, *(torch.as_tensor(t, dtype=torch.long) for t in received)]).to(device)
-    kv_rows = local_rows.new_zeros((n_kv, local_rows.shape[1])).index_copy(0, rows_at, torch.cat([local_rows, fetched]))
-    kv_full = kv_rows.reshape(n_kv, batch, kv_heads, 2 * head_dim).permute(1, 2, 0, 3)
-    k_full, v_full = kv_full[..., :head_dim], kv_full[..., head_dim:]
-    q_at = q_index.to(device)
-    q_full = q.new_zeros((batch, q.shape[1], n_q, head_dim)).index_copy(2, q_at, q)
+    # 2. compact k/v: own rows, then the fetched ones source by source (the order kv_tokens lists them)
+    kv_tokens = np.concatenate([cp_plan.kv_tokens[rank], *received])
+    kv_rows = torch.cat([local_rows, fetched]).reshape(kv_tokens.size, batch, kv_heads, 2 * head_dim)
+    compact_kv = kv_rows.permute(1, 2, 0, 3)
 
-    # 3. the rank's sub-plan through the runtime's kernels; 4. its own output rows
-    if not cp_plan.rank_tiles[rank].size:  # no q tiles: keep the graph joined so the backward exchange runs
+    # 3. the rank's sub-plan on compact rows through the runtime's kernels: its output rows, in its order
+    compiled = _compiled(cp_plan, rank, kv_tokens, q, k, score_mod, backend, segments)
+    if compiled is None:  # no q tiles, or none lists a key: keep the graph joined so the backward exchange runs
         return 0 * q + 0 * kv_rows.sum()
-    compiled = _compiled(cp_plan, rank, q, k, score_mod, backend)
-    out_full = compiled(q_full, k_full.contiguous(), v_full.contiguous(), scale=scale, segments=segments)
-    return out_full.index_select(2, q_at)
+    k_rows, v_rows = compact_kv[..., :head_dim].contiguous(), compact_kv[..., head_dim:].contiguous()
+    return compiled(q, k_rows, v_rows, scale=scale)
 
 
 def scatter(
