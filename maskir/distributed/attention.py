@@ -1,20 +1,26 @@
 """Context-parallel attention on a rank's local tokens, and moving whole tensors in and out of shard order.
 
 ``attention`` on rank r (q [B, H, n_q(r), D] in ``token_indices(r)`` order, k/v [B, H_kv, n_kv(r), D] in
-``kv_token_indices(r)`` order):
-1. fetch: one all_to_all brings r the k/v rows its sub-plan lists and other ranks hold (``FetchRows``);
-2. place: r's q rows, and its own and fetched k/v rows, go to their original token positions in
-   canvas-sized buffers (rows nobody needs stay zero and are never read);
-3. compute: ``maskir.compile(..., plan=r's sub-plan)`` runs the runtime's kernels over r's q tiles only
-   (any backend; the predicate and score_mod see original token indices, so nothing is re-derived);
-4. return r's output rows. Autograd runs it backwards: dQ stays local, dK/dV of fetched rows go back to
-   their owners through the reversed all_to_all and are summed there in source-rank order.
-The buffers cost O(N) memory per rank; the traffic and the computed tiles are only what r's tiles need.
+``kv_token_indices(r)`` order) fetches, with one all_to_all, the k/v rows its sub-plan lists and other
+ranks hold, and runs the sub-plan through the runtime's kernels on compact buffers
+(``maskir.distributed.compact``: the predicate and score_mod still see original token indices):
+
+- kernels whose backward reads the given out and lse (Triton, TVM): the exchange overlaps compute
+  (``maskir.distributed.overlap``): the local part (r's q against its own k/v rows) runs while the rows
+  travel, then the remote part, merged by log-sum-exp; the backward likewise, dK/dV of fetched rows going
+  back while the local part's backward runs;
+- the others (reference, flex; or a score_mod reading a tensor that needs a gradient): the exchange
+  (``FetchRows``), then one compact problem over r's own and the fetched rows.
+
+Either way dQ stays local and dK/dV of fetched rows go back to their owners, summed there in source-rank
+order. Memory per rank is O(n_q(r) + n_kv(r) + rows fetched): no tensor is canvas-sized; the traffic and
+the computed tiles are only what r's tiles need.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import weakref
 from collections.abc import Callable
 
@@ -22,15 +28,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from maskir.distributed.exchange import FetchRows, gather_rows, resolve_group
+from maskir.codegen.backend import get as get_backend
+from maskir.distributed.compact import compact_problem, compact_score_mod
+from maskir.distributed.exchange import FetchRows, gather_rows, kv_of_rows, resolve_group, token_rows
+from maskir.distributed.overlap import Exchange, OverlappedAttention
 from maskir.distributed.shard import ContextParallelPlan
 from maskir.planner import Plan
 from maskir.runtime import CompiledAttention
 from maskir.runtime import compile as compile_attention
+from maskir.runtime.backends import recomputes_forward
 
-_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, CompiledAttention]] = weakref.WeakKeyDictionary()
-"""Per context-parallel plan: the compiled sub-plan of each (rank, heads, kv heads, head dim, dtype,
-device, backend, score_mod) it ran, freed with the plan."""
+_COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, tuple]] = weakref.WeakKeyDictionary()
+"""Per context-parallel plan: (segment ids digest, compiled compact problem) of each (rank, k/v rows, heads,
+kv heads, head dim, dtype, device, backend, score_mod) it ran, freed with the plan."""
 
 
 def _rank_and_size(cp_plan: ContextParallelPlan, group) -> int:
@@ -58,26 +68,56 @@ def _for_heads(plan: Plan, heads: int) -> Plan:
     return dataclasses.replace(plan, heads=heads, parts=parts)
 
 
-def _compiled(cp_plan: ContextParallelPlan, rank: int, q, k, score_mod, backend: str) -> CompiledAttention:
-    full = cp_plan.plan
-    key = (rank, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
+def _kv_tokens(cp_plan: ContextParallelPlan, rank: int, keys: str) -> np.ndarray:
+    """The original k/v token of each compact k/v row of ``keys``: "local" (r's own rows), "remote" (the rows
+    r fetches, source by source) or "all" (both, in that order)."""
+    own, fetched = cp_plan.kv_tokens[rank], np.concatenate([np.zeros(0, dtype=np.int64), *cp_plan.received[rank]])
+    return {"local": own, "remote": fetched, "all": np.concatenate([own, fetched])}[keys]
+
+
+def _compiled(
+    cp_plan: ContextParallelPlan, rank: int, keys: str, q, k, score_mod, backend: str, segments
+) -> CompiledAttention | None:
+    """The runtime's kernels for rank ``rank``'s sub-plan on compact rows (``compact_problem``): its q tokens
+    by the k/v rows of ``keys`` (``_kv_tokens``); None when its tiles list none of them. Memoised per
+    (rank, keys, shapes, backend, score_mod) and segment ids (the latest per key, for a plan sharded
+    without ids)."""
+    ids = cp_plan.segments if cp_plan.segments is not None else segments
+    digest = None if ids is None else hashlib.sha1(ids.detach().cpu().numpy().tobytes()).hexdigest()
+    key = (rank, keys, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
     memo = _COMPILED.setdefault(cp_plan, {})
-    if key not in memo:
-        memo[key] = compile_attention(
-            full.pattern,
-            full.canvas,
-            heads=q.shape[1],
-            kv_heads=k.shape[1],
-            head_dim=q.shape[3],
-            dtype=q.dtype,
-            device=q.device,
-            kv_canvas=full.kv_canvas,
-            score_mod=score_mod,
-            backend=backend,
-            plan=_for_heads(cp_plan.sub_plans[rank], q.shape[1]),
-            quiet=True,
-        )
-    return memo[key]
+    if key not in memo or memo[key][0] != digest:
+        sub = _for_heads(cp_plan.sub_plans[rank], q.shape[1])
+        ids = None if ids is None else ids.detach().cpu()
+        problem = compact_problem(sub, cp_plan.q_tokens[rank], _kv_tokens(cp_plan, rank, keys), ids)
+        compiled = None
+        if problem is not None:
+            q_index, kv_index = torch.as_tensor(problem.q_tokens), torch.as_tensor(problem.kv_tokens)
+            compiled = compile_attention(
+                problem.plan.pattern,
+                problem.plan.canvas,
+                heads=q.shape[1],
+                kv_heads=k.shape[1],
+                head_dim=q.shape[3],
+                dtype=q.dtype,
+                device=q.device,
+                kv_canvas=problem.plan.kv_canvas,
+                score_mod=compact_score_mod(score_mod, q_index, kv_index),
+                backend=backend,
+                plan=problem.plan,
+                quiet=True,
+            )
+        memo[key] = (digest, compiled)
+    return memo[key][1]
+
+
+def _overlaps(parts: list[CompiledAttention | None], q, k) -> bool:
+    """Whether the local and remote parts can run apart (``overlap``): their kernels' backward reads the given
+    out and lse, and no tensor a score_mod reads needs a gradient (the ops return none for it here)."""
+    built = [c for c in parts if c is not None]
+    if any(recomputes_forward(get_backend(c.backend)) for c in built):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for c in built for t in c.run_tensors(q, k)))
 
 
 def _check_local(name: str, t: torch.Tensor, heads: int | None, tokens: int, rank: int, order: str) -> None:
@@ -132,30 +172,24 @@ def attention(
             "cp_plan was sharded for the segment ids of one batch (shard(..., segments=ids)); pass those same ids "
             "as segments=, or shard again for these."
         )
-    batch, kv_heads, n_local_kv, head_dim = k.shape
-    n_q, n_kv = cp_plan.plan.canvas.size, cp_plan.plan.kv_canvas.size
-    device = q.device
 
-    # 1. fetch the k/v rows this rank's tiles list from their owners: [rows, B * H_kv * 2D]
-    local_rows = torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(n_local_kv, batch * kv_heads * 2 * head_dim)
-    send = [torch.as_tensor(p, dtype=torch.long) for p in cp_plan.send_positions(rank)]
+    send = tuple(torch.as_tensor(p, dtype=torch.long) for p in cp_plan.send_positions(rank))
     received = cp_plan.received[rank]
-    fetched = FetchRows.apply(local_rows, send, [int(t.size) for t in received], group)
+    if backend == "auto" or not recomputes_forward(get_backend(backend)):  # else no part compiles in vain
+        parts = [_compiled(cp_plan, rank, keys, q, k, score_mod, backend, segments) for keys in ("local", "remote")]
+        if _overlaps(parts, q, k):
+            exchange = Exchange(send, tuple(int(t.size) for t in received), group)
+            scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+            return OverlappedAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), exchange, *parts, scale)
 
-    # 2. place every row at its original token position in canvas-sized buffers
-    rows_at = torch.cat([kv_index, *(torch.as_tensor(t, dtype=torch.long) for t in received)]).to(device)
-    kv_rows = local_rows.new_zeros((n_kv, local_rows.shape[1])).index_copy(0, rows_at, torch.cat([local_rows, fetched]))
-    kv_full = kv_rows.reshape(n_kv, batch, kv_heads, 2 * head_dim).permute(1, 2, 0, 3)
-    k_full, v_full = kv_full[..., :head_dim], kv_full[..., head_dim:]
-    q_at = q_index.to(device)
-    q_full = q.new_zeros((batch, q.shape[1], n_q, head_dim)).index_copy(2, q_at, q)
-
-    # 3. the rank's sub-plan through the runtime's kernels; 4. its own output rows
-    if not cp_plan.rank_tiles[rank].size:  # no q tiles: keep the graph joined so the backward exchange runs
+    # fetch, then one compact problem over own and fetched rows
+    local_rows = token_rows(k, v)
+    fetched = FetchRows.apply(local_rows, list(send), [int(t.size) for t in received], group)
+    kv_rows = torch.cat([local_rows, fetched])
+    compiled = _compiled(cp_plan, rank, "all", q, k, score_mod, backend, segments)
+    if compiled is None:  # no q tiles, or none lists a key: keep the graph joined so the backward exchange runs
         return 0 * q + 0 * kv_rows.sum()
-    compiled = _compiled(cp_plan, rank, q, k, score_mod, backend)
-    out_full = compiled(q_full, k_full.contiguous(), v_full.contiguous(), scale=scale, segments=segments)
-    return out_full.index_select(2, q_at)
+    return compiled(q, *kv_of_rows(kv_rows, k), scale=scale)
 
 
 def scatter(

@@ -8,8 +8,8 @@ tile of the main layout goes to the rank that reads most of it (at most ceil(til
 Rank r's **sub-plan** is the plan restricted to r's q tiles: per part, local q tile j lists every kv tile
 that some part tile meeting j's tokens lists, FULL only where FULL for all of them (so every allowed pair
 of r's queries is in a listed tile, and FULL tiles stay exact). Its q layout holds r's tokens (padding
-slots as in the plan); its kv layouts are the plan's, so the runtime's kernels run it unchanged on
-canvas-sized buffers in which only r's rows and the rows it fetched are filled (``attention``).
+slots as in the plan); its kv layouts are the plan's. ``maskir.distributed.compact`` re-addresses it to
+compact buffers (r's rows and the rows it fetched) before the runtime's kernels run it (``attention``).
 
 Rank r **fetches** from rank s the k/v tokens that s holds and r's sub-plan lists, in s's local order.
 """

@@ -4,17 +4,28 @@ First, interval arithmetic on the mask_mod (``bounds``) proves asked-for tiles E
 evaluating a pair (a tile across two documents, one inside a document); exact and sound, so the rest stay
 exact. The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the tiles
 left open touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the
-superset an affine part of the mask_mod gives). A chunk calls the mask_mod once with broadcast torch index
-tensors ``arange + offset`` (built inside the counting function) and sums the result into counts per
-``CELL`` x ``CELL`` cell; in a chunk reaching past the canvas the indices are clamped for the call and the
-pairs outside excluded from the counts. When the chunks to evaluate hold more than ``COMPILE_ABOVE_PAIRS``
-pairs they run under ``torch.compile(dynamic=True)``: the chunk offsets are symbols, so one fused loop
-serves every interior chunk (one more for edge chunks), and in it a table lookup ``T[q]`` is a load at an
-index expression and ``q * kv % 7`` integer arithmetic with a constant, not gathers through index tensors
-(2x faster than passing the indices in); if compiling fails the chunks run eagerly. On the CPU chunks run
-on ``CPU_THREADS`` torch threads. Memory: one chunk's
-temporaries, plus a prefix-sum table per evaluated chunk. The evaluation runs on CUDA when a tensor the
-mask_mod captures is there.
+superset an affine part of the mask_mod gives). A call evaluates a rectangle of chunks: it calls the mask_mod
+once with broadcast torch index tensors ``arange + origin`` (built inside the counting function) and sums the
+result into counts per ``CELL`` x ``CELL`` cell; in a rectangle reaching past the canvas the indices are
+clamped for the call and the pairs outside excluded from the counts.
+
+When the chunks to evaluate hold more than ``COMPILE_ABOVE_PAIRS`` pairs the calls run under
+``torch.compile(dynamic=True)``, which fuses the mask_mod with the cell sums into one C++ loop (no pair grid is
+stored): in it a table lookup ``T[q]`` is a load at an index expression and ``q * kv % 7`` integer arithmetic
+with a constant. Then an interior row of chunks whose open chunks fill at least half of the row up to its last
+one is evaluated from kv 0 to there, and consecutive such rows of one width share a call of at most
+``CALL_CELLS`` cells (an opaque mask's whole 16K grid is one call). Such a call hands its origins over as tensor
+sizes (``_sized``): kv's is the constant 0 and q's a symbol Inductor knows is >= 0, so ``%`` and ``//`` of the
+indices stay plain C arithmetic, and ``(q * kv) % 7`` ran at 0.5 ns per pair on one core, as fast as
+``torch.compile(create_block_mask)``'s static loop and 2x faster than with int origins (unknown sign: Python's
+remainder needs a sign fix-up per pair); so a row evaluated from kv 0 costs at most the time of its open chunks.
+Every other chunk is a call of its own with int origins (with two sized origins such chunks ran 1.0-2x slower).
+One compiled loop serves each kind of call (about five in all: origins from kv 0, q's 0 or not; int origins;
+edge rectangles). If compiling fails the chunks run eagerly, one per call. On the CPU a call of
+``PARALLEL_ABOVE_PAIRS`` pairs or more runs on torch's threads (OpenMP over q cells), a smaller one on one
+thread. Memory: one call's cell counts (at most ``CALL_CELLS`` int32 when compiled; eagerly one chunk's
+temporaries, a few bytes per pair), plus a prefix-sum table per evaluated chunk. The evaluation runs on CUDA
+when a tensor the mask_mod captures is there.
 
 Chunk sides are multiples of 128, so a tile of a block size dividing them (every block up to 128) lies in
 one chunk; its allowed pairs are a box sum of the chunk's cells, O(1). The
@@ -44,16 +55,17 @@ CHUNK = 512
 follow a band or document structure closely, large enough that a chunk call costs more than its overhead."""
 COMPILE_ABOVE_PAIRS = 1 << 24
 """Evaluations of more pairs run a torch.compile'd chunk; smaller ones run eagerly."""
-CPU_THREADS = 1
-"""torch threads for CPU chunk evaluation. A chunk is a few hundred thousand pairs (about a millisecond on one
-core); an OpenMP parallel region per chunk cost more than a second thread gained (6 ms against 1.3 ms per
-512 x 512 chunk on the project's loaded 2-core machine)."""
+CALL_CELLS = 1 << 20
+"""Cells one merged compiled call counts at most (4 MiB of int32 counts)."""
+PARALLEL_ABOVE_PAIRS = 1 << 22
+"""CPU calls over at least this many pairs run on torch's threads; smaller ones on one thread (an OpenMP region
+per 512 x 512 chunk cost more than a second thread gained: 6 ms against 1.3 ms on the loaded 2-core machine)."""
 FRUITLESS_TILES = 256
 """Tiles a bounds trace must leave all undecided before bounds are skipped for the rest of the plan; with
 four times as many tiles asked, a spread sample of this many is traced first (a mask_mod bounds decide
 nowhere in the sample, such as ``(q * kv) % 7``, skips the whole trace)."""
 MAX_CHUNKS = 1 << 14
-"""At most this many chunks are kept (64 KiB of prefix sums each); beyond, tiles are evaluated one by one."""
+"""At most this many chunks are kept (4.3 KiB of prefix sums each); beyond, tiles are evaluated one by one."""
 LOGGER = logging.getLogger("maskir.planner")
 
 
@@ -87,23 +99,38 @@ def _cell_sums(allowed, q_side: int, kv_side: int) -> torch.Tensor:
     return allowed.view(q_side // CELL, CELL, kv_side // CELL, CELL).sum((1, 3), dtype=torch.int32)
 
 
-def _interior_counts(fn, q0: int, kv0: int, q_side: int, kv_side: int, head: int, device) -> torch.Tensor:
-    """Allowed pairs per cell of the chunk q in [q0, q0 + q_side) x kv in [kv0, kv0 + kv_side), all inside
-    the canvas. The indices are ``arange + offset`` inside the function, so the compiled loop sees index
-    arithmetic (a table lookup ``T[q]`` becomes a contiguous load, ``% 7`` a scalar remainder), not gathers."""
-    q = torch.arange(q_side, device=device) + q0
-    kv = torch.arange(kv_side, device=device) + kv0
+def _sized(offset: int) -> torch.Tensor:
+    """An origin as the length of a stride-0 tensor (one element of storage). Inductor knows a size is >= 0, so
+    the compiled loop keeps ``%`` and ``//`` of the indices as C arithmetic; an int origin has unknown sign and
+    Python's remainder then needs a sign fix-up per pair. Marked dynamic so that equal q and kv origins stay two
+    symbols; origin 0 compiles apart (sizes 0 and 1 are specialised), as a constant."""
+    origin = torch.empty(1).expand(offset)
+    if offset > 1:
+        torch._dynamo.mark_dynamic(origin, 0)
+    return origin
+
+
+def _first(origin: int | torch.Tensor) -> int:
+    """The first index an origin stands for: an int, or the length of a ``_sized`` tensor."""
+    return origin if isinstance(origin, int) else origin.shape[0]
+
+
+def _interior_counts(fn, q_origin, kv_origin, q_side: int, kv_side: int, head: int, device) -> torch.Tensor:
+    """Allowed pairs per cell of q in [q0, q0 + q_side) x kv in [kv0, kv0 + kv_side), all inside the canvas,
+    q0 and kv0 given by the origins (``_first``). The indices are ``arange + origin`` inside the function, so the compiled
+    loop sees index arithmetic (a table lookup ``T[q]`` becomes a contiguous load, ``% 7`` a scalar remainder),
+    not gathers."""
+    q = torch.arange(q_side, device=device) + _first(q_origin)
+    kv = torch.arange(kv_side, device=device) + _first(kv_origin)
     zero = torch.zeros((), dtype=torch.long, device=device)
     return _cell_sums(fn(zero, zero + head, q[:, None], kv[None, :]), q_side, kv_side)
 
 
-def _edge_counts(
-    fn, q0: int, kv0: int, q_side: int, kv_side: int, n_q: int, n_kv: int, head: int, device
-) -> torch.Tensor:
-    """``_interior_counts`` of a chunk reaching past the canvas: indices past it are clamped for the call
+def _edge_counts(fn, q_origin, kv_origin, q_side: int, kv_side: int, n_q: int, n_kv: int, head, device):
+    """``_interior_counts`` of a rectangle reaching past the canvas: indices past it are clamped for the call
     (a table of n entries is never read past its end) and their pairs not counted."""
-    q = torch.arange(q_side, device=device) + q0
-    kv = torch.arange(kv_side, device=device) + kv0
+    q = torch.arange(q_side, device=device) + _first(q_origin)
+    kv = torch.arange(kv_side, device=device) + _first(kv_origin)
     zero = torch.zeros((), dtype=torch.long, device=device)
     allowed = fn(zero, zero + head, q.clamp(max=n_q - 1)[:, None], kv.clamp(max=n_kv - 1)[None, :])
     allowed = torch.as_tensor(allowed).to(torch.bool) & (q < n_q)[:, None] & (kv < n_kv)[None, :]
@@ -116,7 +143,7 @@ def _side(n: int) -> int:
 
 
 class ChunkCounts:
-    """Per evaluated chunk (i, j): the 2-D prefix sum of its cell counts, int64 [side/CELL + 1, side/CELL + 1]."""
+    """Per evaluated chunk (i, j): the 2-D prefix sum of its cell counts, int32 [side/CELL + 1, side/CELL + 1]."""
 
     def __init__(self, predicate: Predicate, n_q: int, n_kv: int, head: int):
         self.predicate, self.n_q, self.n_kv, self.head = predicate, n_q, n_kv, head
@@ -128,45 +155,88 @@ class ChunkCounts:
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
         skipped (a pure time saving: skipped tiles are evaluated exactly)."""
 
-    def _counts(self, functions, i: int, j: int) -> torch.Tensor:
-        """Cell counts of chunk (i, j) with ``functions`` = (interior, edge) counters, eager or compiled."""
+    def _calls(self, missing: list[tuple[int, int]], merged: bool) -> list[tuple[int, int, int, int]]:
+        """Rectangles of chunks [i0, i1) x [j0, j1), one call each, covering ``missing``. ``merged``: an
+        interior row whose missing interior chunks fill at least half of the row up to the last one is
+        evaluated from kv 0 to there, and consecutive such rows of one width share a call of at most
+        ``CALL_CELLS`` cells; every other chunk (all of them unmerged) is a call of its own."""
+        full_rows, full_cols = self.n_q // self.q_side, self.n_kv // self.kv_side
+        by_row: dict[int, list[int]] = {}
+        for i, j in missing:
+            by_row.setdefault(i, []).append(j)
+        calls, from_zero = [], []  # from_zero: (row, width in chunks)
+        for i, cols in sorted(by_row.items()):
+            inner = [j for j in cols if j < full_cols]
+            if merged and i < full_rows and inner and max(inner) + 1 <= 2 * len(inner):
+                from_zero.append((i, max(inner) + 1))
+                cols = [j for j in cols if j >= full_cols]
+            calls.extend((i, i + 1, j, j + 1) for j in sorted(cols))
+        row_cells = self.q_side // CELL * self.kv_side // CELL
+        merged_calls: list[tuple[int, int, int, int]] = []
+        for i, width in from_zero:
+            if merged_calls and merged_calls[-1][1:] == (i, 0, width):
+                first = merged_calls[-1][0]
+                if (i + 1 - first) * width * row_cells <= CALL_CELLS:
+                    merged_calls[-1] = (first, i + 1, 0, width)
+                    continue
+            merged_calls.append((i, i + 1, 0, width))
+        calls.extend(merged_calls)
+        return calls
+
+    def _counts(self, functions, call: tuple[int, int, int, int]) -> torch.Tensor:
+        """Cell counts of the rectangle ``call`` with ``functions`` = (interior, edge) counters, eager or
+        compiled, on one CPU thread unless it holds ``PARALLEL_ABOVE_PAIRS`` pairs."""
         interior, edge = functions
-        q0, kv0 = i * self.q_side, j * self.kv_side
-        fn, sides, where = self.predicate.fn, (self.q_side, self.kv_side), {"head": self.head, "device": self.device}
-        if q0 + self.q_side <= self.n_q and kv0 + self.kv_side <= self.n_kv:
-            return interior(fn, q0, kv0, *sides, **where)
-        return edge(fn, q0, kv0, *sides, self.n_q, self.n_kv, **where)
+        i0, i1, j0, j1 = call
+        q0, kv0 = i0 * self.q_side, j0 * self.kv_side
+        q_side, kv_side = (i1 - i0) * self.q_side, (j1 - j0) * self.kv_side
+        # from kv 0: sizes (kv's the constant 0, q's known >= 0); elsewhere ints, which ran these chunks
+        # 1.0-1.4x faster than two sized origins (mask_mods of products, of table lookups)
+        origins = (_sized(q0), _sized(kv0)) if kv0 == 0 else (q0, kv0)
+        args = (self.predicate.fn, *origins, q_side, kv_side)
+        where = {"head": self.head, "device": self.device}
+        threads = 1 if self.device.type == "cpu" and q_side * kv_side < PARALLEL_ABOVE_PAIRS else None
+        with _cpu_threads(threads):
+            if q0 + q_side <= self.n_q and kv0 + kv_side <= self.n_kv:
+                return interior(*args, **where)
+            return edge(*args, self.n_q, self.n_kv, **where)
 
     def ensure(self, chunks: np.ndarray) -> None:
         """Evaluate the chunks (rows of [i, j]) not evaluated yet."""
         missing = [(int(i), int(j)) for i, j in chunks if (int(i), int(j)) not in self.prefix]
         if not missing:
             return
-        compiled = len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS
-        # dynamic: offsets (and an edge chunk's sizes) are symbols, so one compiled loop serves every chunk
-        functions = (_interior_counts, _edge_counts)
-        if compiled:
-            functions = tuple(torch.compile(f, dynamic=True) for f in functions)
         progress = Progress(f"evaluating {self.predicate}", len(missing), "chunks")
-        with _cpu_threads(CPU_THREADS if self.device.type == "cpu" else None):
-            self._evaluate(missing, functions, compiled, progress)
-        progress.close()
-
-    def _evaluate(self, missing: list, functions: tuple, compiled: bool, progress: Progress) -> None:
-        for done, (i, j) in enumerate(missing, 1):
+        if len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS:
+            # dynamic: origins and sizes are symbols, so a few compiled loops serve every call
+            compiled = tuple(torch.compile(f, dynamic=True) for f in (_interior_counts, _edge_counts))
             try:
-                counts = self._counts(functions, i, j)
+                self._evaluate(missing, compiled, True, progress)
             except Exception as error:  # torch.compile cannot build this mask_mod here (no compiler, an op)
-                if not compiled:
-                    raise
                 LOGGER.warning(
                     "maskir plan: torch.compile failed on %s (%s); evaluating eagerly", self.predicate, error
                 )
-                compiled, functions = False, (_interior_counts, _edge_counts)
-                counts = self._counts(functions, i, j)
-            prefix = np.zeros((counts.shape[0] + 1, counts.shape[1] + 1), dtype=np.int64)
-            np.cumsum(np.cumsum(counts.cpu().numpy(), axis=0, dtype=np.int64), axis=1, out=prefix[1:, 1:])
-            self.prefix[i, j] = prefix
+        self._evaluate(missing, (_interior_counts, _edge_counts), False, progress)
+        progress.close()
+
+    def _evaluate(self, missing: list, functions: tuple, merged: bool, progress: Progress) -> None:
+        """Evaluate the chunks of ``missing`` still without counts, storing each one's prefix sums."""
+        wanted = {chunk for chunk in missing if chunk not in self.prefix}
+        done = len(missing) - len(wanted)
+        for call in self._calls(sorted(wanted), merged):
+            i0, i1, j0, j1 = call
+            counts = self._counts(functions, call).cpu().numpy()
+            rows, cols = counts.shape[0] // (i1 - i0), counts.shape[1] // (j1 - j0)
+            # int32: a chunk holds at most CHUNK^2 = 2^18 pairs; in place (10x faster than a strided int64 out)
+            prefix = np.zeros((i1 - i0, j1 - j0, rows + 1, cols + 1), dtype=np.int32)
+            prefix[:, :, 1:, 1:] = counts.reshape(i1 - i0, rows, j1 - j0, cols).transpose(0, 2, 1, 3)
+            np.cumsum(prefix, axis=2, out=prefix)
+            np.cumsum(prefix, axis=3, out=prefix)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    if (i, j) in wanted:
+                        self.prefix[i, j] = prefix[i - i0, j - j0]
+                        done += 1
             progress.update(done)
 
 
