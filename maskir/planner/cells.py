@@ -99,12 +99,13 @@ def _cell_sums(allowed, q_side: int, kv_side: int) -> torch.Tensor:
     return allowed.view(q_side // CELL, CELL, kv_side // CELL, CELL).sum((1, 3), dtype=torch.int32)
 
 
-def _sized(offset: int) -> torch.Tensor:
-    """An origin as the length of a stride-0 tensor (one element of storage). Inductor knows a size is >= 0, so
-    the compiled loop keeps ``%`` and ``//`` of the indices as C arithmetic; an int origin has unknown sign and
-    Python's remainder then needs a sign fix-up per pair. Marked dynamic so that equal q and kv origins stay two
-    symbols; origin 0 compiles apart (sizes 0 and 1 are specialised), as a constant."""
-    origin = torch.empty(1).expand(offset)
+def _sized(offset: int, device: torch.device) -> torch.Tensor:
+    """An origin as the length of a stride-0 tensor (one element of storage, on the evaluation device).
+    Inductor knows a size is >= 0, so the compiled loop keeps ``%`` and ``//`` of the indices as C arithmetic;
+    an int origin has unknown sign and Python's remainder then needs a sign fix-up per pair. Marked dynamic so
+    that equal q and kv origins stay two symbols; origin 0 compiles apart (sizes 0 and 1 are specialised), as
+    a constant."""
+    origin = torch.empty(1, device=device).expand(offset)
     if offset > 1:
         torch._dynamo.mark_dynamic(origin, 0)
     return origin
@@ -192,7 +193,7 @@ class ChunkCounts:
         q_side, kv_side = (i1 - i0) * self.q_side, (j1 - j0) * self.kv_side
         # from kv 0: sizes (kv's the constant 0, q's known >= 0); elsewhere ints, which ran these chunks
         # 1.0-1.4x faster than two sized origins (mask_mods of products, of table lookups)
-        origins = (_sized(q0), _sized(kv0)) if kv0 == 0 else (q0, kv0)
+        origins = (_sized(q0, self.device), _sized(kv0, self.device)) if kv0 == 0 else (q0, kv0)
         args = (self.predicate.fn, *origins, q_side, kv_side)
         where = {"head": self.head, "device": self.device}
         threads = 1 if self.device.type == "cpu" and q_side * kv_side < PARALLEL_ABOVE_PAIRS else None
