@@ -3,10 +3,11 @@
 Run ``python examples/context_parallel.py``. ``maskir.distributed.shard`` balances the plan's q tiles over
 the ranks by computed work and lists the key/value rows each rank must fetch; each process then holds
 only its tokens of the hidden states, computes q, k, v from them, and ``maskir.distributed.attention``
-fetches just the rows its tiles need (one all_to_all) and runs its sub-plan through maskir's kernels
-(TVM's CPU kernels on a CPU; compiled Triton and NCCL on GPUs). The backward sends dK/dV back to the
-rows' owners. The script checks the layer's output and weight gradient against one process running
-``maskir.attention`` on all tokens.
+fetches just the rows its tiles need (one all_to_all) and runs its sub-plan through maskir's Triton
+kernels (the interpreter on a CPU; compiled, with NCCL, on GPUs) on compact buffers: the rank's own k/v
+rows are computed with while the fetched ones travel, and the two parts merge by log-sum-exp. The
+backward sends dK/dV back to the rows' owners. The script checks the layer's output and weight gradient
+against one process running ``maskir.attention`` on all tokens.
 """
 
 import os
@@ -27,6 +28,7 @@ PATTERN, CANVAS = maskir.Neighborhood(5), Canvas((8, 12))
 WORLD, HEADS, HEAD_DIM = 2, 2, 16
 WIDTH = HEADS * HEAD_DIM
 TILES = {"block_q": 16, "block_kv": 16}
+BACKEND = "triton"
 
 
 def layer(x: torch.Tensor, weight: torch.Tensor, attend) -> torch.Tensor:
@@ -50,14 +52,16 @@ def rank_main(rank: int, port: int) -> None:
     x, weight = inputs()
     weight.requires_grad_()
     local_x = scatter(x, cp_plan, rank, dim=1)  # this rank's tokens (its k/v tokens too: self-attention)
-    out = layer(local_x, weight, lambda q, k, v: attention(q, k, v, cp_plan))
+    out = layer(local_x, weight, lambda q, k, v: attention(q, k, v, cp_plan, backend=BACKEND))
     (out**2).sum().backward()
     dist.all_reduce(weight.grad)  # data-parallel style: the weight's gradient summed over the ranks
     whole = gather(out, cp_plan, dim=1)
 
     if rank == 0:
         expected_weight = weight.detach().clone().requires_grad_()
-        expected = layer(x, expected_weight, lambda q, k, v: maskir.attention(q, k, v, PATTERN, CANVAS))
+        expected = layer(
+            x, expected_weight, lambda q, k, v: maskir.attention(q, k, v, PATTERN, CANVAS, backend=BACKEND)
+        )
         (expected**2).sum().backward()
         print(f"pattern: {PATTERN} on {CANVAS}, {WORLD} processes")
         print(cp_plan.describe())

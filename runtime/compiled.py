@@ -161,6 +161,12 @@ class CompiledAttention:
             raise ValueError(f"{self.pattern} needs run-time data {missing} that was not given.")
         return [named[name] for name in self.tensor_names]
 
+    def run_tensors(self, q: torch.Tensor, k: torch.Tensor, *, segments=None, routing=None) -> list[torch.Tensor]:
+        """The run-time tensors a call with these arguments hands the ``maskir::attention_fwd`` / ``_bwd`` ops
+        (segment ids, routing, what the score_mod reads), in the order of ``tensor_names``: for callers that
+        run the ops themselves (``maskir.distributed`` overlapping an exchange between two of them)."""
+        return self._run_tensors(q, k, segments, routing)
+
     def __call__(
         self,
         q: torch.Tensor,

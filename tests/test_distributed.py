@@ -283,6 +283,8 @@ def _check_case(rank: int, world: int, check: tuple, expected: list[torch.Tensor
     local = [scatter(q, cp, rank), scatter(k, cp, rank, kv=True), scatter(v, cp, rank, kv=True)]
     local = [t.requires_grad_() for t in local]
     out = attention(*local, cp, group=mesh, mesh_dim="cp", segments=segments, score_mod=score_mod, backend=backend)
+    overlapped = type(out.grad_fn).__name__ == "OverlappedAttentionBackward"
+    assert overlapped == (backend != "reference"), f"{name} ({backend}): overlapped={overlapped}"
     (out * scatter(dout, cp, rank)).sum().backward()
     got = [gather(out, cp), *(gather(t.grad, cp, kv=i > 0) for i, t in enumerate(local))]
     for what, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
@@ -311,9 +313,12 @@ def _spawn(world: int, checks: list[tuple]) -> None:
 
 
 def test_two_ranks_match_the_float64_reference():
-    """Every pattern of CASES (reference backend, which runs dense on the rank's buffers), and the rank's
-    sub-plan through the generated Triton kernels (interpreter) with GQA and a score_mod."""
+    """Every pattern of CASES on the reference backend (one compact problem after the exchange), and through
+    the generated Triton kernels (interpreter), whose backward reads the given out and lse, so the exchange
+    overlaps the local part and the parts merge by lse (``overlap``): causal (rows the remote part does not
+    allow), packed documents (segment ids), and NA2D with GQA and a score_mod."""
     checks = [(name, "reference", 2, 2, None) for name in CASES]
+    checks += [("causal", "triton", 1, 1, None), ("documents", "triton", 1, 1, None)]
     checks += [("na2d", "triton", 2, 1, _bias_score_mod)]
     _spawn(2, checks)
 
@@ -338,8 +343,9 @@ class _Shapes(TorchDispatchMode):
 
 
 def _buffers_worker(rank: int, world: int, port: int, case: tuple) -> None:
-    """Forward and backward of one rank under ``_Shapes``: no tensor may have an extent above the rows the
-    rank holds plus the rows it fetches (a canvas-sized buffer would have one of N)."""
+    """Forward and backward of one rank under ``_Shapes``, on both paths (one compact problem: reference;
+    overlapped local and remote parts: Triton): no tensor may have an extent above the rows the rank holds
+    plus the rows it fetches (a canvas-sized buffer would have one of N)."""
     from maskir.distributed import attention, scatter
 
     torch.set_num_threads(1)
@@ -347,26 +353,26 @@ def _buffers_worker(rank: int, world: int, port: int, case: tuple) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         pattern, canvas = case
-        cp = shard(pattern, canvas, world, **BLOCK)
+        cp = shard(pattern, canvas, world, block_q=64, block_kv=64)
         generator = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(1, 1, canvas.size, 4, generator=generator) for _ in range(3))
-        local = [scatter(q, cp, rank).requires_grad_()] + [
-            scatter(t, cp, rank, kv=True).requires_grad_() for t in (k, v)
-        ]
+        q, k, v = (torch.randn(1, 1, canvas.size, 16, generator=generator) for _ in range(3))
         rows = cp.kv_token_indices(rank).numel() + sum(t.size for t in cp.received[rank])
-        with _Shapes() as recorded:
-            attention(*local, cp, backend="reference").sum().backward()
-        largest = max(max(shape, default=0) for shape in recorded.shapes)
-        assert 0 < largest <= rows < canvas.size // 2 + canvas.size // 4, (rank, largest, rows, canvas.size)
-        assert all(t.grad is not None for t in local)
+        for backend in ("reference", "triton"):
+            local = [scatter(q, cp, rank).requires_grad_()]
+            local += [scatter(t, cp, rank, kv=True).requires_grad_() for t in (k, v)]
+            with _Shapes() as recorded:
+                attention(*local, cp, backend=backend).sum().backward()
+            largest = max(max(shape, default=0) for shape in recorded.shapes)
+            assert 0 < largest <= rows < canvas.size // 2 + canvas.size // 4, (backend, rank, largest, rows)
+            assert all(t.grad is not None for t in local)
     finally:
         dist.destroy_process_group()
 
 
 def test_rank_buffers_hold_only_its_rows_and_the_rows_it_fetches():
-    """Memory O(N / world + rows fetched): on a causal sliding window over 1000 tokens in 2 ranks, every tensor
+    """Memory O(N / world + rows fetched): on a causal sliding window over 600 tokens in 2 ranks, every tensor
     the forward and backward create is at most the rank's own plus fetched rows long, far below N."""
-    case = ((Window(31, 0) & Causal()), Canvas(1000))
+    case = ((Window(31, 0) & Causal()), Canvas(600))
     mp.spawn(_buffers_worker, args=(2, _free_port(), case), nprocs=2, join=True)
 
 

@@ -82,7 +82,7 @@ def _load(data: torch.Tensor, ref: TensorRef, indices: list[Value], float_dtype:
     for index, extent in zip(indices, ref.shape):
         if extent is not None:
             inside = inside & (index >= 0) & (index < extent)
-            index = index.clamp(0, extent - 1) if isinstance(index, torch.Tensor) else min(max(index, 0), extent - 1)
+            index = min(max(index, 0), extent - 1) if isinstance(index, int) else index.clamp(0, extent - 1)
         clamped.append(index)
     value = data[tuple(clamped)]
     if ref.dtype == "bool":

@@ -1,17 +1,20 @@
 """Context-parallel attention on a rank's local tokens, and moving whole tensors in and out of shard order.
 
 ``attention`` on rank r (q [B, H, n_q(r), D] in ``token_indices(r)`` order, k/v [B, H_kv, n_kv(r), D] in
-``kv_token_indices(r)`` order):
-1. fetch: one all_to_all brings r the k/v rows its sub-plan lists and other ranks hold (``FetchRows``);
-2. compact: r's own k/v rows, then the fetched ones source by source, are the k/v of a compact problem
-   whose q is r's q as given (``maskir.distributed.compact``: the sub-plan re-addressed to these rows, the
-   predicate and score_mod still seeing original token indices);
-3. compute: ``maskir.compile(..., plan=<that compact plan>)`` runs the runtime's kernels (any backend) and
-   returns r's output rows in r's order.
-Autograd runs it backwards: dQ stays local, dK/dV of fetched rows go back to their owners through the
-reversed all_to_all and are summed there in source-rank order.
-Memory per rank is O(n_q(r) + n_kv(r) + rows fetched): no tensor is canvas-sized; the traffic and the
-computed tiles are only what r's tiles need.
+``kv_token_indices(r)`` order) fetches, with one all_to_all, the k/v rows its sub-plan lists and other
+ranks hold, and runs the sub-plan through the runtime's kernels on compact buffers
+(``maskir.distributed.compact``: the predicate and score_mod still see original token indices):
+
+- kernels whose backward reads the given out and lse (Triton, TVM): the exchange overlaps compute
+  (``maskir.distributed.overlap``): the local part (r's q against its own k/v rows) runs while the rows
+  travel, then the remote part, merged by log-sum-exp; the backward likewise, dK/dV of fetched rows going
+  back while the local part's backward runs;
+- the others (reference, flex; or a score_mod reading a tensor that needs a gradient): the exchange
+  (``FetchRows``), then one compact problem over r's own and the fetched rows.
+
+Either way dQ stays local and dK/dV of fetched rows go back to their owners, summed there in source-rank
+order. Memory per rank is O(n_q(r) + n_kv(r) + rows fetched): no tensor is canvas-sized; the traffic and
+the computed tiles are only what r's tiles need.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from maskir.codegen.backend import get as get_backend
 from maskir.distributed.compact import compact_problem, compact_score_mod
-from maskir.distributed.exchange import FetchRows, gather_rows, resolve_group
+from maskir.distributed.exchange import FetchRows, gather_rows, kv_of_rows, resolve_group, token_rows
+from maskir.distributed.overlap import Exchange, OverlappedAttention
 from maskir.distributed.shard import ContextParallelPlan
 from maskir.planner import Plan
 from maskir.runtime import CompiledAttention
 from maskir.runtime import compile as compile_attention
+from maskir.runtime.backends import recomputes_forward
 
 _COMPILED: weakref.WeakKeyDictionary[ContextParallelPlan, dict[tuple, tuple]] = weakref.WeakKeyDictionary()
 """Per context-parallel plan: (segment ids digest, compiled compact problem) of each (rank, k/v rows, heads,
@@ -62,20 +68,28 @@ def _for_heads(plan: Plan, heads: int) -> Plan:
     return dataclasses.replace(plan, heads=heads, parts=parts)
 
 
+def _kv_tokens(cp_plan: ContextParallelPlan, rank: int, keys: str) -> np.ndarray:
+    """The original k/v token of each compact k/v row of ``keys``: "local" (r's own rows), "remote" (the rows
+    r fetches, source by source) or "all" (both, in that order)."""
+    own, fetched = cp_plan.kv_tokens[rank], np.concatenate([np.zeros(0, dtype=np.int64), *cp_plan.received[rank]])
+    return {"local": own, "remote": fetched, "all": np.concatenate([own, fetched])}[keys]
+
+
 def _compiled(
-    cp_plan: ContextParallelPlan, rank: int, kv_tokens: np.ndarray, q, k, score_mod, backend: str, segments
+    cp_plan: ContextParallelPlan, rank: int, keys: str, q, k, score_mod, backend: str, segments
 ) -> CompiledAttention | None:
     """The runtime's kernels for rank ``rank``'s sub-plan on compact rows (``compact_problem``): its q tokens
-    by ``kv_tokens``; None when its tiles list none of them. Memoised per (rank, k/v rows, shapes, backend,
-    score_mod, segment ids: the latest ids per rank when the plan was sharded without them)."""
+    by the k/v rows of ``keys`` (``_kv_tokens``); None when its tiles list none of them. Memoised per
+    (rank, keys, shapes, backend, score_mod) and segment ids (the latest per key, for a plan sharded
+    without ids)."""
     ids = cp_plan.segments if cp_plan.segments is not None else segments
     digest = None if ids is None else hashlib.sha1(ids.detach().cpu().numpy().tobytes()).hexdigest()
-    key = (rank, kv_tokens.size, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
+    key = (rank, keys, q.shape[1], k.shape[1], q.shape[3], q.dtype, q.device.type, backend, score_mod)
     memo = _COMPILED.setdefault(cp_plan, {})
     if key not in memo or memo[key][0] != digest:
         sub = _for_heads(cp_plan.sub_plans[rank], q.shape[1])
         ids = None if ids is None else ids.detach().cpu()
-        problem = compact_problem(sub, cp_plan.q_tokens[rank], kv_tokens, ids)
+        problem = compact_problem(sub, cp_plan.q_tokens[rank], _kv_tokens(cp_plan, rank, keys), ids)
         compiled = None
         if problem is not None:
             q_index, kv_index = torch.as_tensor(problem.q_tokens), torch.as_tensor(problem.kv_tokens)
@@ -95,6 +109,15 @@ def _compiled(
             )
         memo[key] = (digest, compiled)
     return memo[key][1]
+
+
+def _overlaps(parts: list[CompiledAttention | None], q, k) -> bool:
+    """Whether the local and remote parts can run apart (``overlap``): their kernels' backward reads the given
+    out and lse, and no tensor a score_mod reads needs a gradient (the ops return none for it here)."""
+    built = [c for c in parts if c is not None]
+    if any(recomputes_forward(get_backend(c.backend)) for c in built):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for c in built for t in c.run_tensors(q, k)))
 
 
 def _check_local(name: str, t: torch.Tensor, heads: int | None, tokens: int, rank: int, order: str) -> None:
@@ -149,25 +172,24 @@ def attention(
             "cp_plan was sharded for the segment ids of one batch (shard(..., segments=ids)); pass those same ids "
             "as segments=, or shard again for these."
         )
-    batch, kv_heads, n_local_kv, head_dim = k.shape
 
-    # 1. fetch the k/v rows this rank's tiles list from their owners: [rows, B * H_kv * 2D]
-    local_rows = torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(n_local_kv, batch * kv_heads * 2 * head_dim)
-    send = [torch.as_tensor(p, dtype=torch.long) for p in cp_plan.send_positions(rank)]
+    send = tuple(torch.as_tensor(p, dtype=torch.long) for p in cp_plan.send_positions(rank))
     received = cp_plan.received[rank]
-    fetched = FetchRows.apply(local_rows, send, [int(t.size) for t in received], group)
+    if backend == "auto" or not recomputes_forward(get_backend(backend)):  # else no part compiles in vain
+        parts = [_compiled(cp_plan, rank, keys, q, k, score_mod, backend, segments) for keys in ("local", "remote")]
+        if _overlaps(parts, q, k):
+            exchange = Exchange(send, tuple(int(t.size) for t in received), group)
+            scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+            return OverlappedAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), exchange, *parts, scale)
 
-    # 2. compact k/v: own rows, then the fetched ones source by source (the order kv_tokens lists them)
-    kv_tokens = np.concatenate([cp_plan.kv_tokens[rank], *received])
-    kv_rows = torch.cat([local_rows, fetched]).reshape(kv_tokens.size, batch, kv_heads, 2 * head_dim)
-    compact_kv = kv_rows.permute(1, 2, 0, 3)
-
-    # 3. the rank's sub-plan on compact rows through the runtime's kernels: its output rows, in its order
-    compiled = _compiled(cp_plan, rank, kv_tokens, q, k, score_mod, backend, segments)
+    # fetch, then one compact problem over own and fetched rows
+    local_rows = token_rows(k, v)
+    fetched = FetchRows.apply(local_rows, list(send), [int(t.size) for t in received], group)
+    kv_rows = torch.cat([local_rows, fetched])
+    compiled = _compiled(cp_plan, rank, "all", q, k, score_mod, backend, segments)
     if compiled is None:  # no q tiles, or none lists a key: keep the graph joined so the backward exchange runs
         return 0 * q + 0 * kv_rows.sum()
-    k_rows, v_rows = compact_kv[..., :head_dim].contiguous(), compact_kv[..., head_dim:].contiguous()
-    return compiled(q, k_rows, v_rows, scale=scale)
+    return compiled(q, *kv_of_rows(kv_rows, k), scale=scale)
 
 
 def scatter(

@@ -1,9 +1,11 @@
 """Moving token rows between ranks with torch.distributed collectives (gloo on CPU, NCCL on GPU).
 
-``fetch_rows`` is one ``all_to_all_single``: rank r sends each peer s the rows of its local tensor that s
+``FetchRows`` is one ``all_to_all_single``: rank r sends each peer s the rows of its local tensor that s
 asked for, and receives, source by source in rank order, the rows it asked for. Its backward is the same
 collective reversed: the gradient of every row sent comes back to its owner, which adds the returned
 partials to its own in source-rank order (unique rows per source: no atomics, the same sum every run).
+``start_all_to_all`` is the same collective left in flight, for overlapping it with compute
+(``maskir.distributed.overlap``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,40 @@ def resolve_group(group=None, mesh_dim: str | int | None = None):
     return group
 
 
-def _all_to_all(rows: torch.Tensor, send_counts: list[int], recv_counts: list[int], group) -> torch.Tensor:
-    """Rows [sum(send_counts), C] out in rank order; rows [sum(recv_counts), C] in, source by source."""
+def token_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """k, v [B, H_kv, n, D] as token rows [n, B * H_kv * 2D] (what travels)."""
+    batch, kv_heads, n, head_dim = k.shape
+    return torch.cat([k, v], dim=-1).permute(2, 0, 1, 3).reshape(n, batch * kv_heads * 2 * head_dim)
+
+
+def kv_of_rows(rows: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of ``token_rows``: contiguous k, v [B, H_kv, n, D] shaped as ``like`` but for n."""
+    batch, kv_heads, _, head_dim = like.shape
+    kv = rows.reshape(rows.shape[0], batch, kv_heads, 2 * head_dim).permute(1, 2, 0, 3)
+    return kv[..., :head_dim].contiguous(), kv[..., head_dim:].contiguous()
+
+
+def start_all_to_all(rows: torch.Tensor, send_counts: list[int], recv_counts: list[int], group):
+    """Rows [sum(send_counts), C] out in rank order, rows [sum(recv_counts), C] in, source by source, with
+    ``async_op=True``: (the receive buffer, the work); the buffer holds the rows once ``work.wait()`` returns."""
     received = rows.new_empty((sum(recv_counts), rows.shape[1]))
-    dist.all_to_all_single(received, rows.contiguous(), recv_counts, send_counts, group=group)
+    work = dist.all_to_all_single(received, rows.contiguous(), recv_counts, send_counts, group=group, async_op=True)
+    return received, work
+
+
+def _all_to_all(rows: torch.Tensor, send_counts: list[int], recv_counts: list[int], group) -> torch.Tensor:
+    received, work = start_all_to_all(rows, send_counts, recv_counts, group)
+    work.wait()
     return received
+
+
+def add_returned(grad_local: torch.Tensor, send: list[torch.Tensor], returned: torch.Tensor) -> torch.Tensor:
+    """``grad_local`` [n, C] plus the gradients of the rows it sent, peer by peer in rank order (``returned``
+    holds them in that order; each peer's positions are unique: no atomics, the same sum every run)."""
+    for index, part in zip(send, returned.split([int(i.numel()) for i in send])):
+        if index.numel():
+            grad_local.index_add_(0, index.to(grad_local.device), part.to(grad_local.dtype))
+    return grad_local
 
 
 class FetchRows(torch.autograd.Function):
@@ -55,10 +86,7 @@ class FetchRows(torch.autograd.Function):
     def backward(ctx, grad_received: torch.Tensor):
         returned = _all_to_all(grad_received, ctx.recv_counts, ctx.send_counts, ctx.group)
         grad_local = grad_received.new_zeros((ctx.local_rows, grad_received.shape[1]))
-        for index, part in zip(ctx.send, returned.split(ctx.send_counts)):
-            if index.numel():
-                grad_local.index_add_(0, index.to(grad_local.device), part)
-        return grad_local, None, None, None
+        return add_returned(grad_local, ctx.send, returned), None, None, None
 
 
 def gather_rows(local: torch.Tensor, counts: list[int], group) -> list[torch.Tensor]:
