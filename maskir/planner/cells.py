@@ -13,15 +13,16 @@ When the chunks to evaluate hold more than ``COMPILE_ABOVE_PAIRS`` pairs the cal
 ``torch.compile(dynamic=True)``, which fuses the mask_mod with the cell sums into one C++ loop (no pair grid is
 stored): in it a table lookup ``T[q]`` is a load at an index expression and ``q * kv % 7`` integer arithmetic
 with a constant. Then an interior row of chunks whose open chunks fill at least half of the row up to its last
-one is evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open pairs), and consecutive such rows of one width share a call of at most
-``CALL_CELLS`` cells (an opaque mask's whole 16K grid is one call). Such a call hands its origins over as tensor
-sizes (``_sized``): kv's is the constant 0 and q's a symbol Inductor knows is >= 0, so ``%`` and ``//`` of the
-indices stay plain C arithmetic, and ``(q * kv) % 7`` ran at 0.5 ns per pair on one core, as fast as
-``torch.compile(create_block_mask)``'s static loop and 2x faster than with int origins (unknown sign: Python's
-remainder needs a sign fix-up per pair); so a row evaluated from kv 0 costs at most the time of its open chunks.
-Every other chunk is a call of its own with int origins (with two sized origins such chunks ran 1.0-2x slower).
-One compiled loop serves each kind of call (about five in all: origins from kv 0, q's 0 or not; int origins;
-edge rectangles). If compiling fails the chunks run eagerly, one per call. On the CPU a call of
+one is evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open pairs), and
+consecutive such rows of one width share a call of at most ``CALL_CELLS`` cells (an opaque mask's whole 16K
+grid is one call). Such a call hands its origins over as tensor sizes (``_sized``): kv's is the constant 0 and
+q's a symbol Inductor knows is >= 0, so ``%`` and ``//`` of the indices stay plain C arithmetic, and
+``(q * kv) % 7`` ran at 0.5 ns per pair on one core, as fast as ``torch.compile(create_block_mask)``'s static
+loop and 2x faster than with int origins (unknown sign: Python's remainder needs a sign fix-up per pair); so a
+row evaluated from kv 0 costs at most the time of its open chunks. Every other chunk is a call of its own with
+int origins (with two sized origins such chunks ran 1.0-2x slower). One compiled loop serves each kind of call
+(at most four: rows from kv 0 with q's origin 0 or not; single chunks inside the canvas or reaching past it).
+If compiling fails the chunks run eagerly, one per call. On the CPU a call of
 ``PARALLEL_ABOVE_PAIRS`` pairs or more runs on torch's threads (OpenMP over q cells), a smaller one on one
 thread. Memory: one call's cell counts (at most ``CALL_CELLS`` int32 when compiled; eagerly one chunk's
 temporaries, a few bytes per pair), plus a prefix-sum table per evaluated chunk. The evaluation runs on CUDA
@@ -162,11 +163,10 @@ class ChunkCounts:
 
     def _calls(self, missing: list[tuple[int, int]], merged: bool) -> tuple[list, list]:
         """Rectangles of chunks [i0, i1) x [j0, j1), one call each, covering ``missing``: (single chunks, rows
-        from kv 0). ``merged``: an
-        interior row whose missing interior chunks fill at least half of the row up to the last one is
-        evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open pairs or more), and
-        consecutive such rows of one width share a call of at most ``CALL_CELLS`` cells; every other chunk
-        (all of them unmerged) is a call of its own."""
+        from kv 0). ``merged``: an interior row whose missing interior chunks fill at least half of the row up
+        to the last one is evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open
+        pairs or more), and consecutive such rows of one width share a call of at most ``CALL_CELLS`` cells;
+        every other chunk (all of them unmerged) is a call of its own."""
         full_rows, full_cols = self.n_q // self.q_side, self.n_kv // self.kv_side
         by_row: dict[int, list[int]] = {}
         for i, j in missing:
