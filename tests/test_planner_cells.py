@@ -87,16 +87,22 @@ def test_compiled_and_eager_chunks_give_the_brute_force_tile_classes(mask_mod, h
 def test_dense_rows_are_counted_from_kv_zero_and_share_calls(monkeypatch):
     """Compiled: a row whose open chunks fill at least half of the row up to its last one is one call from kv 0,
     consecutive rows of one width share a call up to CALL_CELLS cells; sparse rows and edge chunks are a call
-    per chunk, and uncompiled every chunk is."""
+    per chunk, and so is every chunk uncompiled or when the dense rows hold fewer than FROM_ZERO_ABOVE_PAIRS
+    open pairs."""
     monkeypatch.setattr(cells, "CALL_CELLS", 2 * (512 // cells.CELL) ** 2 * 3)  # two rows of three chunks
+    monkeypatch.setattr(cells, "FROM_ZERO_ABOVE_PAIRS", 11 * 512**2)  # the dense rows' 11 open chunks
     counts = cells.ChunkCounts(Predicate(_checkerboard), 5 * 512 + 100, 4 * 512, 0)
     dense = [(i, j) for i in range(3) for j in range(3)] + [(3, 1), (3, 2)]  # row 3: two of three
     sparse = [(4, 3), (5, 0)]  # row 4: one of four; row 5 reaches past the canvas
-    calls = counts._calls(dense + sparse, merged=True)
-    assert sorted(calls) == [(0, 2, 0, 3), (2, 4, 0, 3), (4, 5, 3, 4), (5, 6, 0, 1)]
-    assert sorted(counts._calls(dense + sparse, merged=False)) == sorted(
-        (i, i + 1, j, j + 1) for i, j in dense + sparse
-    )
+    chunks, rows = counts._calls(dense + sparse, merged=True)
+    assert sorted(rows) == [(0, 2, 0, 3), (2, 4, 0, 3)]
+    assert sorted(chunks) == [(4, 5, 3, 4), (5, 6, 0, 1)]
+    one_by_one = (sorted((i, i + 1, j, j + 1) for i, j in dense + sparse), [])
+    chunks, rows = counts._calls(dense + sparse, merged=False)
+    assert (sorted(chunks), rows) == one_by_one
+    monkeypatch.setattr(cells, "FROM_ZERO_ABOVE_PAIRS", 11 * 512**2 + 1)  # fewer open pairs than that
+    chunks, rows = counts._calls(dense + sparse, merged=True)
+    assert (sorted(chunks), rows) == one_by_one
 
 
 @pytest.mark.parametrize("head", [0, 2])
@@ -107,16 +113,23 @@ def test_merged_calls_give_the_brute_force_tile_classes(head, monkeypatch):
     monkeypatch.setattr(cells, "CHUNK", 128)
     monkeypatch.setattr(cells, "COMPILE_ABOVE_PAIRS", 0)
     monkeypatch.setattr(cells, "CALL_CELLS", 2 * (128 // cells.CELL) ** 2 * 4)
+    monkeypatch.setattr(cells, "FROM_ZERO_ABOVE_PAIRS", 0)
     predicate = Predicate(lambda b, h, q, kv: ((q * kv + h) % MODULI[h] != 0) & (kv < 500) | (q < 16))
     expected = _brute_force_kinds(predicate, 600, 520, 16, head)
     rows, cols = np.divmod(np.arange(expected.size), -(-520 // 16))
-    calls = []
-    plan_calls = cells.ChunkCounts._calls
-    monkeypatch.setattr(cells.ChunkCounts, "_calls", lambda self, *a: calls.extend(plan_calls(self, *a)) or calls)
+    rows_from_zero = []
+    calls = cells.ChunkCounts._calls
+
+    def recording(self, *args):
+        chunks, rows = calls(self, *args)
+        rows_from_zero.extend(rows)
+        return chunks, rows
+
+    monkeypatch.setattr(cells.ChunkCounts, "_calls", recording)
     kinds = cells.tile_kinds(predicate, 600, 520, 16, 16, rows, cols, head)
     cells.chunk_counts.cache_clear()
     np.testing.assert_array_equal(kinds, expected)
-    assert (0, 2, 0, 4) in calls and (2, 4, 0, 4) in calls  # rows 0-3 from kv 0, two per call
+    assert (0, 2, 0, 4) in rows_from_zero and (2, 4, 0, 4) in rows_from_zero  # rows 0-3, two per call
     assert set(expected.tolist()) == {fallback.EMPTY, fallback.FULL, fallback.PARTIAL}
 
 

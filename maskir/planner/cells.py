@@ -13,15 +13,16 @@ When the chunks to evaluate hold more than ``COMPILE_ABOVE_PAIRS`` pairs the cal
 ``torch.compile(dynamic=True)``, which fuses the mask_mod with the cell sums into one C++ loop (no pair grid is
 stored): in it a table lookup ``T[q]`` is a load at an index expression and ``q * kv % 7`` integer arithmetic
 with a constant. Then an interior row of chunks whose open chunks fill at least half of the row up to its last
-one is evaluated from kv 0 to there, and consecutive such rows of one width share a call of at most
-``CALL_CELLS`` cells (an opaque mask's whole 16K grid is one call). Such a call hands its origins over as tensor
-sizes (``_sized``): kv's is the constant 0 and q's a symbol Inductor knows is >= 0, so ``%`` and ``//`` of the
-indices stay plain C arithmetic, and ``(q * kv) % 7`` ran at 0.5 ns per pair on one core, as fast as
-``torch.compile(create_block_mask)``'s static loop and 2x faster than with int origins (unknown sign: Python's
-remainder needs a sign fix-up per pair); so a row evaluated from kv 0 costs at most the time of its open chunks.
-Every other chunk is a call of its own with int origins (with two sized origins such chunks ran 1.0-2x slower).
-One compiled loop serves each kind of call (about five in all: origins from kv 0, q's 0 or not; int origins;
-edge rectangles). If compiling fails the chunks run eagerly, one per call. On the CPU a call of
+one is evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open pairs), and
+consecutive such rows of one width share a call of at most ``CALL_CELLS`` cells (an opaque mask's whole 16K
+grid is one call). Such a call hands its origins over as tensor sizes (``_sized``): kv's is the constant 0 and
+q's a symbol Inductor knows is >= 0, so ``%`` and ``//`` of the indices stay plain C arithmetic, and
+``(q * kv) % 7`` ran at 0.5 ns per pair on one core, as fast as ``torch.compile(create_block_mask)``'s static
+loop and 2x faster than with int origins (unknown sign: Python's remainder needs a sign fix-up per pair); so a
+row evaluated from kv 0 costs at most the time of its open chunks. Every other chunk is a call of its own with
+int origins (with two sized origins such chunks ran 1.0-2x slower). One compiled loop serves each kind of call
+(at most four: rows from kv 0 with q's origin 0 or not; single chunks inside the canvas or reaching past it).
+If compiling fails the chunks run eagerly, one per call. On the CPU a call of
 ``PARALLEL_ABOVE_PAIRS`` pairs or more runs on torch's threads (OpenMP over q cells), a smaller one on one
 thread. Memory: one call's cell counts (at most ``CALL_CELLS`` int32 when compiled; eagerly one chunk's
 temporaries, a few bytes per pair), plus a prefix-sum table per evaluated chunk. The evaluation runs on CUDA
@@ -57,6 +58,10 @@ COMPILE_ABOVE_PAIRS = 1 << 24
 """Evaluations of more pairs run a torch.compile'd chunk; smaller ones run eagerly."""
 CALL_CELLS = 1 << 20
 """Cells one merged compiled call counts at most (4 MiB of int32 counts)."""
+FROM_ZERO_ABOVE_PAIRS = 1 << 26
+"""Rows are evaluated from kv 0 only when their open chunks hold at least this many pairs: the two compiled
+loops that adds cost a process's first plan about a second or more with a warm inductor cache (the documents
+mask at 16K: 3.2 s with them, 1.4 s without), several cold; below this they save under about 30 ms a plan."""
 PARALLEL_ABOVE_PAIRS = 1 << 22
 """CPU calls over at least this many pairs run on torch's threads; smaller ones on one thread (an OpenMP region
 per 512 x 512 chunk cost more than a second thread gained: 6 ms against 1.3 ms on the loaded 2-core machine)."""
@@ -99,12 +104,13 @@ def _cell_sums(allowed, q_side: int, kv_side: int) -> torch.Tensor:
     return allowed.view(q_side // CELL, CELL, kv_side // CELL, CELL).sum((1, 3), dtype=torch.int32)
 
 
-def _sized(offset: int) -> torch.Tensor:
-    """An origin as the length of a stride-0 tensor (one element of storage). Inductor knows a size is >= 0, so
-    the compiled loop keeps ``%`` and ``//`` of the indices as C arithmetic; an int origin has unknown sign and
-    Python's remainder then needs a sign fix-up per pair. Marked dynamic so that equal q and kv origins stay two
-    symbols; origin 0 compiles apart (sizes 0 and 1 are specialised), as a constant."""
-    origin = torch.empty(1).expand(offset)
+def _sized(offset: int, device: torch.device) -> torch.Tensor:
+    """An origin as the length of a stride-0 tensor (one element of storage, on the evaluation device).
+    Inductor knows a size is >= 0, so the compiled loop keeps ``%`` and ``//`` of the indices as C arithmetic;
+    an int origin has unknown sign and Python's remainder then needs a sign fix-up per pair. Marked dynamic so
+    that equal q and kv origins stay two symbols; origin 0 compiles apart (sizes 0 and 1 are specialised), as
+    a constant."""
+    origin = torch.empty(1, device=device).expand(offset)
     if offset > 1:
         torch._dynamo.mark_dynamic(origin, 0)
     return origin
@@ -155,44 +161,49 @@ class ChunkCounts:
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
         skipped (a pure time saving: skipped tiles are evaluated exactly)."""
 
-    def _calls(self, missing: list[tuple[int, int]], merged: bool) -> list[tuple[int, int, int, int]]:
-        """Rectangles of chunks [i0, i1) x [j0, j1), one call each, covering ``missing``. ``merged``: an
-        interior row whose missing interior chunks fill at least half of the row up to the last one is
-        evaluated from kv 0 to there, and consecutive such rows of one width share a call of at most
-        ``CALL_CELLS`` cells; every other chunk (all of them unmerged) is a call of its own."""
+    def _calls(self, missing: list[tuple[int, int]], merged: bool) -> tuple[list, list]:
+        """Rectangles of chunks [i0, i1) x [j0, j1), one call each, covering ``missing``: (single chunks, rows
+        from kv 0). ``merged``: an interior row whose missing interior chunks fill at least half of the row up
+        to the last one is evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open
+        pairs or more), and consecutive such rows of one width share a call of at most ``CALL_CELLS`` cells;
+        every other chunk (all of them unmerged) is a call of its own."""
         full_rows, full_cols = self.n_q // self.q_side, self.n_kv // self.kv_side
         by_row: dict[int, list[int]] = {}
         for i, j in missing:
             by_row.setdefault(i, []).append(j)
-        calls, from_zero = [], []  # from_zero: (row, width in chunks)
-        for i, cols in sorted(by_row.items()):
+        dense = {}  # row: width in chunks from kv 0
+        for i, cols in by_row.items():
             inner = [j for j in cols if j < full_cols]
             if merged and i < full_rows and inner and max(inner) + 1 <= 2 * len(inner):
-                from_zero.append((i, max(inner) + 1))
-                cols = [j for j in cols if j >= full_cols]
+                dense[i] = max(inner) + 1
+        open_pairs = sum(len(by_row[i]) for i in dense) * self.q_side * self.kv_side
+        if open_pairs < FROM_ZERO_ABOVE_PAIRS:
+            dense = {}
+        calls = []
+        for i, cols in sorted(by_row.items()):
+            cols = [j for j in cols if j >= full_cols] if i in dense else cols
             calls.extend((i, i + 1, j, j + 1) for j in sorted(cols))
         row_cells = self.q_side // CELL * self.kv_side // CELL
         merged_calls: list[tuple[int, int, int, int]] = []
-        for i, width in from_zero:
+        for i, width in sorted(dense.items()):
             if merged_calls and merged_calls[-1][1:] == (i, 0, width):
                 first = merged_calls[-1][0]
                 if (i + 1 - first) * width * row_cells <= CALL_CELLS:
                     merged_calls[-1] = (first, i + 1, 0, width)
                     continue
             merged_calls.append((i, i + 1, 0, width))
-        calls.extend(merged_calls)
-        return calls
+        return calls, merged_calls
 
-    def _counts(self, functions, call: tuple[int, int, int, int]) -> torch.Tensor:
+    def _counts(self, functions, call: tuple[int, int, int, int], sized: bool) -> torch.Tensor:
         """Cell counts of the rectangle ``call`` with ``functions`` = (interior, edge) counters, eager or
         compiled, on one CPU thread unless it holds ``PARALLEL_ABOVE_PAIRS`` pairs."""
         interior, edge = functions
         i0, i1, j0, j1 = call
         q0, kv0 = i0 * self.q_side, j0 * self.kv_side
         q_side, kv_side = (i1 - i0) * self.q_side, (j1 - j0) * self.kv_side
-        # from kv 0: sizes (kv's the constant 0, q's known >= 0); elsewhere ints, which ran these chunks
-        # 1.0-1.4x faster than two sized origins (mask_mods of products, of table lookups)
-        origins = (_sized(q0), _sized(kv0)) if kv0 == 0 else (q0, kv0)
+        # rows from kv 0: sizes (kv's the constant 0, q's known >= 0); single chunks: ints, which ran them
+        # 1.0-2x faster than two sized origins (mask_mods of products, of table lookups) and share one loop
+        origins = (_sized(q0, self.device), _sized(kv0, self.device)) if sized else (q0, kv0)
         args = (self.predicate.fn, *origins, q_side, kv_side)
         where = {"head": self.head, "device": self.device}
         threads = 1 if self.device.type == "cpu" and q_side * kv_side < PARALLEL_ABOVE_PAIRS else None
@@ -223,9 +234,10 @@ class ChunkCounts:
         """Evaluate the chunks of ``missing`` still without counts, storing each one's prefix sums."""
         wanted = {chunk for chunk in missing if chunk not in self.prefix}
         done = len(missing) - len(wanted)
-        for call in self._calls(sorted(wanted), merged):
+        chunks, rows_from_zero = self._calls(sorted(wanted), merged)
+        for call, sized in [(call, False) for call in chunks] + [(call, True) for call in rows_from_zero]:
             i0, i1, j0, j1 = call
-            counts = self._counts(functions, call).cpu().numpy()
+            counts = self._counts(functions, call, sized).cpu().numpy()
             rows, cols = counts.shape[0] // (i1 - i0), counts.shape[1] // (j1 - j0)
             # int32: a chunk holds at most CHUNK^2 = 2^18 pairs; in place (10x faster than a strided int64 out)
             prefix = np.zeros((i1 - i0, j1 - j0, rows + 1, cols + 1), dtype=np.int32)
