@@ -11,9 +11,9 @@ from maskir.canvas import Canvas
 from maskir.codegen.common.tables import part_tables
 from maskir.ir import Blocks, Causal, Neighborhood, Routing, Segments, Window
 from maskir.planner import plan, single_part
-from maskir.planner.gates import gate_tree
+from maskir.planner.gates import full_tree, gate_tree
 from maskir.reference import reference_mask
-from maskir.runtime.gating import PartGate
+from maskir.runtime.gating import ListShape, PartGate, compact
 from maskir.runtime.routing import routing_map
 
 
@@ -30,8 +30,21 @@ def test_gate_trees_follow_and_and_or_and_leave_out_implied_static_conjuncts():
     assert gate_tree(Causal()) is None
 
 
-def _tile_has_pair(planned, tables, mask, q_tile, kv_tile) -> np.ndarray:
-    """Brute force: whether entry (q_tile[e], kv_tile[e]) holds an allowed pair of ``mask`` [Nq, Nkv]."""
+def test_full_trees_cover_the_whole_pattern_or_nothing():
+    """Proving a tile FULL needs every conjunct, the static ones included; a part over run-time data that
+    no gate reads (~Segments()) proves nothing."""
+    assert full_tree(Segments() & Causal()) == ("and", ("leaf", Segments()), ("static", Causal()))
+    assert full_tree((Routing(16, 2) & Causal()) | Blocks(16)) == (
+        "or",
+        ("and", ("leaf", Routing(16, 2)), ("static", Causal())),
+        ("static", Blocks(16)),
+    )
+    assert full_tree(Causal() - Segments()) is None
+
+
+def _tile_has_pair(planned, tables, mask, q_tile, kv_tile, every: bool = False) -> np.ndarray:
+    """Brute force: whether entry (q_tile[e], kv_tile[e]) holds an allowed pair of ``mask`` [Nq, Nkv]
+    (``every``: whether all of its pairs are allowed)."""
     part = planned.parts[0]
     q_tokens = part.layout.q_tokens if part.layout.q_tokens is not None else np.arange(part.n_q_tiles * planned.block_q)
     kv_tokens = (
@@ -42,7 +55,8 @@ def _tile_has_pair(planned, tables, mask, q_tile, kv_tile) -> np.ndarray:
         qs = q_tokens[i * planned.block_q : (i + 1) * planned.block_q]
         ks = kv_tokens[j * planned.block_kv : (j + 1) * planned.block_kv]
         qs, ks = qs[(qs >= 0) & (qs < mask.shape[0])], ks[(ks >= 0) & (ks < mask.shape[1])]
-        out.append(bool(mask[np.ix_(qs, ks)].any()))
+        pairs = mask[np.ix_(qs, ks)]
+        out.append(bool(pairs.all() if every else pairs.any()))
     return np.array(out)
 
 
@@ -87,6 +101,30 @@ def test_a_union_with_a_static_side_keeps_that_sides_tiles_open():
         assert np.array_equal(backward[0, head].numpy() != 0, want_back)
 
 
+@pytest.mark.parametrize("routed", [False, True], ids=["documents", "routing"])
+def test_flags_prove_full_exactly_the_tiles_whose_every_pair_is_allowed(routed):
+    """Flag 2 (FULL: the kernels skip the predicate) on contiguous documents and on tiles aligned to
+    routing blocks: exactly the listed tiles whose every pair the data allows, in both directions."""
+    canvas = Canvas(256)
+    if routed:
+        pattern = (Routing(32, 2) & Causal()) | (Blocks(32) & Causal())
+        q = torch.randn(1, 2, 256, 8)
+        indices = torch.randint(0, 8, (1, 2, 8, 2))
+        tensors, data = {"routing_map": routing_map(q, q, Routing(32, 2), indices)}, {"routing": indices}
+    else:
+        pattern = Segments() & Causal()
+        ids = torch.repeat_interleave(torch.arange(4), torch.tensor([40, 88, 64, 64]))[None].to(torch.int32)
+        tensors, data = {"segments_q": ids, "segments_kv": ids}, {"segments": ids}
+    planned = plan(pattern, canvas, heads=2, block_q=16, block_kv=32, layout="identity")
+    tables, forward, backward = _flags(planned, tensors)
+    for head in range(2):
+        mask = reference_mask(pattern, canvas, head=head, **data)
+        want = _tile_has_pair(planned, tables, mask, tables.kv_rows, tables.kv_index, every=True)
+        assert np.array_equal(forward[0, min(head, forward.shape[1] - 1)].numpy() == 2, want) and want.any()
+        want_back = _tile_has_pair(planned, tables, mask, tables.q_index, tables.q_rows, every=True)
+        assert np.array_equal(backward[0, min(head, backward.shape[1] - 1)].numpy() == 2, want_back)
+
+
 def test_the_planner_pre_lists_static_subtrees_and_gates_plan_nothing(monkeypatch):
     """plan() stores the tiles of the static side of a union (the diagonal blocks) once; building the gate
     and its per-call flags then never calls the planner."""
@@ -94,7 +132,8 @@ def test_the_planner_pre_lists_static_subtrees_and_gates_plan_nothing(monkeypatc
     pattern = (Routing(32, 2) & Causal()) | (Blocks(32) & Causal())
     planned = plan(pattern, canvas, heads=2, block_q=32, block_kv=32, layout="identity")
     listed = dict(planned.parts[0].static_tables)
-    assert list(listed) == [Causal(), Blocks(32) & Causal()]  # the routing's causal side, the diagonal
+    # the routing's causal side, the diagonal (both gate open tiles and prove FULL ones)
+    assert list(listed) == [Causal(), Blocks(32) & Causal()]
     assert sorted(zip(*listed[Blocks(32) & Causal()].pairs()[:2])) == [(i, i) for i in range(8)]
     assert len(listed[Causal()].pairs()[0]) == 8 * 9 // 2
 
@@ -151,8 +190,10 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
     ((forward, backward),) = compiled.tile_gates(q, q, segments=documents, backward=True)
     assert compiled.plan.tile_counts.tiles == 2 * 10  # the static plan: causal tiles, both heads
     assert forward.open_tiles.tolist() == backward.open_tiles.tolist() == [[4]]  # the diagonal, any head
+    assert forward.full_tiles.tolist() == [[0]]  # causal within each tile
     ((one_document,),) = compiled.tile_gates(q, q, segments=torch.zeros(1, 256, dtype=torch.int32))
     assert one_document.open_tiles.tolist() == [[10]]
+    assert one_document.full_tiles.tolist() == [[6]]  # the tiles below the diagonal
     with pytest.raises(ValueError, match="segments"):
         compiled.tile_gates(q, q)
     static = maskir.compile(
@@ -164,28 +205,32 @@ def test_compiled_attention_reports_the_tiles_a_call_runs(monkeypatch):
         reference.tile_gates(q, q)
 
 
-def test_compact_packs_each_rows_open_entries_at_its_start_in_order_and_keeps_full_entries():
-    from maskir.runtime.gating import ListShape, compact
-
+def test_compact_packs_each_rows_open_entries_at_its_start_full_ones_first_in_order():
     # two head groups of two rows each: group 0 rows [0, 3) [3, 5), group 1 rows [5, 6) [6, 9)
     starts = [np.array([0, 3, 5]), np.array([0, 1, 4])]  # per group, as in TileTable
     full_counts = [np.array([1, 0]), np.array([0, 2])]  # the first entry of row 0, two of the last row
     start = torch.tensor([0, 3, 5, 5, 6, 9], dtype=torch.int32)  # stacked, as in PartTables
     index = torch.tensor([7, 1, 2, 4, 5, 6, 3, 8, 9], dtype=torch.int32)
     shape = ListShape.build(start, index, starts, full_counts)
-    flags = torch.tensor([[[0, 1, 0, 0, 1, 0, 0, 0, 1]], [[1, 1, 1, 1, 1, 1, 1, 1, 1]]], dtype=torch.int8)
+    flags = torch.tensor(
+        [[[0, 1, 0, 0, 1, 0, 0, 0, 1]], [[1, 1, 1, 1, 1, 1, 1, 1, 1]], [[1, 1, 2, 2, 1, 0, 0, 1, 1]]], dtype=torch.int8
+    )  # flag 2: this call's data proves the tile FULL
     gated = compact(flags, shape)
     rows = [0, 1, 3, 4]  # stacked row pointers that open a row (2 is group 0's end)
-    for b, want in enumerate(
+    for b, (want, want_full) in enumerate(
         [
-            [[7, 1], [5], [], [3, 8, 9]],  # FULL entries 7, 3, 8 stay; open PARTIAL entries 1, 5, 9 follow
-            [[7, 1, 2], [4, 5], [6], [3, 8, 9]],
+            ([[7, 1], [5], [], [3, 8, 9]], [1, 0, 0, 2]),  # FULL entries 7, 3, 8 stay; open PARTIAL 1, 5, 9 follow
+            ([[7, 1, 2], [4, 5], [6], [3, 8, 9]], [1, 0, 0, 2]),
+            ([[7, 2, 1], [4, 5], [], [3, 8, 9]], [2, 1, 0, 2]),  # proven FULL 2 and 4 lead their rows
         ]
     ):
-        opened = gated.buffer[b, 0, gated.open_at :]  # open entries before each row pointer
+        opened = gated.buffer[b, 0, gated.open_at : gated.full_at]  # open entries before each row pointer
+        full = gated.buffer[b, 0, gated.full_at :]  # FULL ones
         ends = [int(start[row] + opened[row + 1] - opened[row]) for row in rows]
         assert [gated.buffer[b, 0, start[row] : end].tolist() for row, end in zip(rows, ends)] == want, b
-    assert gated.open_tiles.tolist() == [[6], [9]]
+        assert [int(full[row + 1] - full[row]) for row in rows] == want_full, b
+    assert gated.open_tiles.tolist() == [[6], [9], [8]]
+    assert gated.full_tiles.tolist() == [[3], [3], [5]]
 
 
 def test_a_call_reuses_the_lists_of_the_call_before_on_the_same_unchanged_data(monkeypatch):
@@ -235,7 +280,7 @@ def test_tvm_kernels_walk_the_lists_a_calls_documents_leave_open(monkeypatch, fu
         TvmAttention, "_call", lambda self, name, *a: gated.append((name[:3], a[-1])) or call(self, name, *a)
     )
     q, k, v = (torch.randn(2, 2, 256, 16, requires_grad=True) for _ in range(3))
-    documents = torch.stack([torch.arange(256) // 40, torch.arange(256) // 100]).to(torch.int32)
+    documents = torch.stack([torch.arange(256) // 40, torch.arange(256) // 128]).to(torch.int32)
     out = compiled(q, k, v, segments=documents)
     out.square().sum().backward()
     assert {flag for _, flag in gated} == {1} and {name for name, _ in gated} == (
@@ -243,6 +288,7 @@ def test_tvm_kernels_walk_the_lists_a_calls_documents_leave_open(monkeypatch, fu
     )
     ((forward, _),) = compiled.tile_gates(q, k, segments=documents, backward=True)
     assert forward.open_tiles.max() < compiled.plan.tile_counts.tiles // 2  # fewer than the causal tiles
+    assert forward.full_tiles.tolist() == [[0], [2]]  # proven FULL: run without the predicate
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]  # the reference computes in float64
     want = maskir.attention(*leaves, Segments() & Causal(), backend="reference", segments=documents)
     want.square().sum().backward()

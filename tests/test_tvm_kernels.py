@@ -29,7 +29,7 @@ from strategies import canvas_and_pattern
 from maskir.canvas import Canvas
 from maskir.codegen.tvm.emit import generate_tvm_source
 from maskir.codegen.tvm.launch import TvmAttention, cuda_source
-from maskir.ir import Blocks, Causal, Columns, Dilated, Neighborhood, PerHead, Predicate, Sink, Window
+from maskir.ir import Blocks, Causal, Columns, Dilated, Neighborhood, PerHead, Predicate, Segments, Sink, Window
 from maskir.planner import plan
 from maskir.reference import reference_attention
 
@@ -191,20 +191,39 @@ def test_source_is_tvmscript_with_the_lowered_predicate_per_part():
 
 
 def test_only_partial_tile_pairs_evaluate_the_predicate_a_row_at_a_time():
-    """The predicate (over a row's lane tokens ``QTOK[lane]`` / ``KVTOK[lane]``) masks scores only under
-    ``if e >= full_end`` (PARTIAL entries follow the FULL ones in each list), in vectorised loops."""
+    """The predicate masks scores only under ``if e >= partial_start`` (PARTIAL entries follow the FULL
+    ones in each list), in vectorised loops over a row's lanes."""
     planned = plan(Window(20, 5), Canvas(256), heads=2, block_q=32, block_kv=32)
     source = generate_tvm_source(planned, head_dim=16, dtype=torch.float32, vector_lanes=8).source
     lines = source.splitlines()
-    writes = [i for i, line in enumerate(lines) if line.strip().startswith("S[r, ") and "TOK[(c0 * 8 + c1)]" in line]
+    writes = [
+        i
+        for i, line in enumerate(lines)
+        if line.strip().startswith("S[r, ") and 'T.float32("-inf")' in line and "sm_scale" not in line
+    ]
     assert len(writes) == 4  # forward, dQ, dK/dV, fused backward
     for i in writes:
         depth = len(lines[i]) - len(lines[i].lstrip())
         guards = [
-            line for line in lines[:i] if line.strip() == "if e >= full_end:" and len(line) - len(line.lstrip()) < depth
+            line
+            for line in lines[:i]
+            if line.strip() == "if e >= partial_start:" and len(line) - len(line.lstrip()) < depth
         ]
         assert guards, "the predicate is evaluated outside the PARTIAL branch"
         assert "T.vectorized(8)" in lines[i - 1]  # one row: 32 lanes in vectors of 8
+
+
+def test_partial_tiles_evaluate_what_varies_with_one_side_outside_the_other_sides_loop():
+    """Segments() & Causal() in the forward (rows: keys, lanes: queries): the queries' segment ids are
+    gathered once per tile, before the row loop, into a lane buffer; a key's id is one scalar per row."""
+    planned = plan(Segments() & Causal(), Canvas(256), heads=2, block_q=32, block_kv=32)
+    source = generate_tvm_source(planned, head_dim=16, dtype=torch.float32, vector_lanes=8).source
+    forward = source[source.index("def fwd_0(") : source.index("def dq_0(")].splitlines()
+    guard = next(i for i, line in enumerate(forward) if line.strip() == "if e >= partial_start:")
+    row_loop = next(i for i in range(guard, len(forward)) if forward[i].strip().startswith("for r in T.serial("))
+    assert any("segments_q[" in line and line.strip().startswith("pa") for line in forward[guard:row_loop])
+    key_id = next(line.strip() for line in forward[row_loop:] if "segments_kv[" in line)
+    assert key_id.startswith("pa") and key_id.split(" = ")[0].isidentifier()  # a scalar, not a lane buffer
 
 
 @pytest.mark.parametrize("lanes, registers", [(4, 16), (8, 16), (16, 32)], ids=["neon-like", "avx2", "avx512"])

@@ -176,14 +176,14 @@ class TvmAttention:
     @staticmethod
     def _gate(tables: PartTables, gated) -> tuple:
         """Kernel arguments of one direction's per-call list (``GatedLists``), or of the plan's (None):
-        the flattened buffer, ``gate_open_at``, the batch and head strides, ``gated``."""
+        the flattened buffer, ``gate_open_at``, ``gate_full_at``, the batch and head strides, ``gated``."""
         if gated is None:
-            return tables.kv_index, 0, 0, 0, 0
+            return tables.kv_index, 0, 0, 0, 0, 0
         buffer = gated.buffer.contiguous()
         if buffer.numel() >= 2**31:
             raise ValueError(f"The per-call lists hold {buffer.numel()} entries; the TVM kernels index with int32.")
         head_stride = buffer.stride(1) if buffer.shape[1] > 1 else 0
-        return buffer.reshape(-1), int(gated.open_at), buffer.stride(0), head_stride, 1
+        return buffer.reshape(-1), int(gated.open_at), int(gated.full_at), buffer.stride(0), head_stride, 1
 
     def _parts(self) -> list[tuple[PartTables, torch.Tensor, torch.Tensor]]:
         """Per part: its tables, and its full q and kv token tables (identity ones built for token order)."""

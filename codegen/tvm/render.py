@@ -124,18 +124,35 @@ _ROW_DTYPES = {"bool": "int8", "int": "int32", "float": "float32"}
 
 @dataclass(frozen=True)
 class RowText:
-    """An Expr rendered for one row of a tile: ``lines[i]`` stores local i into ``<name>[lane]`` for one
-    lane (the caller wraps each in a ``T.vectorized`` loop over the lanes, in order), ``buffers`` are the
-    locals' (name, dtype) row buffers to declare, ``result`` the value's text over them."""
+    """An Expr rendered for a tile, a row at a time, its locals placed by what they vary with:
 
+    - ``tile_lets``: scalar statements for the whole tile (locals of neither the row nor the lane: a
+      load of ``h``), before the row loop;
+    - ``lane_lines``: locals of the lane alone (and the tile), each stored into ``<name>[lane]`` by the
+      caller's ``T.vectorized`` loop before the row loop: evaluated once per tile, not once per row;
+    - ``row_lets``: scalar statements of the row alone, at the top of the row loop (outside the lanes'
+      loops, where TVM binds a ``let`` correctly);
+    - ``lines[i]``: the locals of both, stored into ``<name>[lane]`` per row, each in its own loop;
+    ``buffers`` are the lane-indexed locals' (name, dtype) row buffers to declare, ``result`` the value's
+    text over all of them."""
+
+    tile_lets: tuple[str, ...]
+    lane_lines: tuple[str, ...]
+    row_lets: tuple[str, ...]
     lines: tuple[str, ...]
     buffers: tuple[tuple[str, str], ...]
     result: str
 
 
-def _bindings(expr: Expr, bind: Callable[[Expr, printer.Text], printer.Text], names: Mapping[str, str]) -> str:
-    """Text of ``expr`` (division lowered) with each load and multiply-used node passed through ``bind``
-    (which records a local and returns its text) and variables renamed by ``names``."""
+def _bindings(
+    expr: Expr,
+    bind: Callable[[Expr, printer.Text], printer.Text],
+    names: Mapping[str, str],
+    also: Callable[[Expr], bool] = lambda node: False,
+) -> str:
+    """Text of ``expr`` (division lowered) with each load and multiply-used node, and each node ``also``
+    picks, passed through ``bind`` (which records a local and returns its text) and variables renamed by
+    ``names``."""
     expr = lower_division(expr)
     uses = _uses(expr)
     texts: dict[Expr, printer.Text] = {}
@@ -144,7 +161,7 @@ def _bindings(expr: Expr, bind: Callable[[Expr, printer.Text], printer.Text], na
             text = (names[node.value], printer.ATOM)
         else:
             text = _node_text(node, [texts[a] for a in node.args])
-        if node is not expr and node.op not in ("const", "var") and (uses[node] > 1 or node.op == "load"):
+        if node is not expr and node.op not in ("const", "var") and (uses[node] > 1 or node.op == "load" or also(node)):
             text = bind(node, text)
         texts[node] = text
     return texts[expr][0]
@@ -165,24 +182,79 @@ def render_tvm(expr: Expr, prefix: str) -> tuple[list[str], str]:
     return lines, _bindings(expr, bind, {})
 
 
-def render_tvm_row(expr: Expr, prefix: str, lane: str, names: Mapping[str, str]) -> RowText:
-    """``expr`` for a whole row of a tile at once, vectorisable: the locals live in row buffers
-    ``<prefix>0[lane]``, ... instead of ``let`` bindings (TVM 0.27 vectorises a ``let`` inside a
-    ``T.vectorized`` loop with the wrong lanes); ``names`` renames variables to text (``kv`` ->
-    ``KVTOK[c]``: the lane's token)."""
+_ROW, _LANE = "row", "lane"
+
+
+def _variation(expr: Expr, row_vars: frozenset[str], lane_vars: frozenset[str]) -> dict[Expr, frozenset[str]]:
+    """Per node of ``expr``: which of the row and the lane its value varies with."""
+    varies: dict[Expr, frozenset[str]] = {}
+    for node in topo(expr):
+        if node.op == "var":
+            varies[node] = frozenset(
+                tag for tag, names in ((_ROW, row_vars), (_LANE, lane_vars)) if node.value in names
+            )
+        else:
+            varies[node] = frozenset().union(*(varies[arg] for arg in node.args))
+    return varies
+
+
+def _parents_vary(expr: Expr, varies: dict[Expr, frozenset[str]]) -> dict[Expr, frozenset[str]]:
+    """Per node of ``expr``: what its parents' values vary with, together."""
+    parents: dict[Expr, frozenset[str]] = {}
+    for node in topo(expr):
+        for arg in node.args:
+            parents[arg] = parents.get(arg, frozenset()) | varies[node]
+    return parents
+
+
+def render_tvm_row(
+    expr: Expr,
+    prefix: str,
+    lane: str,
+    names: Mapping[str, str],
+    *,
+    row_vars: frozenset[str] = frozenset(),
+    lane_vars: frozenset[str] = frozenset(),
+) -> RowText:
+    """``expr`` for a whole tile, a row at a time, vectorisable: locals varying with the lane live in
+    buffers ``<prefix>0[lane]``, ... instead of ``let`` bindings (TVM 0.27 vectorises a ``let`` inside a
+    ``T.vectorized`` loop with the wrong lanes); ``names`` renames variables to text (``q`` ->
+    ``T.max(QTOK[c], 0)``: the lane's token). ``row_vars``/``lane_vars`` name the variables that vary
+    with the row / the lane (``score`` with both): a subexpression of fewer of them is hoisted out of the
+    loops it does not vary in (``RowText``), so a PARTIAL tile gathers ``segments_q[b, q]`` once, not once
+    per row."""
     if not prefix.isidentifier():
         raise ValueError(f"render_tvm_row needs an identifier prefix, got {prefix!r}.")
-    lines: list[str] = []
+    lowered = lower_division(expr)
+    varies = _variation(lowered, row_vars, lane_vars)
+    parents = _parents_vary(lowered, varies)
+    placed: dict[str, list[str]] = {"tile": [], "lane": [], "row": [], "both": []}
     buffers: list[tuple[str, str]] = []
+    count = iter(range(len(varies)))
 
     def bind(node: Expr, text: printer.Text) -> printer.Text:
-        local = f"{prefix}{len(lines)}"
+        local = f"{prefix}{next(count)}"
+        where = {frozenset(): "tile", frozenset({_LANE}): "lane", frozenset({_ROW}): "row"}.get(varies[node], "both")
+        if where in ("tile", "row"):  # a scalar: let-bound outside every vectorised loop
+            placed[where].append(f"{local} = {text[0]}")
+            return local, printer.ATOM
         value = f'T.Cast("int8", {text[0]})' if node.dtype == "bool" else text[0]
-        lines.append(f"{local}[{lane}] = {value}")
+        placed[where].append(f"{local}[{lane}] = {value}")
         buffers.append((local, _ROW_DTYPES[node.dtype]))
         if node.dtype == "bool":
             return f"{local}[{lane}] != T.int8(0)", printer.COMPARE
         return f"{local}[{lane}]", printer.ATOM
 
-    result = _bindings(expr, bind, names)
-    return RowText(tuple(lines), tuple(buffers), result)
+    def hoisted(node: Expr) -> bool:
+        """A node worth a local of its own: it varies with less than a parent of it does."""
+        return bool(parents.get(node, frozenset()) - varies[node])
+
+    result = _bindings(expr, bind, names, hoisted)
+    return RowText(
+        tuple(placed["tile"]),
+        tuple(placed["lane"]),
+        tuple(placed["row"]),
+        tuple(placed["both"]),
+        tuple(buffers),
+        result,
+    )

@@ -230,13 +230,6 @@ def _online_softmax(block_q: int, block_kv: int) -> str:
     )
 
 
-def _row_expr(expr: Expr, prefix: str, names: dict[str, str], cols: int, store: str):
-    """(text, row buffers): ``expr`` over a tile row (one vectorised loop per local), then ``store``
-    formatted with the result's text (``{value}``) in a last vectorised loop over the lanes ``c``."""
-    row = render_tvm_row(expr, prefix, "c", names)
-    return _lanes(cols, *row.lines, store.format(value=row.result)), list(row.buffers)
-
-
 def tile_blocks(
     *,
     block_q: int,
@@ -267,18 +260,26 @@ def tile_blocks(
     row_buffers: dict[str, dict[str, tuple]] = {"q": {}, "kv": {}}
 
     def expression_rows(side: str, parts: list[tuple[Expr, str, str]]) -> str:
+        """Each (expr, prefix, store) of ``parts`` over the tile: ``store`` formatted with the expression's
+        text (``{value}``) per row, in a vectorised loop over the lanes ``c``; what varies with less than
+        both the row and the lane is computed outside the loops it does not vary in."""
         rows, cols, (variable, tokens), names = sides[side]
-        body = []
+        lane = next(name for name in ("q", "kv") if name != variable)
+        tile, body = [], []
         for expr, prefix, store in parts:
-            text, buffers = _row_expr(expr, prefix, names, cols, store)
-            body.append(text)
-            row_buffers[side].update({name: ((cols,), dtype) for name, dtype in buffers})
+            text = render_tvm_row(
+                expr, prefix, "c", names, row_vars=frozenset({variable, "score"}), lane_vars=frozenset({lane, "score"})
+            )
+            tile += [*text.tile_lets, _lanes(cols, *text.lane_lines)] if text.lane_lines else list(text.tile_lets)
+            body += [*text.row_lets, _lanes(cols, *text.lines, store.format(value=text.result))]
+            row_buffers[side].update({name: ((cols,), dtype) for name, dtype in text.buffers})
         # padding rows read token 0: their results are never used
-        return f"for r in T.serial({rows}):\n    {variable} = T.max({tokens}[r], 0)\n" + _indent("\n".join(body), 4)
+        head = f"for r in T.serial({rows}):\n    {variable} = T.max({tokens}[r], 0)\n"
+        return "\n".join([*tile, head + _indent("\n".join(body), 4)])
 
     def mask(side: str) -> str:
         store = f"S[r, c] = T.if_then_else({{value}}, S[r, c], {NEG_INF})"
-        return "if e >= full_end:\n" + _indent(expression_rows(side, [(predicate, "pa", store)]), 4)
+        return "if e >= partial_start:\n" + _indent(expression_rows(side, [(predicate, "pa", store)]), 4)
 
     def modified(side: str, gradient: bool) -> str:
         if score_mod is None:
@@ -537,7 +538,7 @@ for i in T.serial($block_q):
 """The fused backward: a unit (batch, kv head) walks all its kv tiles and owns dK/dV of those and dQ of
 its GQA group's query heads, so it adds dS @ K into dQ with no other unit writing the same rows."""
 
-GATE_PARAMS = ", gate_open_at: T.int32, stride_gb: T.int32, stride_gh: T.int32, gated: T.int32"
+GATE_PARAMS = ", gate_open_at: T.int32, gate_full_at: T.int32, stride_gb: T.int32, stride_gh: T.int32, gated: T.int32"
 
 GATE_BUFFER = """\
         n_gate = T.int32()
@@ -546,8 +547,11 @@ GATE_BUFFER = """\
 GATE_WALK = """\
 gate_base = b * stride_gb + h * stride_gh
 gate_row = gate_base + gate_open_at + group * ($n_tiles + 1) + $tile
-stop = T.if_then_else(gated != 0, start + GATE[gate_row + 1] - GATE[gate_row], end)"""
-"""The end of a list row walked: the plan's (``end``), or with ``gated`` this call's (``GATE``: the
-runtime's ``GatedLists`` buffer [B, H or 1, entries + rows + 2] flattened, ``stride_gh`` 0 when it has one
-head): its open entries packed from ``start`` (FULL ones first, never closed), the running open counts from
-``gate_open_at`` on, and ``GATE[gate_base + e]`` the tile of entry e (``maskir.runtime.gating``)."""
+gate_full_row = gate_base + gate_full_at + group * ($n_tiles + 1) + $tile
+stop = T.if_then_else(gated != 0, start + GATE[gate_row + 1] - GATE[gate_row], end)
+partial_start = T.if_then_else(gated != 0, start + GATE[gate_full_row + 1] - GATE[gate_full_row], full_end)"""
+"""The end of a list row walked and its first PARTIAL entry: the plan's (``end``, ``full_end``), or with
+``gated`` this call's (``GATE``: the runtime's ``GatedLists`` buffer flattened, ``stride_gh`` 0 when it has
+one head): its open entries packed from ``start``, FULL ones first (the plan's and those the data proves
+FULL), the running open counts from ``gate_open_at`` on, the running FULL counts from ``gate_full_at`` on,
+and ``GATE[gate_base + e]`` the tile of entry e (``maskir.runtime.gating``)."""

@@ -7,7 +7,8 @@ pattern, ``&`` ands their flags, ``|`` ors them with the flags of its other side
 conjuncts are implied by the plan's entries and left out; anything else over run-time data (``~``,
 PerHead, a Predicate) closes nothing. A static subtree under ``|`` (``(Routing(128, 8) & Causal()) |
 (Blocks(128) & Causal())``: the diagonal blocks are always kept) contributes the tiles its own plan
-lists: ``list_static_subtrees`` plans each once, at the plan's block sizes in the identity layout, and
+lists (and, to prove tiles FULL per call, ``full_tree``'s static subtrees, the top-level conjuncts
+included): ``list_static_subtrees`` plans each once, at the plan's block sizes in the identity layout, and
 stores the table in ``PlanPart.static_tables``, so nothing plans again when kernels are built or called.
 """
 
@@ -52,6 +53,21 @@ def gate_tree(pattern: Pattern) -> Gate | None:
     return _combine("and", [g for c in _conjuncts(pattern) if is_dynamic(c) and (g := _gate(c)) is not None])
 
 
+def full_tree(pattern: Pattern) -> Gate | None:
+    """How per-call data can prove a listed tile FULL (every pair allowed, so the kernels skip the
+    predicate): the whole pattern as a gate tree, a leaf FULL where the data makes it true on the whole
+    tile, a static subtree where its own plan says FULL; ``&`` and ``|`` of FULL are FULL. None when some
+    part of the pattern over run-time data (``~``, PerHead, a Predicate) cannot be proven."""
+    if isinstance(pattern, (Segments, Routing)):
+        return ("leaf", pattern)
+    if not is_dynamic(pattern):
+        return ("static", pattern)
+    if isinstance(pattern, (And, Or)):
+        sides = [full_tree(pattern.left), full_tree(pattern.right)]
+        return None if None in sides else ("and" if isinstance(pattern, And) else "or", *sides)
+    return None
+
+
 def static_subtrees(gate: Gate) -> list[Pattern]:
     """The static subtrees of a gate tree, left to right."""
     if gate[0] == "static":
@@ -60,13 +76,13 @@ def static_subtrees(gate: Gate) -> list[Pattern]:
 
 
 def list_static_subtrees(plan: Plan) -> Plan:
-    """``plan`` with ``static_tables`` filled on every identity-layout part whose gate tree has static
-    subtrees: per subtree, the table of its own single-part identity plan at ``plan``'s block sizes, or
+    """``plan`` with ``static_tables`` filled on every identity-layout part whose gate tree or FULL tree
+    (``full_tree``) has static subtrees: per subtree, the table of its own single-part identity plan at ``plan``'s block sizes, or
     None when that plan differs per head (its tiles then cannot gate every head alike)."""
     parts = []
     for part in plan.parts:
-        tree = gate_tree(part.pattern) if part.layout.is_identity else None
-        subtrees = static_subtrees(tree) if tree is not None else []
+        trees = (gate_tree(part.pattern), full_tree(part.pattern)) if part.layout.is_identity else ()
+        subtrees = [sub for tree in trees if tree is not None for sub in static_subtrees(tree)]
         tables = tuple((sub, _own_table(sub, plan)) for sub in dict.fromkeys(subtrees))
         parts.append(dataclasses.replace(part, static_tables=tables) if tables else part)
     return dataclasses.replace(plan, parts=tuple(parts))
