@@ -12,7 +12,8 @@ For one pattern and rank count:
 - a ring all-gather of K/V (what torch's ring attention moves whatever the balancer): every rank receives
   every other rank's rows;
 - predicted forward step time (the simulator): per rank, its kernels plus receiving its bytes over the
-  hardware's ``Interconnect`` (NVLink inside a node, InfiniBand across), no overlap; the step is the
+  hardware's ``Interconnect`` (NVLink inside a node, InfiniBand across), charged without overlap (an upper
+  bound: ``attention`` runs the local part during the exchange on Triton and TVM); the step is the
   slowest rank. maskir's kernels run each rank's sub-plan; the ring's compute is flex on the token-order
   plan times the largest rank share of its 128-block work under PTRR (HeadTail where PTRR refuses, an even
   split where both do),

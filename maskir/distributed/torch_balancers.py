@@ -9,6 +9,8 @@ to divide the 128-blocks (None then).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -18,8 +20,10 @@ FLEX_BLOCK = 128
 """torch's BlockMask granularity, which PTRR balances."""
 
 
+@functools.lru_cache(maxsize=4)
 def token_plan(pattern, canvas, *, heads: int = 1) -> Plan:
-    """The token-order plan with FLEX_BLOCK tiles that PTRR's block mask is built from."""
+    """The token-order plan with FLEX_BLOCK tiles that PTRR's block mask is built from. Memoised (the last
+    few): ``shard`` and ``compare`` both need it, and a ``Predicate`` pattern plans by exact counting."""
     return plan(pattern, canvas, heads=heads, layout="identity", block_q=FLEX_BLOCK, block_kv=FLEX_BLOCK)
 
 
