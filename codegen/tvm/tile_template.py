@@ -7,8 +7,9 @@ and the transposed ``QT`` [D, block_q]; dK/dV: ``KS``, ``KT``, ``VS``, ``VT``), 
 list, gathering the other side's rows per tile. Scores are laid out with the walked side as rows and the
 unit's own side as vector lanes, so no tile is transposed inside the walk:
 
-- forward and dQ: ``S[c, r] = KS[c, :] . QT[:, r] * scale`` (rows c: keys, lanes r: queries);
-  dK/dV: ``S[r, c] = QS[r, :] . KT[:, c] * scale`` (rows: queries, lanes: keys);
+- forward and dQ: ``S[c, r] = KS[c, :] . QT[:, r]`` (rows c: keys, lanes r: queries);
+  dK/dV: ``S[r, c] = QS[r, :] . KT[:, c]`` (rows: queries, lanes: keys); the transposed operand holds
+  the rows times ``sm_scale`` (scaled once per unit or kv tile, not once per tile pair);
 - every product is blocked: a few rows (unrolled, their accumulators in vector registers) share each
   load of the right operand, the inner loop is ``T.vectorized``, which LLVM splits into the target's
   vector registers (AVX-512, AVX2, NEON); the left operand is read one element at a time (broadcast),
@@ -89,12 +90,14 @@ def _lanes(cols: int, *statements: str) -> str:
     return "\n".join(f"for c in T.vectorized({cols}):\n    {statement}" for statement in statements)
 
 
-def exp_lanes(x: str, cols: int) -> str:
-    """``x = exp(x)`` over the lanes ``c`` (``x`` is text in c, like ``S[r, c]``) for fp32 arguments <= 0,
-    in three vectorised passes (``EXPN``, ``EXPR`` scratch rows): x = n ln2 + r with n = round(x / ln2)
-    (ln2 in two parts, Cody-Waite), e^x = 2^n p(r), 2^n built from exponent bits. x < -87 (and -inf)
-    gives exactly 0, so masked scores contribute nothing. (One nested expression instead would take
-    TVMScript's parser seconds.)"""
+def exp_lanes(target: str, x: str, cols: int) -> str:
+    """``target = exp(x)`` over the lanes ``c`` (``target`` and ``x`` are text in c, like ``S[r, c]`` and
+    ``S[r, c] - ROW[2, c]``: ``x`` is recomputed in each pass instead of being stored first) for fp32
+    arguments <= 0, in three vectorised passes (``EXPN``, ``EXPR`` scratch rows): x = n ln2 + r with
+    n = round(x / ln2) (ln2 in two parts, Cody-Waite), e^x = 2^n p(r), 2^n built from exponent bits.
+    x < -87 (and -inf) gives exactly 0, so masked scores contribute nothing; that choice is a ``T.Select``
+    (both sides are computed, LLVM blends them; ``T.if_then_else`` would branch per lane). (One nested
+    expression instead would take TVMScript's parser seconds.)"""
     poly = f"T.float32({_EXP_POLY[-1]!r})"
     for coefficient in reversed(_EXP_POLY[:-1]):
         poly = f"(T.float32({coefficient!r}) + EXPR[c] * {poly})"
@@ -102,8 +105,8 @@ def exp_lanes(x: str, cols: int) -> str:
     return _lanes(
         cols,
         f"EXPN[c] = T.floor(T.max({x}, T.float32(-88.0)) * T.float32(1.4426950408889634) + T.float32(0.5))",
-        f"EXPR[c] = {x} - EXPN[c] * T.float32(0.693145751953125) - EXPN[c] * T.float32(1.428606765330187e-06)",
-        f"{x} = T.if_then_else({x} < T.float32(-87.0), T.float32(0), {poly} * {scale})",
+        f"EXPR[c] = ({x}) - EXPN[c] * T.float32(0.693145751953125) - EXPN[c] * T.float32(1.428606765330187e-06)",
+        f"{target} = T.Select(({x}) < T.float32(-87.0), T.float32(0), {poly} * {scale})",
     )
 
 
@@ -120,9 +123,11 @@ def load_rows(tokens: str, tile: str, block: int, token_buffer: str, loads: list
     return head + f"    if tok >= 0:\n{_indent(present, 8)}\n    else:\n{_indent(absent, 8)}"
 
 
-def transpose(source: str, target: str, rows: int, dim: int) -> str:
-    """``target[d, r] = source[r, d]``: a [rows, D] tile in the [D, rows] layout a product over rows reads."""
-    return f"for d in T.serial({dim}):\n    for r in T.vectorized({rows}):\n        {target}[d, r] = {source}[r, d]"
+def transpose(source: str, target: str, rows: int, dim: int, factor: str | None = None) -> str:
+    """``target[d, r] = source[r, d]`` (times ``factor`` when given): a [rows, D] tile in the [D, rows]
+    layout a product over rows reads."""
+    value = f"{source}[r, d]" if factor is None else f"{source}[r, d] * {factor}"
+    return f"for d in T.serial({dim}):\n    for r in T.vectorized({rows}):\n        {target}[d, r] = {value}"
 
 
 def _row_block(rows: int, cols: int, lanes: int, accumulators: int) -> int:
@@ -145,34 +150,38 @@ def product(
     """``out[r, c] (+)= sum_k left[r, k] * right[k, c]`` for ``shape`` (rows, cols, inner); ``left`` is
     read as ``left[k, r]`` when ``left_transposed``. A block of rows (unrolled) shares each load of
     ``right[k, :]``, k in the middle, c vectorised; ``registers`` = (fp32 lanes per vector, vector
-    registers for accumulators) sizes the block."""
+    registers for accumulators) sizes the block. Without ``accumulate`` the step k = 0 stores
+    ``left[r, 0] * right[0, c]`` (no zero fill of ``out`` first)."""
     rows, cols, inner = shape
     block = _row_block(rows, cols, *registers)
     row = f"r0 * {block} + r1"
-    element = f"{left}[k, {row}]" if left_transposed else f"{left}[{row}, k]"
-    zero = (
-        "" if accumulate else f"for r in T.serial({rows}):\n{_indent(_lanes(cols, f'{out}[r, c] = T.float32(0)'), 4)}\n"
+
+    def step(k: str, accumulated: str) -> str:
+        element = f"{left}[{k}, {row}]" if left_transposed else f"{left}[{row}, {k}]"
+        return (
+            f"for r1 in T.unroll({block}):\n    for c in T.vectorized({cols}):\n"
+            f"        {out}[{row}, c] = {accumulated}{element} * {right}[{k}, c]"
+        )
+
+    first = "" if accumulate else step("0", "") + "\n"
+    steps = f"for k in T.serial({inner if accumulate else f'1, {inner}'}):\n" + _indent(
+        step("k", f"{out}[{row}, c] + "), 4
     )
-    return zero + (
-        f"for r0 in T.serial({rows // block}):\n    for k in T.serial({inner}):\n"
-        f"        for r1 in T.unroll({block}):\n            for c in T.vectorized({cols}):\n"
-        f"                {out}[{row}, c] = {out}[{row}, c] + {element} * {right}[k, c]"
-    )
+    return f"for r0 in T.serial({rows // block}):\n" + _indent(first + steps, 4)
 
 
-def _scale_scores(rows: int, cols: int, row_tokens: str | None) -> str:
-    """``S *= sm_scale``; rows whose token (in ``row_tokens``) is padding score -inf."""
-    value = "S[r, c] * sm_scale"
-    if row_tokens is not None:
-        value = f"T.if_then_else({row_tokens}[r] >= 0, {value}, {NEG_INF})"
-    return f"for r in T.serial({rows}):\n" + _indent(_lanes(cols, f"S[r, c] = {value}"), 4)
+def _padding_rows(rows: int, cols: int, row_tokens: str) -> str:
+    """Rows of S whose token (in ``row_tokens``) is padding score -inf (their gathered rows are 0). The
+    scale is not applied here: ``sm_scale`` is folded into the transposed operand of the score product."""
+    store = _lanes(cols, f"S[r, c] = {NEG_INF}")
+    return f"for r in T.serial({rows}):\n    if {row_tokens}[r] < 0:\n{_indent(store, 8)}"
 
 
-def _probabilities(rows: int, cols: int, lse: str) -> str:
-    """``S = exp(S - lse)`` per element (``lse`` text in r and c: the query's lse, +inf for empty rows)."""
-    return f"for r in T.serial({rows}):\n" + _indent(
-        _lanes(cols, f"S[r, c] = S[r, c] - {lse}") + "\n" + exp_lanes("S[r, c]", cols), 4
-    )
+def _probabilities(rows: int, cols: int, lse: str, row_sum: str | None = None) -> str:
+    """``S = exp(S - lse)`` per element (``lse`` text in r and c: the query's lse, +inf for empty rows);
+    with ``row_sum`` (text in c) also ``row_sum += S[r, c]`` in the same row loop, while the row is hot."""
+    total = "" if row_sum is None else "\n" + _lanes(cols, f"{row_sum} = {row_sum} + S[r, c]")
+    return f"for r in T.serial({rows}):\n" + _indent(exp_lanes("S[r, c]", f"S[r, c] - {lse}", cols) + total, 4)
 
 
 def _gradient_scores(rows: int, cols: int, delta: str, dmod: bool) -> str:
@@ -207,7 +216,8 @@ def _statistics(block_q: int) -> str:
 
 def _online_softmax(block_q: int, block_kv: int) -> str:
     """One kv tile's step of the forward's online softmax over S [keys, queries], vectorised over queries:
-    ``ROW`` holds per query m, l, the new max (0 while it is -inf, so S - m stays -inf) and alpha."""
+    ``ROW`` holds per query m, l, the new max (0 while it is -inf, so S - m stays -inf) and alpha; l is
+    rescaled by alpha first, so the exp pass over S adds each row of P into it."""
     return (
         _lanes(block_q, "ROW[2, c] = ROW[0, c]")
         + f"\nfor r in T.serial({block_kv}):\n"
@@ -215,18 +225,16 @@ def _online_softmax(block_q: int, block_kv: int) -> str:
         + "\n"
         + _lanes(
             block_q,
-            f"ROW[3, c] = ROW[0, c] - T.if_then_else(ROW[2, c] > {NEG_INF}, ROW[2, c], T.float32(0))",
+            f"ROW[3, c] = ROW[0, c] - T.Select(ROW[2, c] > {NEG_INF}, ROW[2, c], T.float32(0))",
             "ROW[0, c] = ROW[2, c]",
-            f"ROW[2, c] = T.if_then_else(ROW[2, c] > {NEG_INF}, ROW[2, c], T.float32(0))",
+            f"ROW[2, c] = T.Select(ROW[2, c] > {NEG_INF}, ROW[2, c], T.float32(0))",
         )
         + "\n"
-        + exp_lanes("ROW[3, c]", block_q)
-        + "\n"
-        + _probabilities(block_kv, block_q, "ROW[2, c]")
+        + exp_lanes("ROW[3, c]", "ROW[3, c]", block_q)
         + "\n"
         + _lanes(block_q, "ROW[1, c] = ROW[1, c] * ROW[3, c]")
-        + f"\nfor r in T.serial({block_kv}):\n"
-        + _indent(_lanes(block_q, "ROW[1, c] = ROW[1, c] + S[r, c]"), 4)
+        + "\n"
+        + _probabilities(block_kv, block_q, "ROW[2, c]", row_sum="ROW[1, c]")
     )
 
 
@@ -278,7 +286,7 @@ def tile_blocks(
         return "\n".join([*tile, head + _indent("\n".join(body), 4)])
 
     def mask(side: str) -> str:
-        store = f"S[r, c] = T.if_then_else({{value}}, S[r, c], {NEG_INF})"
+        store = f"S[r, c] = T.Select({{value}}, S[r, c], {NEG_INF})"
         return "if e >= partial_start:\n" + _indent(expression_rows(side, [(predicate, "pa", store)]), 4)
 
     def modified(side: str, gradient: bool) -> str:
@@ -327,12 +335,12 @@ def tile_blocks(
         "load_q": load_rows("Q_TOKENS", "qt", bq, "QTOK", [("Q", "h", "QS")], dim),
         "load_q_do": load_rows("Q_TOKENS", "qt", bq, "QTOK", [("Q", "h", "QS"), ("DO", "h", "DOS")], dim),
         "load_kv": load_rows("KV_TOKENS", "kt", bkv, "KVTOK", [("K", "kvh", "KS"), ("V", "kvh", "VS")], dim),
-        "transpose_q": transpose("QS", "QT", bq, dim),
-        "transpose_q_do": transpose("QS", "QT", bq, dim) + "\n" + transpose("DOS", "DOT", bq, dim),
-        "transpose_kv": transpose("KS", "KT", bkv, dim) + "\n" + transpose("VS", "VT", bkv, dim),
+        "transpose_q": transpose("QS", "QT", bq, dim, "sm_scale"),
+        "transpose_q_do": transpose("QS", "QT", bq, dim, "sm_scale") + "\n" + transpose("DOS", "DOT", bq, dim),
+        "transpose_kv": transpose("KS", "KT", bkv, dim, "sm_scale") + "\n" + transpose("VS", "VT", bkv, dim),
         "statistics": _statistics(bq),
-        "kv_scores": product("S", "KS", "QT", (bkv, bq, dim), registers) + "\n" + _scale_scores(bkv, bq, "KVTOK"),
-        "q_scores": product("S", "QS", "KT", (bq, bkv, dim), registers) + "\n" + _scale_scores(bq, bkv, None),
+        "kv_scores": product("S", "KS", "QT", (bkv, bq, dim), registers) + "\n" + _padding_rows(bkv, bq, "KVTOK"),
+        "q_scores": product("S", "QS", "KT", (bq, bkv, dim), registers),
         "online_softmax": _online_softmax(bq, bkv),
         "pv": product("ACC", "S", "VS", (bq, dim, bkv), registers, accumulate=True, left_transposed=True),
         "dq_p": _probabilities(bkv, bq, "ROW[0, c]"),
