@@ -114,7 +114,7 @@ def test_without_cuda_and_without_dry_run_the_suite_says_what_to_do(capsys):
     assert "--dry-run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["swa_causal_w1024", "documents16"])
+@pytest.mark.parametrize("name", [pytest.param("swa_causal_w1024", marks=pytest.mark.slow), "documents16"])
 def test_an_entry_runs_through_maskir_and_compiled_flex_on_a_cpu(monkeypatch, name):
     """The measuring flow of a GPU session (inputs with their run-time data, maskir's kernels, compiled
     flex over to_mask_mod), on a CPU at the small size, forward only and untimed: both agree."""

@@ -182,6 +182,7 @@ def test_quickstart_example_runs(capsys):
     assert ascii_mask(reference_mask(quickstart.PATTERN, quickstart.CANVAS)) in out
 
 
+@pytest.mark.slow  # the same training under torch.compile: test_score_mod_grads' Swin block example
 def test_compiled_block_example_trains_under_torch_compile_in_a_fresh_process(tmp_path):
     """examples/compiled_block.py: fullgraph torch.compile builds the kernels while tracing; after three
     SGD steps the compiled and the eager block give the same loss."""

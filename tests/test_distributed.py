@@ -376,6 +376,7 @@ def test_rank_buffers_hold_only_its_rows_and_the_rows_it_fetches():
     mp.spawn(_buffers_worker, args=(2, _free_port(), case), nprocs=2, join=True)
 
 
+@pytest.mark.slow  # the same flow as test_two_ranks_match_the_float64_reference, from the example's script
 def test_context_parallel_example_matches_one_process(tmp_path):
     """examples/context_parallel.py launches 2 CPU processes; output and weight gradient equal one process's."""
     root = Path(__file__).resolve().parents[1]

@@ -20,7 +20,11 @@ EXAMPLES = {
 }
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+SLOW = {"score_mod_catalogue", "neighborhood_layers"}
+"""The two longest examples (each builds a kernel per score_mod or per layer): run with ``-m slow``."""
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXAMPLES])
 def test_example_runs_checks_and_draws_its_block_map(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))  # as `python examples/NAME.py` sees its folder
     module = importlib.import_module(name)

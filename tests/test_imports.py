@@ -307,7 +307,12 @@ def test_checker_reports_triton_in_codegen_common(tmp_path, monkeypatch):
 _FRESH_IMPORTS = textwrap.dedent(
     """
     import importlib, os, sys, traceback
-    import numpy, torch  # third-party state shared by the forked children; no maskir module yet
+    import numpy, torch, triton  # third-party state shared by the forked children; no maskir module yet
+    for heavy in ("tvm", "transformers", "diffusers", "natten", "matplotlib.pyplot"):  # optional extras
+        try:
+            importlib.import_module(heavy)
+        except ImportError:
+            pass
     failed = []
     for name in sys.argv[1:]:
         pid = os.fork()

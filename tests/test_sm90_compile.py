@@ -24,7 +24,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
 import torch
 
 from benchmarks.catalogue import DTYPE, HEAD_DIM, HEADS, case, cases
@@ -126,36 +125,33 @@ def compile_suite(names: list[str], workers: int = 2) -> list[KernelReport]:
         return [report for reports in pool.map(compile_config, names) for report in reports]
 
 
-@pytest.fixture(scope="module")
-def reports() -> list[KernelReport]:
+def compile_in_subprocess() -> list[KernelReport]:
+    """Every configuration's reports, from this file run as a subprocess without TRITON_INTERPRET."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, __file__, "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    found = [KernelReport(**row) for row in json.loads(done.stdout)]
-    print("\n" + format_table(found))
-    return found
+    return [KernelReport(**row) for row in json.loads(done.stdout)]
 
 
-@pytest.mark.parametrize("config", list(DECODE_CASES))
-def test_decode_kernels_fit_sm90_without_spills(reports, config):
-    rows = [r for r in reports if r.config == config]
-    _, _, _, paged, _ = DECODE_CASES[config]
-    assert {r.kernel for r in rows} == {f"_decode {'paged' if paged else 'contiguous'}", "_merge"}
-    assert all(r.registers > 0 for r in rows), "ptxas -v printed no register count"
-    assert [r for r in rows if not r.ok] == [], format_table([r for r in rows if not r.ok])
-    assert all(r.tensor_core != "none" for r in rows if r.kernel.startswith("_decode")), format_table(rows)
-
-
-@pytest.mark.parametrize("config", SUITE_CONFIGS + list(BIAS_CASES))
-def test_suite_kernels_fit_sm90_without_spills(reports, config):
-    rows = [r for r in reports if r.config == config]
-    assert {r.kernel.split()[0] for r in rows} == KERNELS
-    assert all(r.registers > 0 for r in rows), "ptxas -v printed no register count"
-    assert [r for r in rows if not r.ok] == [], format_table([r for r in rows if not r.ok])
-    assert not_on_wgmma(rows) == [], format_table(not_on_wgmma(rows))
+def test_suite_and_decode_kernels_fit_sm90_without_spills():
+    """One test (one compile run, on one pytest worker) for every configuration: suite, bias tables, decode."""
+    reports = compile_in_subprocess()
+    print("\n" + format_table(reports))
+    for config in SUITE_CONFIGS + list(BIAS_CASES):
+        rows = [r for r in reports if r.config == config]
+        assert {r.kernel.split()[0] for r in rows} == KERNELS, config
+        assert all(r.registers > 0 for r in rows), f"{config}: ptxas -v printed no register count"
+        assert [r for r in rows if not r.ok] == [], format_table([r for r in rows if not r.ok])
+        assert not_on_wgmma(rows) == [], format_table(not_on_wgmma(rows))
+    for config, (_, _, _, paged, _) in DECODE_CASES.items():
+        rows = [r for r in reports if r.config == config]
+        assert {r.kernel for r in rows} == {f"_decode {'paged' if paged else 'contiguous'}", "_merge"}, config
+        assert all(r.registers > 0 for r in rows), f"{config}: ptxas -v printed no register count"
+        assert [r for r in rows if not r.ok] == [], format_table([r for r in rows if not r.ok])
+        assert all(r.tensor_core != "none" for r in rows if r.kernel.startswith("_decode")), format_table(rows)
 
 
 def not_on_wgmma(rows: list[KernelReport]) -> list[KernelReport]:
