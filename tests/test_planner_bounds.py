@@ -89,3 +89,17 @@ def test_tiles_traced_in_slices_give_what_one_trace_gives(monkeypatch):
     sliced = tile_bounds(predicate, 300, 250, 16, 16, rows, cols, 2)
     for a, b in zip(whole, sliced):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_])
+def test_range_min_max_of_a_table_equals_the_slices_min_and_max(dtype):
+    """The sparse tables behind a lookup ``T[q]`` give each index range's min and max, for ranges of any
+    width (one entry up to the whole table) and any start."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(-50, 50, 1000).astype(dtype)
+    lo = rng.integers(0, 1000, 500)
+    hi = np.minimum(lo + rng.integers(0, 1000, 500) * rng.integers(0, 2, 500), 999)
+    lo, hi = np.append(lo, [0, 999, 3]), np.append(hi, [999, 999, 3])
+    low, high = bounds._range_min_max(values, lo, hi)
+    np.testing.assert_array_equal(low, [values[a : b + 1].min() for a, b in zip(lo, hi)])
+    np.testing.assert_array_equal(high, [values[a : b + 1].max() for a, b in zip(lo, hi)])

@@ -136,7 +136,8 @@ def test_merged_calls_give_the_brute_force_tile_classes(head, monkeypatch):
 def test_only_the_chunks_of_tiles_the_bounds_leave_open_are_evaluated(monkeypatch):
     """Causal & (a table lookup): the affine superset leaves the tiles above the diagonal out, interval
     bounds (``bounds``) prove the tiles inside one document FULL and those across documents EMPTY; only
-    the chunks holding the other (PARTIAL) tiles are evaluated."""
+    the chunks holding the other (PARTIAL) tiles are evaluated (no witness pass here)."""
+    monkeypatch.setattr(cells, "WITNESS_ABOVE_PAIRS", 1 << 62)
     documents = torch.arange(4096) // 700
     predicate = Predicate(lambda b, h, q, kv: (kv <= q) & (documents[q] == documents[kv]))
     planned = plan(predicate, 4096, block_q=128, block_kv=128)
@@ -144,9 +145,9 @@ def test_only_the_chunks_of_tiles_the_bounds_leave_open_are_evaluated(monkeypatc
     seen = []
     ensure = cells.ChunkCounts.ensure
 
-    def recording(self, chunks):
-        seen.extend((int(i), int(j)) for i, j in chunks)
-        return ensure(self, chunks)
+    def recording(self, flat):
+        seen.extend(divmod(int(f), self.kv_chunks) for f in flat)
+        return ensure(self, flat)
 
     monkeypatch.setattr(cells.ChunkCounts, "ensure", recording)
     plan(predicate, 4096, block_q=128, block_kv=128)
@@ -196,4 +197,64 @@ def test_bounds_that_decide_tiles_keep_being_traced():
             _all_tile_kinds(predicate, 256, 256, block), _brute_force_kinds(predicate, 256, 256, block, 0)
         )
         assert cells.chunk_counts(predicate, 256, 256, 0).bounds_decide
+    cells.chunk_counts.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("mask_mod", "head"),
+    [(_documents_and_product, 0), (_checkerboard, 0), (_per_head_product_with_empty_rows, 1)],
+    ids=["documents", "checkerboard", "per_head_1"],
+)
+@pytest.mark.parametrize(("n_q", "n_kv", "block"), [(300, 250, 16), (300, 300, 64), (77, 290, 32)])
+def test_witness_pass_gives_the_brute_force_tile_classes(mask_mod, head, n_q, n_kv, block, monkeypatch):
+    """With the witness pass on for every size, tiles whose sample holds an allowed and a masked pair are
+    PARTIAL without counting, the rest (uniform samples, ragged edge tiles) are counted: the classes equal the
+    brute-force ones."""
+    monkeypatch.setattr(cells, "WITNESS_ABOVE_PAIRS", 0)
+    predicate = Predicate(mask_mod)
+    expected = _brute_force_kinds(predicate, n_q, n_kv, block, head)
+    rows, cols = np.divmod(np.arange(expected.size), -(-n_kv // block))
+    np.testing.assert_array_equal(cells.tile_kinds(predicate, n_q, n_kv, block, block, rows, cols, head), expected)
+    cells.chunk_counts.cache_clear()
+
+
+def test_tiles_with_two_witnesses_are_not_counted(monkeypatch):
+    """``(q * kv) % 7``: almost every 64 x 64 tile's 8 x 8 sample holds both kinds of pair, so only the chunks of
+    the few others are counted; a mask_mod with rare allowed pairs leaves nearly every sample all masked, so
+    every chunk is counted."""
+    monkeypatch.setattr(cells, "WITNESS_ABOVE_PAIRS", 0)
+    counted = []
+    ensure = cells.ChunkCounts.ensure
+
+    def recording(self, flat):
+        counted.extend(int(f) for f in flat)
+        return ensure(self, flat)
+
+    monkeypatch.setattr(cells.ChunkCounts, "ensure", recording)
+    product = Predicate(lambda b, h, q, kv: (q * kv) % 7 != 0)
+    np.testing.assert_array_equal(
+        _all_tile_kinds(product, 2048, 2048, 64), _brute_force_kinds(product, 2048, 2048, 64, 0)
+    )
+    assert len(counted) <= 2  # of 16 chunks
+    counted.clear()
+    cells.chunk_counts.cache_clear()
+    rare = Predicate(lambda b, h, q, kv: (q * kv) % 65537 == 1)
+    np.testing.assert_array_equal(_all_tile_kinds(rare, 2048, 2048, 64), _brute_force_kinds(rare, 2048, 2048, 64, 0))
+    assert len(counted) == 16
+    cells.chunk_counts.cache_clear()
+
+
+def test_a_mask_mod_for_two_dimensional_grids_only_skips_the_witness_pass(monkeypatch):
+    """A mask_mod that indexes its arguments as 2-D grids fails on the witness pass's 3-D index tensors: the
+    pass decides nothing and every tile is counted."""
+    monkeypatch.setattr(cells, "WITNESS_ABOVE_PAIRS", 0)
+
+    def two_dimensional(b, h, q, kv):
+        assert q.dim() == 2, "written for [q, 1] x [1, kv] grids"
+        return (q * kv) % 7 != 0
+
+    predicate = Predicate(two_dimensional)
+    np.testing.assert_array_equal(
+        _all_tile_kinds(predicate, 600, 600, 32), _brute_force_kinds(predicate, 600, 600, 32, 0)
+    )
     cells.chunk_counts.cache_clear()

@@ -203,6 +203,31 @@ def _where(condition, x, y):
     return Range(lo, hi)
 
 
+def _range_min_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """min and max of values[lo[i] : hi[i] + 1] per i (lo <= hi, inside values): sparse tables over the
+    span the ranges touch (level j holds the min / max of each 2^j consecutive entries), so a range is the
+    min / max of two overlapping power-of-two windows. O(span log span + ranges)."""
+    if lo.size == 0:
+        return np.empty(0, values.dtype), np.empty(0, values.dtype)
+    first = int(lo.min())
+    span = values[first : int(hi.max()) + 1]
+    lo, hi = lo - first, hi - first
+    level = np.floor(np.log2(hi - lo + 1)).astype(np.int64)
+    level -= (1 << level) > hi - lo + 1  # guard against log2 rounding up
+    low, high = np.empty(lo.size, values.dtype), np.empty(lo.size, values.dtype)
+    mins, maxs = span, span
+    for j in range(int(level.max()) + 1):
+        if j:
+            half = 1 << (j - 1)
+            mins, maxs = np.minimum(mins[:-half], mins[half:]), np.maximum(maxs[:-half], maxs[half:])
+        which = np.flatnonzero(level == j)
+        if which.size:
+            start, end = lo[which], hi[which] - (1 << j) + 1
+            low[which] = np.minimum(mins[start], mins[end])
+            high[which] = np.maximum(maxs[start], maxs[end])
+    return low, high
+
+
 def _lookup(table, index) -> Proxy:
     """table[index] for a captured 1-D int or bool tensor and an interval index inside it: the table's min and
     max over each indexed range (bool: whether some entry is true, some false)."""
@@ -215,16 +240,8 @@ def _lookup(table, index) -> Proxy:
     if lo.numel() and (int(lo.min()) < 0 or int(hi.max()) >= table.numel()):
         raise UnsupportedError("an index range outside the table")
     values = table.detach().to("cpu", torch.long if table.dtype != torch.bool else torch.bool).numpy()
-    pairs, inverse = np.unique(
-        np.stack([lo.reshape(-1).numpy(), hi.reshape(-1).numpy()], 1), axis=0, return_inverse=True
-    )
-    low, high = np.empty(len(pairs), values.dtype), np.empty(len(pairs), values.dtype)
-    for width in np.unique(pairs[:, 1] - pairs[:, 0] + 1):  # one sliding window view per range width
-        which = pairs[:, 1] - pairs[:, 0] + 1 == width
-        windows = np.lib.stride_tricks.sliding_window_view(values, int(width))[pairs[which, 0]]
-        low[which], high[which] = windows.min(axis=1), windows.max(axis=1)
-    low = torch.from_numpy(low[inverse.reshape(-1)]).reshape(lo.shape)
-    high = torch.from_numpy(high[inverse.reshape(-1)]).reshape(lo.shape)
+    low, high = _range_min_max(values, lo.reshape(-1).numpy(), hi.reshape(-1).numpy())
+    low, high = torch.from_numpy(low).reshape(lo.shape), torch.from_numpy(high).reshape(lo.shape)
     return Truth(high, ~low) if table.dtype == torch.bool else Range(low, high)
 
 

@@ -65,6 +65,15 @@ mask at 16K: 3.2 s with them, 1.4 s without), several cold; below this they save
 PARALLEL_ABOVE_PAIRS = 1 << 22
 """CPU calls over at least this many pairs run on torch's threads; smaller ones on one thread (an OpenMP region
 per 512 x 512 chunk cost more than a second thread gained: 6 ms against 1.3 ms on the loaded 2-core machine)."""
+WITNESS_SIDES = (4, 8)
+"""Rows (and columns) of the sample grids per tile that look for an allowed and a masked pair: a small one
+first, a larger one for the tiles it left undecided (``(q * kv) % 7``: 92% of tiles decided by 16 pairs,
+all but 0.01% by the 64 more)."""
+WITNESS_ABOVE_PAIRS = 1 << 20
+"""Open tiles holding at least this many pairs are sampled for witnesses before any is counted (below, the
+sample would save little: the counting runs eagerly on a few chunks)."""
+WITNESS_PAIRS = 1 << 20
+"""Sample pairs evaluated per eager call (bounds the temporaries to a few MiB)."""
 FRUITLESS_TILES = 256
 """Tiles a bounds trace must leave all undecided before bounds are skipped for the rest of the plan; with
 four times as many tiles asked, a spread sample of this many is traced first (a mask_mod bounds decide
@@ -148,18 +157,43 @@ def _side(n: int) -> int:
     return min(CHUNK, -(-n // 128) * 128)
 
 
+@lru_cache(maxsize=1)
+def _compiled_counters() -> tuple:
+    """(interior, edge) counters under ``torch.compile(dynamic=True)``: origins and sizes are symbols, so a few
+    compiled loops serve every call; made once per process (wrapping them again cost 3 ms a plan)."""
+    return tuple(torch.compile(f, dynamic=True) for f in (_interior_counts, _edge_counts))
+
+
 class ChunkCounts:
-    """Per evaluated chunk (i, j): the 2-D prefix sum of its cell counts, int32 [side/CELL + 1, side/CELL + 1]."""
+    """Per evaluated chunk (i, j): the 2-D prefix sum of its cell counts, int32 [side/CELL + 1, side/CELL + 1],
+    kept in one pool array (``pool[slot[i * kv_chunks + j]]``) so a tile's count is one gather, never a
+    stack of per-chunk arrays."""
 
     def __init__(self, predicate: Predicate, n_q: int, n_kv: int, head: int):
         self.predicate, self.n_q, self.n_kv, self.head = predicate, n_q, n_kv, head
         self.q_side, self.kv_side = _side(n_q), _side(n_kv)
+        self.kv_chunks = -(-n_kv // self.kv_side)
         self.device = device_of(predicate)
-        self.prefix: dict[tuple[int, int], np.ndarray] = {}
+        self.slot: dict[int, int] = {}
+        """Flat chunk id (i * kv_chunks + j) -> its row of ``pool``."""
+        self.pool = np.zeros((0, self.q_side // CELL + 1, self.kv_side // CELL + 1), dtype=np.int32)
         self.bounds_decide = True
         """False once interval bounds decided none of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
         skipped (a pure time saving: skipped tiles are evaluated exactly)."""
+
+    def slots(self, flat: np.ndarray) -> np.ndarray:
+        """Pool rows of the chunks with flat ids ``flat`` (all evaluated)."""
+        return np.fromiter(map(self.slot.__getitem__, flat.tolist()), dtype=np.int64, count=flat.size)
+
+    def _claim(self, count: int) -> int:
+        """First of ``count`` fresh consecutive pool rows (the pool at least doubles when it grows)."""
+        first = len(self.slot)
+        if first + count > self.pool.shape[0]:
+            grown = np.zeros((max(first + count, 2 * self.pool.shape[0]), *self.pool.shape[1:]), np.int32)
+            grown[:first] = self.pool[:first]
+            self.pool = grown
+        return first
 
     def _calls(self, missing: list[tuple[int, int]], merged: bool) -> tuple[list, list]:
         """Rectangles of chunks [i0, i1) x [j0, j1), one call each, covering ``missing``: (single chunks, rows
@@ -212,17 +246,16 @@ class ChunkCounts:
                 return interior(*args, **where)
             return edge(*args, self.n_q, self.n_kv, **where)
 
-    def ensure(self, chunks: np.ndarray) -> None:
-        """Evaluate the chunks (rows of [i, j]) not evaluated yet."""
-        missing = [(int(i), int(j)) for i, j in chunks if (int(i), int(j)) not in self.prefix]
+    def ensure(self, flat: np.ndarray) -> None:
+        """Evaluate the chunks with flat ids ``flat`` (distinct) not evaluated yet."""
+        missing = [divmod(f, self.kv_chunks) for f in flat.tolist() if f not in self.slot]
         if not missing:
             return
         progress = Progress(f"evaluating {self.predicate}", len(missing), "chunks")
         if len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS:
             # dynamic: origins and sizes are symbols, so a few compiled loops serve every call
-            compiled = tuple(torch.compile(f, dynamic=True) for f in (_interior_counts, _edge_counts))
             try:
-                self._evaluate(missing, compiled, True, progress)
+                self._evaluate(missing, _compiled_counters(), True, progress)
             except Exception as error:  # torch.compile cannot build this mask_mod here (no compiler, an op)
                 LOGGER.warning(
                     "maskir plan: torch.compile failed on %s (%s); evaluating eagerly", self.predicate, error
@@ -231,36 +264,37 @@ class ChunkCounts:
         progress.close()
 
     def _evaluate(self, missing: list, functions: tuple, merged: bool, progress: Progress) -> None:
-        """Evaluate the chunks of ``missing`` still without counts, storing each one's prefix sums."""
-        wanted = {chunk for chunk in missing if chunk not in self.prefix}
+        """Evaluate the chunks of ``missing`` still without counts, storing each one's prefix sums (and those
+        of the other chunks a call covers: exact counts too)."""
+        wanted = [(i, j) for i, j in missing if i * self.kv_chunks + j not in self.slot]
         done = len(missing) - len(wanted)
-        chunks, rows_from_zero = self._calls(sorted(wanted), merged)
+        chunks, rows_from_zero = self._calls(wanted, merged)
         for call, sized in [(call, False) for call in chunks] + [(call, True) for call in rows_from_zero]:
             i0, i1, j0, j1 = call
-            counts = self._counts(functions, call, sized).cpu().numpy()
+            counts = self._counts(functions, call, sized).cpu()
             rows, cols = counts.shape[0] // (i1 - i0), counts.shape[1] // (j1 - j0)
-            # int32: a chunk holds at most CHUNK^2 = 2^18 pairs; in place (10x faster than a strided int64 out)
-            prefix = np.zeros((i1 - i0, j1 - j0, rows + 1, cols + 1), dtype=np.int32)
-            prefix[:, :, 1:, 1:] = counts.reshape(i1 - i0, rows, j1 - j0, cols).transpose(0, 2, 1, 3)
-            np.cumsum(prefix, axis=2, out=prefix)
-            np.cumsum(prefix, axis=3, out=prefix)
+            first = self._claim((i1 - i0) * (j1 - j0))
+            prefix = self.pool[first : first + (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0, rows + 1, cols + 1)
+            # int32 (a chunk holds at most CHUNK^2 = 2^18 pairs), written in place below the pool's zero first
+            # row and column; torch's cumsum ran 2x faster than numpy's here
+            by_chunk = counts.view(i1 - i0, rows, j1 - j0, cols).permute(0, 2, 1, 3)
+            torch.cumsum(
+                by_chunk.cumsum(2, dtype=torch.int32), 3, dtype=torch.int32, out=torch.from_numpy(prefix)[:, :, 1:, 1:]
+            )
             for i in range(i0, i1):
                 for j in range(j0, j1):
-                    if (i, j) in wanted:
-                        self.prefix[i, j] = prefix[i - i0, j - j0]
-                        done += 1
-            progress.update(done)
+                    self.slot[i * self.kv_chunks + j] = first
+                    first += 1
+            done += (i1 - i0) * (j1 - j0)
+            progress.update(min(done, len(missing)))
 
 
-def _chunks_used(chunk_i: np.ndarray, chunk_j: np.ndarray, kv_chunks: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct chunks (rows of [i, j], row-major order) and, per tile, the row of its chunk: a mark per
-    chunk of the grid and a running count, O(tiles + chunks) (``np.unique(axis=0)`` sorts the tiles)."""
-    flat = chunk_i * kv_chunks + chunk_j
+def _chunks_used(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct flat chunk ids (ascending, row-major) and, per tile, the position of its chunk among them:
+    a mark per chunk of the grid and a running count, O(tiles + chunks) (``np.unique`` sorts the tiles)."""
     used = np.zeros(int(flat.max()) + 1 if flat.size else 0, dtype=bool)
     used[flat] = True
-    slots = np.flatnonzero(used)
-    row_of = np.cumsum(used) - 1
-    return np.stack([slots // kv_chunks, slots % kv_chunks], axis=1), row_of[flat]
+    return np.flatnonzero(used), (np.cumsum(used) - 1)[flat]
 
 
 @lru_cache(maxsize=8)
@@ -293,6 +327,33 @@ def _useful_bounds(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.nd
     return bounded
 
 
+def _mixed(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray, side: int):
+    """Per tile: True when a sample of its pairs holds an allowed and a masked pair, which proves it PARTIAL
+    (one witness of each); False says nothing. The sample is a grid of ``side`` rows by ``side`` columns
+    spread over the tile's tokens, evaluated eagerly in batches of at most ``WITNESS_PAIRS`` pairs. A
+    mask_mod that cannot take these 3-D index tensors decides no tile here."""
+    mixed = np.zeros(rows.shape, dtype=bool)
+    steps = torch.arange(side, device=counts.device)
+    per_batch = max(1, WITNESS_PAIRS // side**2)
+    zero = torch.zeros((), dtype=torch.long, device=counts.device)
+    for first in range(0, rows.size, per_batch):
+        r = torch.as_tensor(rows[first : first + per_batch], device=counts.device)
+        c = torch.as_tensor(cols[first : first + per_batch], device=counts.device)
+        q_first, kv_first = r * q_block, c * kv_block
+        q_count = (q_first + q_block).clamp(max=counts.n_q) - q_first
+        kv_count = (kv_first + kv_block).clamp(max=counts.n_kv) - kv_first
+        q = q_first[:, None] + steps * q_count[:, None] // side  # [tiles, side], inside the tile
+        kv = kv_first[:, None] + steps * kv_count[:, None] // side
+        try:
+            allowed = torch.as_tensor(counts.predicate.fn(zero, zero + counts.head, q[:, :, None], kv[:, None, :]))
+            allowed = allowed.to(torch.bool).expand(q.shape[0], side, side).flatten(1)
+        except Exception as error:  # noqa: BLE001 (a mask_mod written for 2-D index grids: no shortcut)
+            LOGGER.debug("maskir plan: no witness pass for %s (%s)", counts.predicate, error)
+            return np.zeros(rows.shape, dtype=bool)
+        mixed[first : first + per_batch] = (allowed.any(1) & ~allowed.all(1)).cpu().numpy()
+    return mixed
+
+
 def tile_kinds(
     predicate: Predicate,
     n_q: int,
@@ -309,28 +370,35 @@ def tile_kinds(
     if counts.q_side % q_block or counts.kv_side % kv_block:
         return None
     kinds = np.full(rows.shape, PARTIAL, dtype=np.int8)
+    todo = np.arange(rows.size)
     bounded = _useful_bounds(counts, q_block, kv_block, rows, cols)
     if bounded is not None:  # tiles proven EMPTY or FULL by interval arithmetic are not evaluated
         may_true, may_false = bounded
         kinds[~may_true] = EMPTY
         kinds[may_true & ~may_false] = FULL
-        open_tiles = np.flatnonzero(may_true & may_false)
-        rows, cols = rows[open_tiles], cols[open_tiles]
+        todo = np.flatnonzero(may_true & may_false)
+    chunk_i, chunk_j = rows[todo] * q_block // counts.q_side, cols[todo] * kv_block // counts.kv_side
+    flat = chunk_i * counts.kv_chunks + chunk_j
+    uncounted = ~np.fromiter(map(counts.slot.__contains__, flat.tolist()), dtype=bool, count=flat.size)
+    for side in WITNESS_SIDES:  # tiles outside counted chunks proven PARTIAL by two witnesses
+        sampled = np.flatnonzero(uncounted)
+        if sampled.size * q_block * kv_block < WITNESS_ABOVE_PAIRS:
+            break
+        keep = np.ones(todo.size, dtype=bool)
+        keep[sampled[_mixed(counts, q_block, kv_block, rows[todo[sampled]], cols[todo[sampled]], side)]] = False
+        todo, flat, chunk_i, chunk_j, uncounted = (a[keep] for a in (todo, flat, chunk_i, chunk_j, uncounted))
+    rows, cols = rows[todo], cols[todo]
     q_first, kv_first = rows * q_block, cols * kv_block
-    chunk_i, chunk_j = q_first // counts.q_side, kv_first // counts.kv_side
-    keys, which = _chunks_used(chunk_i, chunk_j, -(-n_kv // counts.kv_side))
-    if len(counts.prefix) + keys.shape[0] > MAX_CHUNKS:
+    distinct, which = _chunks_used(flat)
+    if len(counts.slot) + distinct.size > MAX_CHUNKS:
         return None
-    counts.ensure(keys)
-    prefix = np.stack([counts.prefix[int(i), int(j)] for i, j in keys]) if keys.size else np.zeros((0, 1, 1))
-    which = which.reshape(-1)
+    counts.ensure(distinct)
+    slot = counts.slots(distinct)[which]
     r0, c0 = (q_first - chunk_i * counts.q_side) // CELL, (kv_first - chunk_j * counts.kv_side) // CELL
     r1, c1 = r0 + q_block // CELL, c0 + kv_block // CELL
-    hits = prefix[which, r1, c1] - prefix[which, r0, c1] - prefix[which, r1, c0] + prefix[which, r0, c0]
+    pool = counts.pool
+    hits = pool[slot, r1, c1] - pool[slot, r0, c1] - pool[slot, r1, c0] + pool[slot, r0, c0]
     q_count = np.minimum(q_first + q_block, n_q) - q_first
     kv_count = np.minimum(kv_first + kv_block, n_kv) - kv_first
-    evaluated = np.where(hits == 0, EMPTY, np.where(hits == q_count * kv_count, FULL, PARTIAL)).astype(np.int8)
-    if bounded is None:
-        return evaluated
-    kinds[open_tiles] = evaluated
+    kinds[todo] = np.where(hits == 0, EMPTY, np.where(hits == q_count * kv_count, FULL, PARTIAL))
     return kinds
