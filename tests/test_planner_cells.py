@@ -258,3 +258,34 @@ def test_a_mask_mod_for_two_dimensional_grids_only_skips_the_witness_pass(monkey
         _all_tile_kinds(predicate, 600, 600, 32), _brute_force_kinds(predicate, 600, 600, 32, 0)
     )
     cells.chunk_counts.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "mask_mod", [_documents_and_product, lambda b, h, q, kv: (q * kv) % 7 != 0], ids=["documents", "product"]
+)
+def test_larger_blocks_reuse_the_witnesses_of_smaller_ones(mask_mod, monkeypatch):
+    """Within one plan, a tile of 32 x 32 or 64 x 32 whose 16 x 16 tiles saw an allowed and a masked pair
+    between them is PARTIAL without a sample of its own (ragged 300 x 300 grid); the classes equal the
+    brute-force ones at every block size, and ``(q * kv) % 7`` is sampled at 16 x 16 only."""
+    monkeypatch.setattr(cells, "WITNESS_ABOVE_PAIRS", 0)
+    sampled = []
+    witnesses = cells._witnesses
+
+    def recording(counts, q_block, kv_block, *rest):
+        sampled.append((q_block, kv_block))
+        return witnesses(counts, q_block, kv_block, *rest)
+
+    monkeypatch.setattr(cells, "_witnesses", recording)
+    predicate = Predicate(mask_mod)
+    for q_block, kv_block in ((16, 16), (32, 32), (64, 32)):
+        rows, cols = np.divmod(np.arange(-(-300 // q_block) * -(-300 // kv_block)), -(-300 // kv_block))
+        allowed = reference_mask(predicate, Canvas((300,)), Canvas((300,)))
+        expected = [
+            allowed[r * q_block : (r + 1) * q_block, c * kv_block : (c + 1) * kv_block] for r, c in zip(rows, cols)
+        ]
+        expected = [fallback.EMPTY if not t.any() else fallback.FULL if t.all() else fallback.PARTIAL for t in expected]
+        kinds = cells.tile_kinds(predicate, 300, 300, q_block, kv_block, rows, cols)
+        np.testing.assert_array_equal(kinds, expected)
+    if mask_mod is not _documents_and_product:
+        assert {blocks for blocks in sampled} == {(16, 16)}
+    cells.chunk_counts.cache_clear()

@@ -2,8 +2,15 @@
 
 First, interval arithmetic on the mask_mod (``bounds``) proves asked-for tiles EMPTY or FULL without
 evaluating a pair (a tile across two documents, one inside a document); exact and sound, so the rest stay
-exact. The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the tiles
-left open touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the
+exact. Then, when the open tiles outside already counted chunks hold ``WITNESS_ABOVE_PAIRS`` pairs or more,
+witnesses: a tile is PARTIAL as soon as one of its pairs is allowed and one masked, so a sample of a few
+pairs per tile (a 4 x 4 grid, then an 8 x 8 one for the tiles it left undecided; ``_witnesses``) proves
+most tiles of an opaque mask PARTIAL without counting them (``(q * kv) % 7`` at 16K tokens: 64 of 16384
+pairs per 128 x 128 tile, against all of them counted); tiles of larger blocks within one plan reuse the
+witnesses of smaller ones inside them (``Witnesses``). Only the tiles still open are counted.
+
+The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the tiles left
+open touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the
 superset an affine part of the mask_mod gives). A call evaluates a rectangle of chunks: it calls the mask_mod
 once with broadcast torch index tensors ``arange + origin`` (built inside the counting function) and sums the
 result into counts per ``CELL`` x ``CELL`` cell; in a rectangle reaching past the canvas the indices are
@@ -29,8 +36,8 @@ temporaries, a few bytes per pair), plus a prefix-sum table per evaluated chunk.
 when a tensor the mask_mod captures is there.
 
 Chunk sides are multiples of 128, so a tile of a block size dividing them (every block up to 128) lies in
-one chunk; its allowed pairs are a box sum of the chunk's cells, O(1). The
-counts are kept during one ``plan`` call (its block-size candidates share them) and dropped at its end, so
+one chunk; its allowed pairs are a box sum of the chunk's cells, O(1), read from one pool array of every
+evaluated chunk's prefix sums. The counts (and witnesses) are kept during one ``plan`` call (its block-size candidates share them) and dropped at its end, so
 a later plan sees the tensors the mask_mod reads as they are then.
 """
 
@@ -74,6 +81,8 @@ WITNESS_ABOVE_PAIRS = 1 << 20
 sample would save little: the counting runs eagerly on a few chunks)."""
 WITNESS_PAIRS = 1 << 20
 """Sample pairs evaluated per eager call (bounds the temporaries to a few MiB)."""
+WITNESS_GRID_TILES = 1 << 22
+"""Witnesses are kept (two bools a tile) for tile grids up to this many tiles, for larger blocks to reuse."""
 FRUITLESS_TILES = 256
 """Tiles a bounds trace must leave all undecided before bounds are skipped for the rest of the plan; with
 four times as many tiles asked, a spread sample of this many is traced first (a mask_mod bounds decide
@@ -157,6 +166,45 @@ def _side(n: int) -> int:
     return min(CHUNK, -(-n // 128) * 128)
 
 
+class Witnesses:
+    """Per block size pair whose tiles were sampled (grids of at most ``WITNESS_GRID_TILES`` tiles): for every
+    tile, whether a sampled pair in it was allowed, and whether one was masked. A tile of larger blocks that
+    are multiples of these holds both kinds of witness when its tiles do together: it is PARTIAL unsampled."""
+
+    def __init__(self, n_q: int, n_kv: int):
+        self.n_q, self.n_kv = n_q, n_kv
+        self.seen: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _grid(self, q_block: int, kv_block: int) -> tuple[int, int]:
+        return -(-self.n_q // q_block), -(-self.n_kv // kv_block)
+
+    def record(self, q_block, kv_block, rows: np.ndarray, cols: np.ndarray, allowed, masked) -> None:
+        """Add the witnesses ``allowed``/``masked`` (bool per tile) of tiles (rows, cols) at these blocks."""
+        grid = self._grid(q_block, kv_block)
+        if grid[0] * grid[1] > WITNESS_GRID_TILES:
+            return
+        flags = self.seen.setdefault((q_block, kv_block), (np.zeros(grid, bool), np.zeros(grid, bool)))
+        flags[0][rows, cols] |= allowed
+        flags[1][rows, cols] |= masked
+
+    def mixed(self, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Per tile (rows, cols) at these blocks: True when tiles of smaller blocks inside it saw an allowed and
+        a masked pair (so it is PARTIAL); False says nothing."""
+        mixed = np.zeros(rows.shape, dtype=bool)
+        n_rows, n_cols = self._grid(q_block, kv_block)
+        for (fine_q, fine_kv), flags in self.seen.items():
+            if q_block % fine_q or kv_block % fine_kv or (fine_q, fine_kv) == (q_block, kv_block):
+                continue
+            a, b = q_block // fine_q, kv_block // fine_kv
+            inside = []
+            for flag in flags:  # OR over the fine tiles of each coarse tile (padding rows and columns False)
+                padded = np.zeros((n_rows * a, n_cols * b), dtype=bool)
+                padded[: flag.shape[0], : flag.shape[1]] = flag
+                inside.append(padded.reshape(n_rows, a, n_cols, b).any(axis=(1, 3))[rows, cols])
+            mixed |= inside[0] & inside[1]
+        return mixed
+
+
 @lru_cache(maxsize=1)
 def _compiled_counters() -> tuple:
     """(interior, edge) counters under ``torch.compile(dynamic=True)``: origins and sizes are symbols, so a few
@@ -177,6 +225,7 @@ class ChunkCounts:
         self.slot: dict[int, int] = {}
         """Flat chunk id (i * kv_chunks + j) -> its row of ``pool``."""
         self.pool = np.zeros((0, self.q_side // CELL + 1, self.kv_side // CELL + 1), dtype=np.int32)
+        self.witnessed = Witnesses(n_q, n_kv)
         self.bounds_decide = True
         """False once interval bounds decided none of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
@@ -327,31 +376,31 @@ def _useful_bounds(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.nd
     return bounded
 
 
-def _mixed(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray, side: int):
-    """Per tile: True when a sample of its pairs holds an allowed and a masked pair, which proves it PARTIAL
-    (one witness of each); False says nothing. The sample is a grid of ``side`` rows by ``side`` columns
-    spread over the tile's tokens, evaluated eagerly in batches of at most ``WITNESS_PAIRS`` pairs. A
-    mask_mod that cannot take these 3-D index tensors decides no tile here."""
-    mixed = np.zeros(rows.shape, dtype=bool)
-    steps = torch.arange(side, device=counts.device)
+def _witnesses(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray, side: int):
+    """(saw_allowed, saw_masked) per tile: whether a sample of its pairs holds an allowed pair, a masked pair;
+    both together prove the tile PARTIAL. The sample is a grid of ``side`` rows by ``side`` columns spread
+    over the tile (offsets ``k * block // side``, clamped to the canvas in a ragged edge tile), evaluated
+    eagerly in batches of at most ``WITNESS_PAIRS`` pairs. A mask_mod that cannot take these 3-D index
+    tensors sees nothing here (all False)."""
+    saw = np.zeros((2, rows.size), dtype=bool)
+    q_steps = torch.arange(side, device=counts.device) * q_block // side
+    kv_steps = torch.arange(side, device=counts.device) * kv_block // side
     per_batch = max(1, WITNESS_PAIRS // side**2)
     zero = torch.zeros((), dtype=torch.long, device=counts.device)
     for first in range(0, rows.size, per_batch):
         r = torch.as_tensor(rows[first : first + per_batch], device=counts.device)
         c = torch.as_tensor(cols[first : first + per_batch], device=counts.device)
-        q_first, kv_first = r * q_block, c * kv_block
-        q_count = (q_first + q_block).clamp(max=counts.n_q) - q_first
-        kv_count = (kv_first + kv_block).clamp(max=counts.n_kv) - kv_first
-        q = q_first[:, None] + steps * q_count[:, None] // side  # [tiles, side], inside the tile
-        kv = kv_first[:, None] + steps * kv_count[:, None] // side
+        q = (r[:, None] * q_block + q_steps).clamp(max=counts.n_q - 1)  # [tiles, side], inside each tile
+        kv = (c[:, None] * kv_block + kv_steps).clamp(max=counts.n_kv - 1)
         try:
             allowed = torch.as_tensor(counts.predicate.fn(zero, zero + counts.head, q[:, :, None], kv[:, None, :]))
             allowed = allowed.to(torch.bool).expand(q.shape[0], side, side).flatten(1)
         except Exception as error:  # noqa: BLE001 (a mask_mod written for 2-D index grids: no shortcut)
             LOGGER.debug("maskir plan: no witness pass for %s (%s)", counts.predicate, error)
-            return np.zeros(rows.shape, dtype=bool)
-        mixed[first : first + per_batch] = (allowed.any(1) & ~allowed.all(1)).cpu().numpy()
-    return mixed
+            return np.zeros((2, rows.size), dtype=bool)
+        hits = allowed.sum(1, dtype=torch.int32)
+        saw[:, first : first + per_batch] = torch.stack([hits > 0, hits < side * side]).cpu().numpy()
+    return saw[0], saw[1]
 
 
 def tile_kinds(
@@ -364,8 +413,8 @@ def tile_kinds(
     cols: np.ndarray,
     head: int = 0,
 ) -> np.ndarray | None:
-    """Classes of identity tiles (rows[i], cols[i]) from cell counts; None when too many chunks would be kept
-    or a tile would straddle chunks (the caller evaluates tile by tile)."""
+    """Classes of identity tiles (rows[i], cols[i]) from interval bounds, witnesses and cell counts; None
+    when too many chunks would be kept or a tile would straddle chunks (the caller evaluates tile by tile)."""
     counts = chunk_counts(predicate, n_q, n_kv, head)
     if counts.q_side % q_block or counts.kv_side % kv_block:
         return None
@@ -379,13 +428,22 @@ def tile_kinds(
         todo = np.flatnonzero(may_true & may_false)
     chunk_i, chunk_j = rows[todo] * q_block // counts.q_side, cols[todo] * kv_block // counts.kv_side
     flat = chunk_i * counts.kv_chunks + chunk_j
-    uncounted = ~np.fromiter(map(counts.slot.__contains__, flat.tolist()), dtype=bool, count=flat.size)
-    for side in WITNESS_SIDES:  # tiles outside counted chunks proven PARTIAL by two witnesses
+    uncounted = np.ones(todo.size, dtype=bool)
+    if counts.slot:
+        uncounted = ~np.fromiter(map(counts.slot.__contains__, flat.tolist()), dtype=bool, count=flat.size)
+    for side in (0, *WITNESS_SIDES):  # tiles outside counted chunks proven PARTIAL by two witnesses
         sampled = np.flatnonzero(uncounted)
-        if sampled.size * q_block * kv_block < WITNESS_ABOVE_PAIRS:
+        if not sampled.size or sampled.size * q_block * kv_block < WITNESS_ABOVE_PAIRS:
             break
+        tile_rows, tile_cols = rows[todo[sampled]], cols[todo[sampled]]
+        if side:
+            saw = _witnesses(counts, q_block, kv_block, tile_rows, tile_cols, side)
+            counts.witnessed.record(q_block, kv_block, tile_rows, tile_cols, *saw)
+            mixed = saw[0] & saw[1]
+        else:  # side 0: the witnesses the sampled tiles of finer blocks already saw inside these tiles
+            mixed = counts.witnessed.mixed(q_block, kv_block, tile_rows, tile_cols)
         keep = np.ones(todo.size, dtype=bool)
-        keep[sampled[_mixed(counts, q_block, kv_block, rows[todo[sampled]], cols[todo[sampled]], side)]] = False
+        keep[sampled[mixed]] = False
         todo, flat, chunk_i, chunk_j, uncounted = (a[keep] for a in (todo, flat, chunk_i, chunk_j, uncounted))
     rows, cols = rows[todo], cols[todo]
     q_first, kv_first = rows * q_block, cols * kv_block
