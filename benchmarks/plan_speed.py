@@ -24,8 +24,10 @@ mask_mods (``Predicate``): "swa_causal_lambda" is the causal SWA above written a
 is a mask no rule covers, ``(kv <= q) & (doc[q] == doc[kv]) & ((q * kv) % 7 != 0)`` with 1000-token
 documents: the causal superset is affine, interval bounds prove the tiles across documents EMPTY, and the
 chunks of the rest are evaluated (16K tokens); "product_mod7", ``(q * kv) % 7 != 0``, is one where neither
-helps (every tile PARTIAL): all N^2 pairs are evaluated, as create_block_mask does (16K tokens).
-For each, maskir's
+helps (every tile PARTIAL), but witnesses do: a sample of 16 to 80 pairs per tile holds an allowed and a
+masked pair, which proves the tile PARTIAL, so almost no pair is counted; "sparse_product",
+``(q * kv) % 65537 == 1``, is one where nothing helps: its samples are all masked, so every pair is counted,
+as create_block_mask does (16K tokens). For each, maskir's
 ``plan_ms`` is the median of repeated plans of the same Predicate after a first call (``first_call_ms``,
 which compiles the counting chunks for the second); ``torch.compile(create_block_mask)`` on the same mask_mod
 runs in the same process, alternating with maskir round by round (``--mask-mod-repeats`` rounds, the first
@@ -90,7 +92,7 @@ print(statistics.median(steady) * 1e3, (peak - before) / 1024, times[0] * 1e3)
 """
 
 
-MASK_MODS = ("swa_causal_lambda", "causal_documents_product", "product_mod7")
+MASK_MODS = ("swa_causal_lambda", "causal_documents_product", "product_mod7", "sparse_product")
 DOCUMENTS = None
 
 
@@ -101,6 +103,8 @@ def mask_mod(name: str) -> Callable:
         return lambda b, h, q, kv: (q - kv < WINDOW) & (kv <= q)
     if name == "product_mod7":
         return lambda b, h, q, kv: (q * kv) % 7 != 0
+    if name == "sparse_product":
+        return lambda b, h, q, kv: (q * kv) % 65537 == 1
     import torch
 
     if DOCUMENTS is None:
@@ -299,8 +303,9 @@ def time_create_block_mask(pattern: str, n: int, repeats: int, compiled: bool) -
 
 def mask_mod_rows(rows: list, args, against_flex: Callable) -> None:
     """The MASK_MODS rows: the lambda SWA against Window(1023, 0) (16K, 1M) and create_block_mask (16K);
-    the documents x product mask and the product alone against create_block_mask (16K). Compiled create_block_mask runs in this
-    process, alternating with maskir (``time_mask_mod``); the eager one in a fresh process."""
+    the documents x product mask, the product alone and the sparse product against create_block_mask (16K).
+    Compiled create_block_mask runs in this process, alternating with maskir (``time_mask_mod``); the eager one
+    in a fresh process."""
     repeats = min(args.repeats, args.mask_mod_repeats)
     for n in (16384, 1 << 20):
         window = time_maskir(n, args.repeats, 128)

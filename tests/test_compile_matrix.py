@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from test_sm90_compile import DECODE_BUCKET, DECODE_CASES, KERNELS, MATMUL_KERNELS, SUITE_CONFIGS, example_tensors
+from test_sm90_compile import (
+    DECODE_BUCKET,
+    DECODE_CASES,
+    KERNELS,
+    MATMUL_KERNELS,
+    SUITE_CONFIGS,
+    compile_in_subprocess,
+    example_tensors,
+)
 
 from benchmarks.catalogue import DTYPE, HEAD_DIM, HEADS, case
 from maskir.codegen.triton.compile_check import KernelReport, check_plan, format_table, meta_tensors
@@ -114,26 +121,10 @@ def wrong_tensor_cores(rows: list[KernelReport]) -> list[KernelReport]:
     return wrong
 
 
-def compile_in_subprocess(arch: str) -> list[KernelReport]:
-    """Every configuration's reports for ``arch``, from this file run as a subprocess without TRITON_INTERPRET."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, __file__, "--json", "--arch", arch],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return [KernelReport(**row) for row in json.loads(done.stdout)]
-
-
 @pytest.mark.parametrize("arch", PYTEST_ARCHES)
 def test_suite_and_decode_kernels_fit_each_arch_without_spills(arch):
     """One test (one compile run, on one pytest worker) per architecture, for every configuration."""
-    reports = compile_in_subprocess(arch)
+    reports = compile_in_subprocess(__file__, "--arch", arch, timeout=1800)
     print("\n" + format_table(reports))
     for config in SUITE_CONFIGS:
         rows = [r for r in reports if r.config == f"{arch} {config}"]

@@ -125,12 +125,13 @@ def compile_suite(names: list[str], workers: int = 2) -> list[KernelReport]:
         return [report for reports in pool.map(compile_config, names) for report in reports]
 
 
-def compile_in_subprocess() -> list[KernelReport]:
-    """Every configuration's reports, from this file run as a subprocess without TRITON_INTERPRET."""
+def compile_in_subprocess(script: str = __file__, *args: str, timeout: int = 900) -> list[KernelReport]:
+    """The reports ``script`` prints as JSON when run with ``--json`` and ``args`` in a subprocess without
+    TRITON_INTERPRET (the repository and ``tests/`` on its path): real compiles, never the interpreter."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, __file__, "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, script, "--json", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return [KernelReport(**row) for row in json.loads(done.stdout)]
