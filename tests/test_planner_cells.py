@@ -71,8 +71,9 @@ def _brute_force_kinds(predicate, n_q, n_kv, block, head):
 )
 def test_compiled_and_eager_chunks_give_the_brute_force_tile_classes(mask_mod, head, monkeypatch):
     """Chunks of 128 on a 300 x 250 grid: interior chunks (no clamping) and ragged edge chunks, eager and
-    torch.compile'd (dynamic offsets: one compiled loop for all interior chunks)."""
+    torch.compile'd (dynamic offsets: one compiled loop for all interior chunks); torch's counters, not C."""
     monkeypatch.setattr(cells, "CHUNK", 128)
+    monkeypatch.setattr(cells, "USE_NATIVE", False)
     predicate = Predicate(mask_mod)
     expected = _brute_force_kinds(predicate, 300, 250, 16, head)
     rows, cols = np.divmod(np.arange(expected.size), -(-250 // 16))
@@ -109,8 +110,9 @@ def test_dense_rows_are_counted_from_kv_zero_and_share_calls(monkeypatch):
 def test_merged_calls_give_the_brute_force_tile_classes(head, monkeypatch):
     """Chunks of 128 on a 600 x 520 grid of a per-head mask bounds leave open almost everywhere: merged
     rectangles from kv 0 (two rows each at this CALL_CELLS), whose counts are cut into chunks, and ragged edge
-    chunks."""
+    chunks (torch's compiled counters, not C)."""
     monkeypatch.setattr(cells, "CHUNK", 128)
+    monkeypatch.setattr(cells, "USE_NATIVE", False)
     monkeypatch.setattr(cells, "COMPILE_ABOVE_PAIRS", 0)
     monkeypatch.setattr(cells, "CALL_CELLS", 2 * (128 // cells.CELL) ** 2 * 4)
     monkeypatch.setattr(cells, "FROM_ZERO_ABOVE_PAIRS", 0)
