@@ -113,3 +113,9 @@ def test_plans_counted_in_c_give_the_brute_force_tile_classes(name, monkeypatch)
     expected = [EMPTY if not t.any() else FULL if t.all() else PARTIAL for t in tiles]
     np.testing.assert_array_equal(kinds, expected)
     assert used
+
+
+def test_arithmetic_on_two_bools_is_left_to_torch():
+    """torch keeps ``bool + bool`` a bool (an or): ``((q > 5) + (kv > 3)) == 1`` is False where both hold, a
+    count of 2 in C; the tracer declines it rather than differ."""
+    assert native.counter(Predicate(lambda b, h, q, kv: ((q > 5) + (kv > 3)) == 1), 0, 64, 64) is None

@@ -46,6 +46,10 @@ class UnsupportedError(Exception):
     """The mask_mod does something this compiler does not model."""
 
 
+class _UnsupportedAttributeError(UnsupportedError, AttributeError):
+    """A tensor attribute the tracer does not model (an AttributeError too, so ``hasattr`` answers False)."""
+
+
 @dataclass(frozen=True)
 class Node:
     """One value of the traced mask_mod: ``op`` over ``args`` (nodes, or ints for "const", a table number for
@@ -99,7 +103,7 @@ class Traced:
         op = ALIASES.get(name, name)
         if op in (*ARITHMETIC, *COMPARISONS, *LOGICAL, "floordiv", "mod", "min", "max", "abs", "neg", "invert"):
             return lambda *args: self.tracer.apply(op, (self, *args))
-        raise UnsupportedError(f"tensor method {name}")
+        raise _UnsupportedAttributeError(f"tensor attribute {name}")
 
     def __bool__(self):
         raise UnsupportedError("Python control flow on q or kv")
@@ -158,6 +162,8 @@ class Tracer:
             return Traced(Node("where", (_as_bool(condition), a, b), kind), self)
         nodes = tuple(self.lift(x) for x in args)
         if len(nodes) == 2 and op in (*ARITHMETIC, "floordiv", "mod", "min", "max"):
+            if nodes[0].kind == nodes[1].kind == "bool":  # torch keeps bool + bool a bool (an or), C counts
+                raise UnsupportedError(f"{op} of two bools")
             return Traced(Node(op, nodes, "int"), self)
         if len(nodes) == 2 and op in COMPARISONS:
             return Traced(Node(op, nodes, "bool"), self)
