@@ -3,46 +3,46 @@
 First, interval arithmetic on the mask_mod (``bounds``) proves asked-for tiles EMPTY or FULL without
 evaluating a pair (a tile across two documents, one inside a document); exact and sound, so the rest stay
 exact. Then, when the open tiles outside already counted chunks hold ``WITNESS_ABOVE_PAIRS`` pairs or more,
-witnesses: a tile is PARTIAL as soon as one of its pairs is allowed and one masked, so a sample of a few
-pairs per tile (a 4 x 4 grid, then an 8 x 8 one for the tiles it left undecided; ``_witnesses``) proves
-most tiles of an opaque mask PARTIAL without counting them (``(q * kv) % 7`` at 16K tokens: 64 of 16384
-pairs per 128 x 128 tile, against all of them counted); tiles of larger blocks within one plan reuse the
-witnesses of smaller ones inside them (``Witnesses``). Only the tiles still open are counted.
+witnesses: a tile is PARTIAL as soon as one of its pairs is allowed and one masked, so a sample of a few pairs
+per tile (a 4 x 4 grid, then an 8 x 8 one for the tiles it left undecided; ``_witnesses``) proves most tiles
+of an opaque mask PARTIAL without counting them (``(q * kv) % 7`` at 16K tokens: 64 of 16384 pairs per 128 x
+128 tile, against all of them counted); tiles of larger blocks within one plan reuse the witnesses of smaller
+ones inside them (``Witnesses``). Only the tiles still open are counted.
 
-The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the tiles left
-open touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the
-superset an affine part of the mask_mod gives). A call evaluates a rectangle of chunks: it calls the mask_mod
-once with broadcast torch index tensors ``arange + origin`` (built inside the counting function) and sums the
-result into counts per ``CELL`` x ``CELL`` cell; in a rectangle reaching past the canvas the indices are
-clamped for the call and the pairs outside excluded from the counts.
+The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the tiles left open
+touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the superset an
+affine part of the mask_mod gives). A call evaluates a rectangle of chunks: it calls the mask_mod once with
+broadcast torch index tensors ``arange + origin`` (built inside the counting function) and sums the result
+into counts per ``CELL`` x ``CELL`` cell; in a rectangle reaching past the canvas the indices are clamped for
+the call and the pairs outside excluded from the counts.
 
-When the chunks to evaluate hold more than ``COMPILE_ABOVE_PAIRS`` pairs and the evaluation runs on the CPU,
-a mask_mod inside ``native``'s model (index arithmetic, comparisons, ``where``/min/max/abs, table lookups:
-most are) is compiled to a C loop that GCC vectorises, in int32 when every value fits there, and counts
+When the chunks to evaluate hold more than ``COMPILE_ABOVE_PAIRS`` pairs and the evaluation runs on the CPU, a
+mask_mod inside ``native``'s model (index arithmetic, comparisons, ``where``/min/max/abs, table lookups: most
+are) is compiled to a C loop that GCC vectorises, in int32 when every value fits there, and counts
 ``NATIVE_CHUNKS`` chunks per call on torch's threads (``(q * kv) % 65537 == 1`` over a 16K grid: 15-25 ms,
 against 105-110 ms for ``torch.compile(create_block_mask)``'s loop and for the torch.compile'd counter below).
-Otherwise (on CUDA, outside the model, no C compiler) the calls run under ``torch.compile(dynamic=True)``, which fuses the mask_mod with the cell sums into one C++ loop (no pair grid is
-stored): in it a table lookup ``T[q]`` is a load at an index expression and ``q * kv % 7`` integer arithmetic
-with a constant. Then an interior row of chunks whose open chunks fill at least half of the row up to its last
-one is evaluated from kv 0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open pairs), and
-consecutive such rows of one width share a call of at most ``CALL_CELLS`` cells (an opaque mask's whole 16K
-grid is one call). Such a call hands its origins over as tensor sizes (``_sized``): kv's is the constant 0 and
-q's a symbol Inductor knows is >= 0, so ``%`` and ``//`` of the indices stay plain C arithmetic, and
-``(q * kv) % 7`` ran at 0.5 ns per pair on one core, as fast as ``torch.compile(create_block_mask)``'s static
-loop and 2x faster than with int origins (unknown sign: Python's remainder needs a sign fix-up per pair); so a
-row evaluated from kv 0 costs at most the time of its open chunks. Every other chunk is a call of its own with
-int origins (with two sized origins such chunks ran 1.0-2x slower). One compiled loop serves each kind of call
-(at most four: rows from kv 0 with q's origin 0 or not; single chunks inside the canvas or reaching past it).
-If compiling fails the chunks run eagerly, one per call. On the CPU a call of
-``PARALLEL_ABOVE_PAIRS`` pairs or more runs on torch's threads (OpenMP over q cells), a smaller one on one
-thread. Memory: one call's cell counts (at most ``CALL_CELLS`` int16 when compiled; eagerly one chunk's
-temporaries, a few bytes per pair), plus a prefix-sum table per evaluated chunk. The evaluation runs on CUDA
-when a tensor the mask_mod captures is there.
+Otherwise (on CUDA, outside the model, no C compiler) the calls run under ``torch.compile(dynamic=True)``,
+which fuses the mask_mod with the cell sums into one C++ loop (no pair grid is stored): in it a table lookup
+``T[q]`` is a load at an index expression and ``q * kv % 7`` integer arithmetic with a constant. Then an
+interior row of chunks whose open chunks fill at least half of the row up to its last one is evaluated from kv
+0 to there (when such rows hold ``FROM_ZERO_ABOVE_PAIRS`` open pairs), and consecutive such rows of one width
+share a call of at most ``CALL_CELLS`` cells (an opaque mask's whole 16K grid is one call). Such a call hands
+its origins over as tensor sizes (``_sized``): kv's is the constant 0 and q's a symbol Inductor knows is >= 0,
+so ``%`` and ``//`` of the indices stay plain C arithmetic, and ``(q * kv) % 7`` ran at 0.5 ns per pair on one
+core, as fast as ``torch.compile(create_block_mask)``'s static loop and 2x faster than with int origins
+(unknown sign: Python's remainder needs a sign fix-up per pair); so a row evaluated from kv 0 costs at most
+the time of its open chunks. Every other chunk is a call of its own with int origins (with two sized origins
+such chunks ran 1.0-2x slower). One compiled loop serves each kind of call (at most four: rows from kv 0 with
+q's origin 0 or not; single chunks inside the canvas or reaching past it). If compiling fails the chunks run
+eagerly, one per call. On the CPU a call of ``PARALLEL_ABOVE_PAIRS`` pairs or more runs on torch's threads
+(OpenMP over q cells), a smaller one on one thread. Memory: one call's cell counts (at most ``CALL_CELLS``
+int16 when compiled; eagerly one chunk's temporaries, a few bytes per pair), plus a prefix-sum table per
+evaluated chunk. The evaluation runs on CUDA when a tensor the mask_mod captures is there.
 
-Chunk sides are multiples of 128, so a tile of a block size dividing them (every block up to 128) lies in
-one chunk; its allowed pairs are a box sum of the chunk's cells, O(1), read from one pool array of every
-evaluated chunk's prefix sums. The counts (and witnesses) are kept during one ``plan`` call (its block-size candidates share them) and dropped at its end, so
-a later plan sees the tensors the mask_mod reads as they are then.
+Chunk sides are multiples of 128, so a tile of a block size dividing them (every block up to 128) lies in one
+chunk; its allowed pairs are a box sum of the chunk's cells, O(1), read from one pool array of every evaluated
+chunk's prefix sums. The counts (and witnesses) are kept during one ``plan`` call (its block-size candidates
+share them) and dropped at its end, so a later plan sees the tensors the mask_mod reads as they are then.
 """
 
 from __future__ import annotations
