@@ -5,6 +5,8 @@ value fits, int64 otherwise; anything outside the model gives no counter (torch 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,11 @@ def test_arithmetic_on_two_bools_is_left_to_torch():
     """torch keeps ``bool + bool`` a bool (an or): ``((q > 5) + (kv > 3)) == 1`` is False where both hold, a
     count of 2 in C; the tracer declines it rather than differ."""
     assert native.counter(Predicate(lambda b, h, q, kv: ((q > 5) + (kv > 3)) == 1), 0, 64, 64) is None
+
+
+def test_the_build_directory_is_removed_at_exit_by_its_own_process_only(tmp_path):
+    """A forked child's exit leaves the parent's directory alone; the parent's exit removes it."""
+    native._remove(tmp_path, owner=-1)
+    assert tmp_path.is_dir()
+    native._remove(tmp_path, owner=os.getpid())
+    assert not tmp_path.exists()

@@ -24,9 +24,11 @@ import ctypes
 import hashlib
 import logging
 import operator
+import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,33 +389,47 @@ def source(predicate: Predicate, head: int, n_q: int, n_kv: int) -> tuple[str, l
     return text, arrays
 
 
+def _remove(directory: Path, owner: int) -> None:
+    """At exit: the temporary directory, by the process that made it only (never a forked child's exit)."""
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class Compiler:
     """Shared objects built from generated C text, one per distinct text, in a temporary directory of this
-    process (removed at exit: only this directory, only what it built)."""
+    process (removed at exit: only this directory, only what it built). Thread-safe."""
 
     def __init__(self):
         self.directory: Path | None = None
         self.built: dict[str, object] = {}
+        self.lock = threading.Lock()
         found = [shutil.which(name) for name in ("cc", "gcc", "g++", "clang")]
         self.compiler = next((path for path in found if path), None)
 
     def load(self, text: str):
         """The ``count_cells`` function of ``text``, or None when there is no C compiler or it fails."""
-        if text not in self.built:
-            self.built[text] = self._build(text)
-        return self.built[text]
+        with self.lock:
+            if text not in self.built:
+                self.built[text] = self._build(text)
+            return self.built[text]
 
     def _build(self, text: str):
         if self.compiler is None:
             return None
-        if self.directory is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="maskir-native-"))
-            atexit.register(shutil.rmtree, self.directory, True)
-        name = hashlib.sha256(text.encode()).hexdigest()[:24]
-        c_file, library = self.directory / f"{name}.c", self.directory / f"{name}.so"
-        c_file.write_text(text)
-        command = [self.compiler, "-x", "c", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(library)]
-        done = subprocess.run([*command, str(c_file)], capture_output=True, text=True)
+        try:
+            if self.directory is None or not self.directory.is_dir():
+                self.directory = Path(tempfile.mkdtemp(prefix="maskir-native-"))
+                atexit.register(_remove, self.directory, os.getpid())
+            name = hashlib.sha256(text.encode()).hexdigest()[:24]
+            c_file, library = self.directory / f"{name}.c", self.directory / f"{name}.so"
+            c_file.write_text(text)
+            flags = ["-x", "c", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+            done = subprocess.run(
+                [self.compiler, *flags, "-o", str(library), str(c_file)], capture_output=True, text=True, timeout=120
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            LOGGER.debug("maskir plan: could not build a mask_mod counter: %s", error)
+            return None
         if done.returncode != 0:
             LOGGER.debug("maskir plan: the C compiler failed on a mask_mod counter: %s", done.stderr[-2000:])
             return None
