@@ -90,9 +90,12 @@ WITNESS_PAIRS = 1 << 20
 WITNESS_GRID_TILES = 1 << 22
 """Witnesses are kept (two bools a tile) for tile grids up to this many tiles, for larger blocks to reuse."""
 FRUITLESS_TILES = 256
-"""Tiles a bounds trace must leave all undecided before bounds are skipped for the rest of the plan; with
-four times as many tiles asked, a spread sample of this many is traced first (a mask_mod bounds decide
+"""Tiles a bounds trace must leave (almost) all undecided before bounds are skipped for the rest of the plan;
+with four times as many tiles asked, a spread sample of this many is traced first (a mask_mod bounds decide
 nowhere in the sample, such as ``(q * kv) % 7``, skips the whole trace)."""
+FEW_DECIDED = 8
+"""Bounds that decide under 1 / FEW_DECIDED of the traced tiles are not worth tracing (``(q * kv) % 65537 == 1``
+is decided only near q = kv = 0: 1 of 256 spread tiles at 64 x 32 blocks and 16K tokens)."""
 USE_NATIVE = True
 """Count on the CPU with the mask_mod compiled to C (``native``) when it is in that model; False forces torch."""
 NATIVE_CHUNKS = 1024
@@ -241,7 +244,7 @@ class ChunkCounts:
         self.native: native.Counter | bool | None = None
         """The C counter (``_native``): None until first asked, False when there is none."""
         self.bounds_decide = True
-        """False once interval bounds decided none of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
+        """False once interval bounds decided few of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
         skipped (a pure time saving: skipped tiles are evaluated exactly)."""
 
@@ -390,26 +393,28 @@ def chunk_counts(predicate: Predicate, n_q: int, n_kv: int, head: int) -> ChunkC
     return ChunkCounts(predicate, n_q, n_kv, head)
 
 
-def _decides_none(bounds: tuple[np.ndarray, np.ndarray] | None) -> bool:
-    """True when ``tile_bounds`` gave up or left every tile both maybe-true and maybe-false."""
-    return bounds is None or bool((bounds[0] & bounds[1]).all())
+def _decides_few(bounds: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """True when ``tile_bounds`` gave up or decided under ``1 / FEW_DECIDED`` of the tiles (left the rest both
+    maybe-true and maybe-false)."""
+    return bounds is None or FEW_DECIDED * int((~(bounds[0] & bounds[1])).sum()) < bounds[0].size
 
 
 def _useful_bounds(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray):
     """``tile_bounds`` of the tiles, or None when ``counts.bounds_decide`` is already False or turns False
     here: with at least four times ``FRUITLESS_TILES`` tiles a spread sample of that many is traced first
-    and the full trace skipped when it decides none; a full trace of at least ``FRUITLESS_TILES`` tiles
-    that decides none turns bounds off for the plan's later block sizes."""
+    and the full trace skipped when it decides few (``_decides_few``); a full trace of at least
+    ``FRUITLESS_TILES`` tiles that decides few turns bounds off for the plan's later block sizes. Skipping is
+    a pure time saving: the tiles bounds would have decided are evaluated exactly."""
     if not counts.bounds_decide:
         return None
     trace = (counts.predicate, counts.n_q, counts.n_kv, q_block, kv_block)
     if rows.size >= 4 * FRUITLESS_TILES:
         sample = np.linspace(0, rows.size - 1, FRUITLESS_TILES).astype(np.int64)
-        if _decides_none(tile_bounds(*trace, rows[sample], cols[sample], counts.head)):
+        if _decides_few(tile_bounds(*trace, rows[sample], cols[sample], counts.head)):
             counts.bounds_decide = False
             return None
     bounded = tile_bounds(*trace, rows, cols, counts.head)
-    if bounded is None or (rows.size >= FRUITLESS_TILES and _decides_none(bounded)):
+    if bounded is None or (rows.size >= FRUITLESS_TILES and _decides_few(bounded)):
         counts.bounds_decide = False
     return bounded
 
@@ -467,8 +472,10 @@ def tile_kinds(
     chunk_i, chunk_j = rows[todo] * q_block // counts.q_side, cols[todo] * kv_block // counts.kv_side
     flat = chunk_i * counts.kv_chunks + chunk_j
     uncounted = np.ones(todo.size, dtype=bool)
-    if counts.slot:
-        uncounted = ~np.fromiter(map(counts.slot.__contains__, flat.tolist()), dtype=bool, count=flat.size)
+    if counts.slot:  # looked up per distinct chunk, not per tile
+        distinct, which = _chunks_used(flat)
+        counted = np.fromiter(map(counts.slot.__contains__, distinct.tolist()), dtype=bool, count=distinct.size)
+        uncounted = ~counted[which]
     for side in (0, *WITNESS_SIDES):  # tiles outside counted chunks proven PARTIAL by two witnesses
         sampled = np.flatnonzero(uncounted)
         if not sampled.size or sampled.size * q_block * kv_block < WITNESS_ABOVE_PAIRS:
@@ -494,8 +501,9 @@ def tile_kinds(
     slot = counts.slots(distinct)[which]
     r0, c0 = (q_first - chunk_i * counts.q_side) // CELL, (kv_first - chunk_j * counts.kv_side) // CELL
     r1, c1 = r0 + q_block // CELL, c0 + kv_block // CELL
-    pool = counts.pool
-    hits = pool[slot, r1, c1] - pool[slot, r0, c1] - pool[slot, r1, c0] + pool[slot, r0, c0]
+    pool, (_, height, width) = counts.pool.reshape(-1), counts.pool.shape  # flat takes: 5x faster than [s, r, c]
+    top, bottom = slot * (height * width) + r0 * width, slot * (height * width) + r1 * width
+    hits = pool.take(bottom + c1) - pool.take(top + c1) - pool.take(bottom + c0) + pool.take(top + c0)
     q_count = np.minimum(q_first + q_block, n_q) - q_first
     kv_count = np.minimum(kv_first + kv_block, n_kv) - kv_first
     kinds[todo] = np.where(hits == 0, EMPTY, np.where(hits == q_count * kv_count, FULL, PARTIAL))
