@@ -68,7 +68,8 @@ def _timings(module: torch.nn.Module, x: torch.Tensor, repeats: int, backward: b
     if backward:
         leaf = x.clone().requires_grad_()
         fwdbwd_ms = _median_ms(lambda: module(leaf).sum().backward(), repeats)
-    timings = {"build_s": round(build_s, 3), "fwd_ms": round(fwd_ms, 2), "fwdbwd_ms": fwdbwd_ms and round(fwdbwd_ms, 2)}
+    # unrounded: a peer's first call can take under half a millisecond (rounded to 3 decimals it read 0.0)
+    timings = {"build_s": build_s, "fwd_ms": fwd_ms, "fwdbwd_ms": fwdbwd_ms}
     return timings, first
 
 
