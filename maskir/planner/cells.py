@@ -50,7 +50,7 @@ from __future__ import annotations
 import inspect
 import logging
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -241,8 +241,6 @@ class ChunkCounts:
         """Flat chunk id (i * kv_chunks + j) -> its row of ``pool``."""
         self.pool = np.zeros((0, self.q_side // CELL + 1, self.kv_side // CELL + 1), dtype=np.int32)
         self.witnessed = Witnesses(n_q, n_kv)
-        self.native: native.Counter | bool | None = None
-        """The C counter (``_native``): None until first asked, False when there is none."""
         self.bounds_decide = True
         """False once interval bounds decided few of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
@@ -318,9 +316,10 @@ class ChunkCounts:
         if not missing:
             return
         progress = Progress(f"evaluating {self.predicate}", len(missing), "chunks")
-        if len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS and self._native() is not None:
+        large = len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS
+        if large and self.c_counter is not None:
             self._evaluate_native(missing, progress)
-        elif len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS:
+        elif large:
             # dynamic: origins and sizes are symbols, so a few compiled loops serve every call
             try:
                 self._evaluate(missing, _compiled_counters(), True, progress)
@@ -331,27 +330,30 @@ class ChunkCounts:
         self._evaluate(missing, (_interior_counts, _edge_counts), False, progress)
         progress.close()
 
-    def _native(self) -> native.Counter | None:
+    @cached_property
+    def c_counter(self) -> native.Counter | None:
         """The mask_mod compiled to C (``native``), built on first use; None on CUDA or outside its model."""
-        if self.native is None:
-            on_cpu = USE_NATIVE and self.device.type == "cpu"
-            built = native.counter(self.predicate, self.head, self.n_q, self.n_kv) if on_cpu else None
-            self.native = built or False
-        return self.native or None
+        on_cpu = USE_NATIVE and self.device.type == "cpu"
+        return native.counter(self.predicate, self.head, self.n_q, self.n_kv) if on_cpu else None
+
+    def _store(self, chunks: list[tuple[int, int]], along_kv: torch.Tensor) -> None:
+        """Keep the prefix sums of ``chunks`` from their cell counts already summed along kv (int32, shape
+        [..., rows, cols] whose leading dims flatten to the chunks in order): summed along q into fresh pool
+        rows, below each row's zero first row and column."""
+        first = self._claim(len(chunks))
+        rows, cols = along_kv.shape[-2:]
+        pool = torch.from_numpy(self.pool[first : first + len(chunks)]).view(*along_kv.shape[:-2], rows + 1, cols + 1)
+        torch.cumsum(along_kv, -2, out=pool[..., 1:, 1:])
+        for i, j in chunks:
+            self.slot[i * self.kv_chunks + j] = first
+            first += 1
 
     def _evaluate_native(self, missing: list, progress: Progress) -> None:
-        """Count the chunks of ``missing`` with the C counter, ``NATIVE_CHUNKS`` per call (on torch's threads),
-        writing each one's prefix sums into the pool: sums along kv, then along q."""
+        """Count the chunks of ``missing`` with the C counter, ``NATIVE_CHUNKS`` per call (on torch's threads)."""
         for start in range(0, len(missing), NATIVE_CHUNKS):
             batch = missing[start : start + NATIVE_CHUNKS]
             origins = np.array(batch, dtype=np.int64) * (self.q_side, self.kv_side)
-            counts = self._native().count(origins, self.q_side, self.kv_side)
-            first = self._claim(len(batch))
-            prefix = torch.from_numpy(self.pool[first : first + len(batch)])[:, 1:, 1:]
-            torch.cumsum(counts.cumsum(2, dtype=torch.int32), 1, out=prefix)
-            for i, j in batch:
-                self.slot[i * self.kv_chunks + j] = first
-                first += 1
+            self._store(batch, self.c_counter.count(origins, self.q_side, self.kv_side).cumsum(2, dtype=torch.int32))
             progress.update(start + len(batch))
 
     def _evaluate(self, missing: list, functions: tuple, merged: bool, progress: Progress) -> None:
@@ -364,17 +366,10 @@ class ChunkCounts:
             i0, i1, j0, j1 = call
             counts = self._counts(functions, call, sized).cpu()
             rows, cols = counts.shape[0] // (i1 - i0), counts.shape[1] // (j1 - j0)
-            first = self._claim((i1 - i0) * (j1 - j0))
-            prefix = self.pool[first : first + (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0, rows + 1, cols + 1)
-            # int32 (a chunk holds at most CHUNK^2 = 2^18 pairs), written in place below the pool's zero first
-            # row and column: sums along kv (contiguous), then along q into the chunk-major pool (3x faster
-            # than both along the chunk-major view, and than numpy's cumsum)
-            along_kv = counts.view(i1 - i0, rows, j1 - j0, cols).cumsum(3, dtype=torch.int32)
-            torch.cumsum(along_kv.permute(0, 2, 1, 3), 2, out=torch.from_numpy(prefix)[:, :, 1:, 1:])
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    self.slot[i * self.kv_chunks + j] = first
-                    first += 1
+            # int32 (a chunk holds at most CHUNK^2 = 2^18 pairs); summed along kv while contiguous, then along q
+            # chunk-major into the pool (3x faster than both along the chunk-major view, and than numpy's cumsum)
+            along_kv = counts.view(i1 - i0, rows, j1 - j0, cols).cumsum(3, dtype=torch.int32).permute(0, 2, 1, 3)
+            self._store([(i, j) for i in range(i0, i1) for j in range(j0, j1)], along_kv)
             done += (i1 - i0) * (j1 - j0)
             progress.update(min(done, len(missing)))
 

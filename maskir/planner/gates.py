@@ -77,12 +77,13 @@ def static_subtrees(gate: Gate) -> list[Pattern]:
 
 def list_static_subtrees(plan: Plan) -> Plan:
     """``plan`` with ``static_tables`` filled on every identity-layout part with a gate tree whose gate tree
-    or FULL tree (``full_tree``) has static subtrees: per subtree, the table of its own single-part identity plan at ``plan``'s block sizes, or
-    None when that plan differs per head (its tiles then cannot gate every head alike)."""
+    or FULL tree (``full_tree``) has static subtrees: per subtree, the table of its own single-part identity
+    plan at ``plan``'s block sizes, or None when that plan differs per head (its tiles then cannot gate every
+    head alike). A part without a gate tree (a static pattern) gates nothing and gets none."""
     parts = []
     for part in plan.parts:
-        gates = part.layout.is_identity and gate_tree(part.pattern) is not None  # a static part gates nothing
-        trees = (gate_tree(part.pattern), full_tree(part.pattern)) if gates else ()
+        gate = gate_tree(part.pattern) if part.layout.is_identity else None
+        trees = (gate, full_tree(part.pattern)) if gate is not None else ()
         subtrees = [sub for tree in trees if tree is not None for sub in static_subtrees(tree)]
         tables = tuple((sub, _own_table(sub, plan)) for sub in dict.fromkeys(subtrees))
         parts.append(dataclasses.replace(part, static_tables=tables) if tables else part)

@@ -65,6 +65,7 @@ class Node:
 ARITHMETIC = {"add": "+", "sub": "-", "mul": "*"}
 COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 LOGICAL = {"and": "&", "or": "|", "xor": "^"}
+UNARY = {"neg": "-", "not": "!", "invert": "~"}
 ALIASES = {
     "less": "lt",
     "less_equal": "le",
@@ -297,16 +298,10 @@ def emit(node: Node, ctype: str, ranges: dict[Node, tuple[int, int]], shapes: li
         if plain:
             return f"({e[0]} {'/' if op == 'floordiv' else '%'} {e[1]})"
         return f"{op}_{ctype}({e[0]}, {e[1]})"
-    if op in ("min", "max"):
-        return f"{op}_{ctype}({e[0]}, {e[1]})"
-    if op == "neg":
-        return f"(-{e[0]})"
-    if op == "abs":
-        return f"abs_{ctype}({e[0]})"
-    if op == "not":
-        return f"(!{e[0]})"
-    if op == "invert":
-        return f"(~{e[0]})"
+    if op in ("min", "max", "abs"):  # the helpers of HELPERS
+        return f"{op}_{ctype}({', '.join(e)})"
+    if op in UNARY:
+        return f"({UNARY[op]}{e[0]})"
     if op == "where":
         return f"({e[0]} ? {e[1]} : {e[2]})"
     if op == "load":
