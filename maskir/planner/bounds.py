@@ -300,30 +300,38 @@ def tile_bounds(
     cols: np.ndarray,
     head: int = 0,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(may_true, may_false) per tile (rows[i], cols[i]): False in may_true proves the tile EMPTY, False in
-    may_false proves it FULL. None when the mask_mod is outside what the proxies model. Tiles are traced
+    """(may_true, may_false) per identity tile (rows[i], cols[i]) (``range_bounds`` of its token ranges)."""
+    q_lo, kv_lo = np.asarray(rows, dtype=np.int64) * q_block, np.asarray(cols, dtype=np.int64) * kv_block
+    q_hi, kv_hi = np.minimum(q_lo + q_block, n_q) - 1, np.minimum(kv_lo + kv_block, n_kv) - 1
+    return range_bounds(predicate, q_lo, q_hi, kv_lo, kv_hi, head)
+
+
+def range_bounds(
+    predicate: Predicate, q_lo: np.ndarray, q_hi: np.ndarray, kv_lo: np.ndarray, kv_hi: np.ndarray, head: int = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(may_true, may_false) per box q in [q_lo[i], q_hi[i]] x kv in [kv_lo[i], kv_hi[i]]: False in may_true
+    proves no pair of the box allowed, False in may_false every pair allowed (so for a tile inside the box,
+    EMPTY or FULL). None when the mask_mod is outside what the proxies model. Boxes are traced
     ``TILES_PER_TRACE`` at a time, so memory stays bounded however many are asked."""
-    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    may_true, may_false = np.empty(rows.shape, dtype=bool), np.empty(rows.shape, dtype=bool)
-    for first in range(0, rows.size, TILES_PER_TRACE):
+    arrays = [np.asarray(a, dtype=np.int64) for a in (q_lo, q_hi, kv_lo, kv_hi)]
+    may_true, may_false = np.empty(arrays[0].shape, dtype=bool), np.empty(arrays[0].shape, dtype=bool)
+    for first in range(0, arrays[0].size, TILES_PER_TRACE):
         part = slice(first, first + TILES_PER_TRACE)
-        traced = _trace(predicate, n_q, n_kv, q_block, kv_block, rows[part], cols[part], head)
+        traced = _trace(predicate, *(a[part] for a in arrays), head)
         if traced is None:
             return None
         may_true[part], may_false[part] = traced
     return may_true, may_false
 
 
-def _trace(predicate, n_q, n_kv, q_block, kv_block, rows, cols, head):
-    q_lo = torch.from_numpy(rows * q_block)
-    kv_lo = torch.from_numpy(cols * kv_block)
-    q = Range(q_lo, torch.clamp(q_lo + q_block, max=n_q) - 1)
-    kv = Range(kv_lo, torch.clamp(kv_lo + kv_block, max=n_kv) - 1)
+def _trace(predicate, q_lo, q_hi, kv_lo, kv_hi, head):
+    q = Range(torch.from_numpy(q_lo), torch.from_numpy(q_hi))
+    kv = Range(torch.from_numpy(kv_lo), torch.from_numpy(kv_hi))
     zero, h = torch.tensor(0), torch.tensor(head)
     try:
         result = _as_truth(predicate.fn(Range(zero, zero), Range(h, h), q, kv))
     except (UnsupportedError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, ZeroDivisionError):
         return None
-    return torch.broadcast_to(result.may_true, rows.shape).numpy(), torch.broadcast_to(
-        result.may_false, rows.shape
+    return torch.broadcast_to(result.may_true, q_lo.shape).numpy(), torch.broadcast_to(
+        result.may_false, q_lo.shape
     ).numpy()

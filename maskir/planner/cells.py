@@ -241,10 +241,19 @@ class ChunkCounts:
         """Flat chunk id (i * kv_chunks + j) -> its row of ``pool``."""
         self.pool = np.zeros((0, self.q_side // CELL + 1, self.kv_side // CELL + 1), dtype=np.int32)
         self.witnessed = Witnesses(n_q, n_kv)
+        self.listed: dict[tuple, np.ndarray] = {}
+        """Per pair of listed sides (``listed_kinds``): the class of every tile found so far, -1 unknown."""
         self.bounds_decide = True
         """False once interval bounds decided few of ``FRUITLESS_TILES`` tiles (a sample, or all asked at
         one block size): the mask_mod is opaque to them (``(q * kv) % 7``), so the plan's later traces are
         skipped (a pure time saving: skipped tiles are evaluated exactly)."""
+
+    def listed_kinds(self, q, kv) -> np.ndarray | None:
+        """The known classes (int8 [q tiles, kv tiles], -1 unknown; written by ``listed``) of the tiles of the
+        sides ``q`` and ``kv``, or None for grids over ``WITNESS_GRID_TILES`` tiles (not kept)."""
+        if q.n_tiles * kv.n_tiles > WITNESS_GRID_TILES:
+            return None
+        return self.listed.setdefault((q, kv), np.full((q.n_tiles, kv.n_tiles), -1, dtype=np.int8))
 
     def slots(self, flat: np.ndarray) -> np.ndarray:
         """Pool rows of the chunks with flat ids ``flat`` (all evaluated)."""
@@ -394,51 +403,60 @@ def _decides_few(bounds: tuple[np.ndarray, np.ndarray] | None) -> bool:
     return bounds is None or FEW_DECIDED * int((~(bounds[0] & bounds[1])).sum()) < bounds[0].size
 
 
-def _useful_bounds(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray):
-    """``tile_bounds`` of the tiles, or None when ``counts.bounds_decide`` is already False or turns False
-    here: with at least four times ``FRUITLESS_TILES`` tiles a spread sample of that many is traced first
-    and the full trace skipped when it decides few (``_decides_few``); a full trace of at least
-    ``FRUITLESS_TILES`` tiles that decides few turns bounds off for the plan's later block sizes. Skipping is
-    a pure time saving: the tiles bounds would have decided are evaluated exactly."""
+def useful_bounds(counts: ChunkCounts, n_tiles: int, bounds_of) -> tuple[np.ndarray, np.ndarray] | None:
+    """``bounds_of(which)``, the interval bounds of the asked tiles at positions ``which`` (a slice or an index
+    array), for all ``n_tiles``; or None when ``counts.bounds_decide`` is already False or turns False here:
+    with at least four times ``FRUITLESS_TILES`` tiles a spread sample of that many is traced first and the
+    full trace skipped when it decides few (``_decides_few``); a full trace of at least ``FRUITLESS_TILES``
+    tiles that decides few turns bounds off for the plan's later block sizes and layouts. Skipping is a pure
+    time saving: the tiles bounds would have decided are evaluated exactly."""
     if not counts.bounds_decide:
         return None
-    trace = (counts.predicate, counts.n_q, counts.n_kv, q_block, kv_block)
-    if rows.size >= 4 * FRUITLESS_TILES:
-        sample = np.linspace(0, rows.size - 1, FRUITLESS_TILES).astype(np.int64)
-        if _decides_few(tile_bounds(*trace, rows[sample], cols[sample], counts.head)):
+    if n_tiles >= 4 * FRUITLESS_TILES:
+        if _decides_few(bounds_of(np.linspace(0, n_tiles - 1, FRUITLESS_TILES).astype(np.int64))):
             counts.bounds_decide = False
             return None
-    bounded = tile_bounds(*trace, rows, cols, counts.head)
-    if bounded is None or (rows.size >= FRUITLESS_TILES and _decides_few(bounded)):
+    bounded = bounds_of(slice(None))
+    if bounded is None or (n_tiles >= FRUITLESS_TILES and _decides_few(bounded)):
         counts.bounds_decide = False
     return bounded
 
 
-def _witnesses(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray, side: int):
+def sample_witnesses(counts: ChunkCounts, n_tiles: int, side: int, samples) -> tuple[np.ndarray, np.ndarray]:
     """(saw_allowed, saw_masked) per tile: whether a sample of its pairs holds an allowed pair, a masked pair;
-    both together prove the tile PARTIAL. The sample is a grid of ``side`` rows by ``side`` columns spread
-    over the tile (offsets ``k * block // side``, clamped to the canvas in a ragged edge tile), evaluated
-    eagerly in batches of at most ``WITNESS_PAIRS`` pairs. A mask_mod that cannot take these 3-D index
-    tensors sees nothing here (all False)."""
-    saw = np.zeros((2, rows.size), dtype=bool)
-    q_steps = torch.arange(side, device=counts.device) * q_block // side
-    kv_steps = torch.arange(side, device=counts.device) * kv_block // side
-    per_batch = max(1, WITNESS_PAIRS // side**2)
+    both together prove the tile PARTIAL. ``samples(first, stop)`` gives ``side`` sampled q and kv tokens of
+    each of the tiles [first, stop) as int64 tensors [tiles, side] (inside the canvases; the sample is all
+    side x side (q, kv) combinations), evaluated eagerly in batches of at most ``WITNESS_PAIRS`` pairs. A
+    mask_mod that cannot take these 3-D index tensors sees nothing here (all False)."""
+    saw = np.zeros((2, n_tiles), dtype=bool)
     zero = torch.zeros((), dtype=torch.long, device=counts.device)
-    for first in range(0, rows.size, per_batch):
-        r = torch.as_tensor(rows[first : first + per_batch], device=counts.device)
-        c = torch.as_tensor(cols[first : first + per_batch], device=counts.device)
-        q = (r[:, None] * q_block + q_steps).clamp(max=counts.n_q - 1)  # [tiles, side], inside each tile
-        kv = (c[:, None] * kv_block + kv_steps).clamp(max=counts.n_kv - 1)
+    per_batch = max(1, WITNESS_PAIRS // side**2)
+    for first in range(0, n_tiles, per_batch):
+        q, kv = samples(first, min(first + per_batch, n_tiles))
         try:
             allowed = torch.as_tensor(counts.predicate.fn(zero, zero + counts.head, q[:, :, None], kv[:, None, :]))
             allowed = allowed.to(torch.bool).expand(q.shape[0], side, side).flatten(1)
         except Exception as error:  # noqa: BLE001 (a mask_mod written for 2-D index grids: no shortcut)
             LOGGER.debug("maskir plan: no witness pass for %s (%s)", counts.predicate, error)
-            return np.zeros((2, rows.size), dtype=bool)
+            return np.zeros((2, n_tiles), dtype=bool)
         hits = allowed.sum(1, dtype=torch.int32)
         saw[:, first : first + per_batch] = torch.stack([hits > 0, hits < side * side]).cpu().numpy()
     return saw[0], saw[1]
+
+
+def _witnesses(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarray, cols: np.ndarray, side: int):
+    """``sample_witnesses`` of identity tiles: a grid of ``side`` rows by ``side`` columns spread over each
+    tile (offsets ``k * block // side``, clamped to the canvas in a ragged edge tile)."""
+    q_steps = torch.arange(side, device=counts.device) * q_block // side
+    kv_steps = torch.arange(side, device=counts.device) * kv_block // side
+
+    def samples(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = torch.as_tensor(rows[first:stop], device=counts.device)
+        c = torch.as_tensor(cols[first:stop], device=counts.device)
+        q = (r[:, None] * q_block + q_steps).clamp(max=counts.n_q - 1)
+        return q, (c[:, None] * kv_block + kv_steps).clamp(max=counts.n_kv - 1)
+
+    return sample_witnesses(counts, rows.size, side, samples)
 
 
 def tile_kinds(
@@ -458,7 +476,8 @@ def tile_kinds(
         return None
     kinds = np.full(rows.shape, PARTIAL, dtype=np.int8)
     todo = np.arange(rows.size)
-    bounded = _useful_bounds(counts, q_block, kv_block, rows, cols)
+    trace = (predicate, n_q, n_kv, q_block, kv_block)
+    bounded = useful_bounds(counts, rows.size, lambda which: tile_bounds(*trace, rows[which], cols[which], head))
     if bounded is not None:  # tiles proven EMPTY or FULL by interval arithmetic are not evaluated
         may_true, may_false = bounded
         kinds[~may_true] = EMPTY

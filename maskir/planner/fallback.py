@@ -1,11 +1,13 @@
 """Exact tile classes by evaluation: the path for leaves no rule covers (``Predicate``), and the test oracle.
 
 A ``Predicate`` on identity tiles is bounded per tile by interval arithmetic (``bounds``), then counted per
-16 x 16 cell in the 512 x 512 chunks its undecided candidate
-tiles touch (``cells``: vectorised torch, compiled for large grids), once per plan call, and every
-candidate's tiles are read from the counts. Otherwise, for each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in
-blocks of at most ``PAIRS_PER_EVALUATION`` pairs (so memory stays bounded, well under 256 MiB), and a tile
-is FULL when all its pairs are allowed, EMPTY when none is. Slow runs report progress (``progress``).
+16 x 16 cell in the 512 x 512 chunks its undecided candidate tiles touch (``cells``: compiled C or torch),
+once per plan call, and every candidate's tiles are read from the counts. On other tiles (permuted or
+gathered layouts) it is bounded on each tile's hull, sampled for witnesses and counted tile by tile over the
+listed tokens (``listed``). Otherwise (another node, or a mask_mod that cannot take 3-D index tensors), for
+each q tile the candidate kv tiles' tokens are evaluated with ``maskir.reference.evaluate_pairs`` in blocks
+of at most ``PAIRS_PER_EVALUATION`` pairs (so memory stays bounded, well under 256 MiB), and a tile is FULL
+when all its pairs are allowed, EMPTY when none is. Slow runs report progress (``progress``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from maskir.ir import Pattern, Predicate
-from maskir.planner import cells
+from maskir.planner import cells, listed
 from maskir.planner.kinds import EMPTY, FULL, PARTIAL
 from maskir.planner.plan import PAIRS_PER_EVALUATION
 from maskir.planner.progress import Progress
@@ -21,7 +23,8 @@ from maskir.planner.tiles import IdentitySide, Side
 from maskir.reference import evaluate_pairs
 
 USE_CELLS = True
-"""Classify Predicates on identity tiles from cell counts (``cells``); False forces the per-tile path."""
+"""Classify Predicates from cell counts (``cells``, identity tiles) or listed tokens (``listed``, other tiles);
+False forces the per-tile path."""
 
 
 def exact_kinds(
@@ -29,8 +32,11 @@ def exact_kinds(
 ) -> np.ndarray:
     """Exact class of each pair (q tile rows[i], kv tile cols[i]); pairs must be sorted by row."""
     identity = isinstance(q, IdentitySide) and isinstance(kv, IdentitySide)
-    if isinstance(pattern, Predicate) and identity and USE_CELLS:
-        kinds = cells.tile_kinds(pattern, q.canvas.size, kv.canvas.size, q.block, kv.block, rows, cols, head)
+    if isinstance(pattern, Predicate) and USE_CELLS:
+        if identity:
+            kinds = cells.tile_kinds(pattern, q.canvas.size, kv.canvas.size, q.block, kv.block, rows, cols, head)
+        else:
+            kinds = listed.tile_kinds(pattern, q, kv, rows, cols, head)
         if kinds is not None:
             return kinds
     kinds = np.empty(rows.shape, dtype=np.int8)

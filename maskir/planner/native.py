@@ -358,12 +358,40 @@ void count_cells(const int64_t* origins, int64_t chunks, int64_t side_q, int64_t
         free(acc);
     }}
 }}
+
+/* Allowed pairs per tile pair of listed tiles: job j pairs q tile jobs[2j] with kv tile jobs[2j + 1]; a q tile
+   t holds the q_count[t] tokens q_tokens[t * q_block + i], likewise kv. out: [jobs]. */
+void count_tiles(const int64_t* jobs, int64_t n_jobs, const {t}* q_tokens, const int64_t* q_count, int64_t q_block,
+                 const {t}* kv_tokens, const int64_t* kv_count, int64_t kv_block, const void* const* tables,
+                 int64_t* out, int threads)
+{{
+{tables}
+    #pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
+    for (int64_t job = 0; job < n_jobs; ++job) {{
+        const int64_t q_tile = jobs[2 * job], kv_tile = jobs[2 * job + 1], width = kv_count[kv_tile];
+        const {t}* q_list = q_tokens + q_tile * q_block;
+        const {t}* kv_list = kv_tokens + kv_tile * kv_block;
+        int64_t total = 0;
+        for (int64_t i = 0; i < q_count[q_tile]; ++i) {{
+            const {t} q = q_list[i];
+            int32_t hits = 0;
+            #pragma omp simd reduction(+:hits)
+            for (int64_t k = 0; k < width; ++k) {{
+                const {t} kv = kv_list[k];
+                hits += (({expression}) != 0);
+            }}
+            total += hits;
+        }}
+        out[job] = total;
+    }}
+}}
 """
 
 
-def source(predicate: Predicate, head: int, n_q: int, n_kv: int) -> tuple[str, list[torch.Tensor]]:
-    """The C text of the cell counter for ``predicate`` at ``head`` on these canvases, and its tables (as the
-    C type's arrays, in argument order); UnsupportedError when the mask_mod is outside the model."""
+def source(predicate: Predicate, head: int, n_q: int, n_kv: int) -> tuple[str, list[torch.Tensor], np.dtype]:
+    """The C text of the counters for ``predicate`` at ``head`` on these canvases, its tables (as the C type's
+    arrays, in argument order) and the C type as a numpy dtype; UnsupportedError when the mask_mod is outside
+    the model."""
     root, tables = trace(predicate, head)
     ranges = intervals(root, tables, n_q, n_kv)
     ctype = _c_type(ranges)
@@ -381,7 +409,7 @@ def source(predicate: Predicate, head: int, n_q: int, n_kv: int) -> tuple[str, l
         t=ctype,
         expression=emit(root, ctype, ranges, [tuple(t.shape) for t in tables]),
     )
-    return text, arrays
+    return text, arrays, np.dtype(np.int32 if ctype == "int32_t" else np.int64)
 
 
 def _remove(directory: Path, owner: int) -> None:
@@ -402,7 +430,8 @@ class Compiler:
         self.compiler = next((path for path in found if path), None)
 
     def load(self, text: str):
-        """The ``count_cells`` function of ``text``, or None when there is no C compiler or it fails."""
+        """The library built from ``text`` (its ``count_cells`` and ``count_tiles`` typed), or None when there is
+        no C compiler or it fails."""
         with self.lock:
             if text not in self.built:
                 self.built[text] = self._build(text)
@@ -428,27 +457,33 @@ class Compiler:
         if done.returncode != 0:
             LOGGER.debug("maskir plan: the C compiler failed on a mask_mod counter: %s", done.stderr[-2000:])
             return None
-        function = ctypes.CDLL(str(library)).count_cells
-        function.restype = None
-        function.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 5, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        return function
+        built = ctypes.CDLL(str(library))
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        built.count_cells.restype = built.count_tiles.restype = None
+        built.count_cells.argtypes = [pointer, *[size] * 5, pointer, pointer, ctypes.c_int]
+        built.count_tiles.argtypes = [pointer, size, *[pointer, pointer, size] * 2, pointer, pointer, ctypes.c_int]
+        return built
 
 
 COMPILER = Compiler()
 
 
 class Counter:
-    """Cell counts of one traced mask_mod: ``count(origins, q_side, kv_side)`` for chunks whose first q and kv
-    tokens are the rows of ``origins``, as int16 [chunks, q_side / 16, kv_side / 16]."""
+    """Allowed pairs of one traced mask_mod: per cell of token ranges (``count``), or per pair of listed tiles
+    (``count_tiles``)."""
 
-    def __init__(self, function, tables: list[torch.Tensor], n_q: int, n_kv: int):
-        self.function, self.tables, self.n_q, self.n_kv = function, tables, n_q, n_kv
+    def __init__(self, library, tables: list[torch.Tensor], n_q: int, n_kv: int, token_dtype: np.dtype):
+        self.library, self.tables, self.n_q, self.n_kv = library, tables, n_q, n_kv
+        self.token_dtype = token_dtype
+        """The C type's integer dtype, which ``count_tiles`` reads tokens as."""
         self.pointers = (ctypes.c_void_p * max(1, len(tables)))(*[t.data_ptr() for t in tables])
 
     def count(self, origins: np.ndarray, q_side: int, kv_side: int) -> torch.Tensor:
+        """Cell counts, int16 [chunks, q_side / 16, kv_side / 16], of chunks whose first q and kv tokens are
+        the rows of ``origins``."""
         origins = np.ascontiguousarray(origins, dtype=np.int64)
         out = torch.empty((origins.shape[0], q_side // CELL, kv_side // CELL), dtype=torch.int16)
-        self.function(
+        self.library.count_cells(
             origins.ctypes.data,
             origins.shape[0],
             q_side,
@@ -461,13 +496,36 @@ class Counter:
         )
         return out
 
+    def count_tiles(self, jobs: np.ndarray, q_tokens: np.ndarray, q_count: np.ndarray, kv_tokens, kv_count):
+        """Allowed pairs (int64 [jobs]) of q tile jobs[j, 0] with kv tile jobs[j, 1], where tile t of a side
+        holds the first count[t] tokens of row t of its token matrix [tiles, block] (``token_dtype``, every
+        token inside the canvas)."""
+        jobs = np.ascontiguousarray(jobs, dtype=np.int64)
+        out = np.empty(jobs.shape[0], dtype=np.int64)
+        arrays = [np.ascontiguousarray(a, dtype=d) for a, d in ((q_tokens, self.token_dtype), (q_count, np.int64))]
+        arrays += [np.ascontiguousarray(a, dtype=d) for a, d in ((kv_tokens, self.token_dtype), (kv_count, np.int64))]
+        self.library.count_tiles(
+            jobs.ctypes.data,
+            jobs.shape[0],
+            arrays[0].ctypes.data,
+            arrays[1].ctypes.data,
+            arrays[0].shape[1],
+            arrays[2].ctypes.data,
+            arrays[3].ctypes.data,
+            arrays[2].shape[1],
+            ctypes.cast(self.pointers, ctypes.c_void_p),
+            out.ctypes.data,
+            torch.get_num_threads(),
+        )
+        return out
+
 
 def counter(predicate: Predicate, head: int, n_q: int, n_kv: int) -> Counter | None:
     """The compiled cell counter of ``predicate``, or None when it is outside the model or cannot be built."""
     try:
-        text, tables = source(predicate, head, n_q, n_kv)
+        text, tables, token_dtype = source(predicate, head, n_q, n_kv)
     except (UnsupportedError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
         LOGGER.debug("maskir plan: %s is not compiled to C (%s)", predicate, error)
         return None
-    function = COMPILER.load(text)
-    return None if function is None else Counter(function, tables, n_q, n_kv)
+    library = COMPILER.load(text)
+    return None if library is None else Counter(library, tables, n_q, n_kv, token_dtype)

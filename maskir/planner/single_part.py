@@ -19,6 +19,7 @@ from maskir.planner.heads import head_groups
 from maskir.planner.layouts import LayoutChoice, layout_choices
 from maskir.planner.plan import Layout, Plan, PlanPart, TileTable
 from maskir.planner.tiles import ExplicitSide, make_side
+from maskir.planner.tiling import Tiling
 
 BLOCK_Q_CHOICES = (64, 128)
 BLOCK_KV_CHOICES = (32, 64, 128)
@@ -34,11 +35,25 @@ def candidate_plans(
     block_kv: int | None,
     family: str,
 ) -> Iterator[Plan]:
-    """One single-part plan per block size pair and layout candidate of ``family``."""
+    """One single-part plan per block size pair and layout candidate of ``family``, except candidates whose
+    tiles (both sides) are those of a candidate with smaller blocks: the same tiles padded further cost more."""
+    seen = set()
     for bq in (block_q,) if block_q else BLOCK_Q_CHOICES:
         for bkv in (block_kv,) if block_kv else BLOCK_KV_CHOICES:
             for choice in layout_choices(pattern, canvas, kv_canvas, bq, bkv, family):
-                yield single_part_plan(pattern, canvas, kv_canvas, heads, bq, bkv, choice)
+                tiles = (_tiles_key(choice.name, choice.q, bq), _tiles_key(choice.name, choice.kv, bkv))
+                if tiles not in seen:
+                    seen.add(tiles)
+                    yield single_part_plan(pattern, canvas, kv_canvas, heads, bq, bkv, choice)
+
+
+def _tiles_key(name: str, spec, block: int) -> tuple:
+    """What a side's tiles are made of: a tiling whose residue groups each fit in one tile has the groups as
+    tiles whatever the block (``Strided(997)`` over 16K tokens: groups of 17 tokens in tiles of 32 or more);
+    otherwise the layout and the block."""
+    if isinstance(spec, Tiling) and np.all(spec.tile_grid == 1):
+        return ("groups", spec.view, spec.dilation)
+    return (name, spec if isinstance(spec, Tiling) else None, block)
 
 
 def plan_part(pattern: Pattern, canvas: Canvas, kv_canvas: Canvas, heads: int, bq: int, bkv: int, choice: LayoutChoice):

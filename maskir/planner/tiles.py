@@ -110,6 +110,12 @@ class Side:
         """Original tokens [len(tiles), block] of the given tiles, -1 for padding."""
         raise NotImplementedError
 
+    @cached_property
+    def packed(self) -> np.ndarray:
+        """Token matrix [n_tiles, block] of every tile with its ``count`` tokens first (descending), then -1:
+        a tile's tokens as a prefix, for loops and samples that visit only real tokens."""
+        return -np.sort(-self.token_matrix(np.arange(self.n_tiles)), axis=1)
+
     def count_lo_below(self, x: np.ndarray, inclusive: bool = False) -> np.ndarray:
         """Monotone sides: number of tiles with lo < x (lo <= x when ``inclusive``)."""
         return np.searchsorted(self.lo, x, side="right" if inclusive else "left")
