@@ -291,3 +291,20 @@ def test_larger_blocks_reuse_the_witnesses_of_smaller_ones(mask_mod, monkeypatch
     if mask_mod is not _documents_and_product:
         assert {blocks for blocks in sampled} == {(16, 16)}
     cells.chunk_counts.cache_clear()
+
+
+@pytest.mark.parametrize("head", [0, 2])
+def test_open_tiles_scattered_over_chunks_are_counted_tile_by_tile(head, monkeypatch):
+    """When the open tiles hold a small share of their chunks' pairs, the C counter counts those tiles alone
+    (ragged edge tiles included) and no chunk is counted; the classes are the brute-force ones."""
+    monkeypatch.setattr(cells, "CHUNK", 128)
+    monkeypatch.setattr(cells, "COMPILE_ABOVE_PAIRS", 0)
+    monkeypatch.setattr(cells, "SPARSE_OPEN", 0)  # any share of the chunks is small enough
+    cells.chunk_counts.cache_clear()
+    predicate = Predicate(_per_head_product_with_empty_rows)
+    expected = _brute_force_kinds(predicate, 300, 250, 16, head)
+    rows, cols = np.divmod(np.arange(expected.size), -(-250 // 16))
+    kinds = cells.tile_kinds(predicate, 300, 250, 16, 16, rows, cols, head)
+    np.testing.assert_array_equal(kinds, expected)
+    assert not cells.chunk_counts(predicate, 300, 250, head).slot
+    cells.chunk_counts.cache_clear()

@@ -7,7 +7,9 @@ witnesses: a tile is PARTIAL as soon as one of its pairs is allowed and one mask
 per tile (a 4 x 4 grid, then an 8 x 8 one for the tiles it left undecided; ``_witnesses``) proves most tiles
 of an opaque mask PARTIAL without counting them (``(q * kv) % 7`` at 16K tokens: 64 of 16384 pairs per 128 x
 128 tile, against all of them counted); tiles of larger blocks within one plan reuse the witnesses of smaller
-ones inside them (``Witnesses``). Only the tiles still open are counted.
+ones inside them (``Witnesses``). Only the tiles still open are counted: by their chunks (below), or, when
+they hold under ``1 / SPARSE_OPEN`` of those chunks' pairs and the C counter runs, tile by tile over their
+tokens (``_counted_apart``; the C counter runs once built, or for more than ``COMPILE_ABOVE_PAIRS`` pairs).
 
 The (q, kv) grid is cut into chunks of ``CHUNK`` x ``CHUNK`` tokens; only the chunks that the tiles left open
 touch are evaluated (the planner asks for the tiles the rest of the pattern leaves open, e.g. the superset an
@@ -100,6 +102,9 @@ USE_NATIVE = True
 """Count on the CPU with the mask_mod compiled to C (``native``) when it is in that model; False forces torch."""
 NATIVE_CHUNKS = 1024
 """Chunks counted per call of the C counter (2 MiB of int16 counts for 512 x 512 chunks)."""
+SPARSE_OPEN = 8
+"""Open tiles in chunks not counted yet are counted tile by tile (C only) when they hold under 1 / SPARSE_OPEN
+of those chunks' pairs: a chunk counted for one open tile of 64 x 32 evaluates 128 times its pairs."""
 MAX_CHUNKS = 1 << 14
 """At most this many chunks are kept (4.3 KiB of prefix sums each); beyond, tiles are evaluated one by one."""
 LOGGER = logging.getLogger("maskir.planner")
@@ -325,10 +330,10 @@ class ChunkCounts:
         if not missing:
             return
         progress = Progress(f"evaluating {self.predicate}", len(missing), "chunks")
-        large = len(missing) * self.q_side * self.kv_side > COMPILE_ABOVE_PAIRS
-        if large and self.c_counter is not None:
+        pairs = len(missing) * self.q_side * self.kv_side
+        if self.counter_for(pairs) is not None:
             self._evaluate_native(missing, progress)
-        elif large:
+        elif pairs > COMPILE_ABOVE_PAIRS:
             # dynamic: origins and sizes are symbols, so a few compiled loops serve every call
             try:
                 self._evaluate(missing, _compiled_counters(), True, progress)
@@ -338,6 +343,12 @@ class ChunkCounts:
                 )
         self._evaluate(missing, (_interior_counts, _edge_counts), False, progress)
         progress.close()
+
+    def counter_for(self, pairs: int) -> native.Counter | None:
+        """The C counter for evaluating ``pairs`` pairs: when it is built already, or they are more than
+        ``COMPILE_ABOVE_PAIRS`` (worth building it, about 0.1 s); else None."""
+        built = "c_counter" in self.__dict__
+        return self.c_counter if built or pairs > COMPILE_ABOVE_PAIRS else None
 
     @cached_property
     def c_counter(self) -> native.Counter | None:
@@ -459,6 +470,28 @@ def _witnesses(counts: ChunkCounts, q_block: int, kv_block: int, rows: np.ndarra
     return sample_witnesses(counts, rows.size, side, samples)
 
 
+def _counted_apart(counts: ChunkCounts, tile_pairs: int, flat: np.ndarray, uncounted: np.ndarray) -> np.ndarray:
+    """Per open tile: True when it is counted on its own by the C counter (``count_tiles``) rather than read
+    from its chunk's counts, because the open tiles of the chunks not counted yet hold under
+    ``1 / SPARSE_OPEN`` of those chunks' pairs (tiles left open by witnesses, scattered one or two per chunk)."""
+    apart = np.zeros(flat.shape, dtype=bool)
+    if not uncounted.any():
+        return apart
+    chunk_pairs = np.unique(flat[uncounted]).size * counts.q_side * counts.kv_side
+    sparse = SPARSE_OPEN * int(uncounted.sum()) * tile_pairs < chunk_pairs
+    if sparse and counts.counter_for(chunk_pairs) is not None:
+        apart[uncounted] = True
+    return apart
+
+
+def _identity_tiles(n: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token matrix [tiles, block] of identity tiles over n tokens (the ragged last one padded with its last
+    token) and each tile's token count, as ``native.Counter.count_tiles`` reads them."""
+    tiles = -(-n // block)
+    tokens = np.minimum(np.arange(tiles * block, dtype=np.int64).reshape(tiles, block), n - 1)
+    return tokens, np.minimum(block, n - np.arange(tiles, dtype=np.int64) * block)
+
+
 def tile_kinds(
     predicate: Predicate,
     n_q: int,
@@ -507,18 +540,26 @@ def tile_kinds(
         if side and 2 * mixed.sum() < mixed.size:  # a sample that decides under half: the next would not pay
             break
     rows, cols = rows[todo], cols[todo]
-    q_first, kv_first = rows * q_block, cols * kv_block
-    distinct, which = _chunks_used(flat)
+    q_count = np.minimum(rows * q_block + q_block, n_q) - rows * q_block
+    kv_count = np.minimum(cols * kv_block + kv_block, n_kv) - cols * kv_block
+    hits = np.empty(todo.size, dtype=np.int64)
+    apart = _counted_apart(counts, q_block * kv_block, flat, uncounted)
+    if apart.any():  # few open tiles in chunks not counted yet: counted tile by tile, not chunk by chunk
+        jobs = np.stack([rows[apart], cols[apart]], axis=1)
+        hits[apart] = counts.c_counter.count_tiles(
+            jobs, *_identity_tiles(n_q, q_block), *_identity_tiles(n_kv, kv_block)
+        )
+    pooled = np.flatnonzero(~apart)
+    distinct, which = _chunks_used(flat[pooled])
     if len(counts.slot) + distinct.size > MAX_CHUNKS:
         return None
     counts.ensure(distinct)
     slot = counts.slots(distinct)[which]
-    r0, c0 = (q_first - chunk_i * counts.q_side) // CELL, (kv_first - chunk_j * counts.kv_side) // CELL
+    q_first, kv_first = rows[pooled] * q_block, cols[pooled] * kv_block
+    r0, c0 = (q_first - chunk_i[pooled] * counts.q_side) // CELL, (kv_first - chunk_j[pooled] * counts.kv_side) // CELL
     r1, c1 = r0 + q_block // CELL, c0 + kv_block // CELL
     pool, (_, height, width) = counts.pool.reshape(-1), counts.pool.shape  # flat takes: 5x faster than [s, r, c]
     top, bottom = slot * (height * width) + r0 * width, slot * (height * width) + r1 * width
-    hits = pool.take(bottom + c1) - pool.take(top + c1) - pool.take(bottom + c0) + pool.take(top + c0)
-    q_count = np.minimum(q_first + q_block, n_q) - q_first
-    kv_count = np.minimum(kv_first + kv_block, n_kv) - kv_first
+    hits[pooled] = pool.take(bottom + c1) - pool.take(top + c1) - pool.take(bottom + c0) + pool.take(top + c0)
     kinds[todo] = np.where(hits == 0, EMPTY, np.where(hits == q_count * kv_count, FULL, PARTIAL))
     return kinds

@@ -4,8 +4,10 @@
 1. Bounds: interval arithmetic (``bounds.range_bounds``) over each tile's hull [lo, hi], a superset of its
    tokens, proves tiles EMPTY or FULL (sound: what holds on every pair of the hull holds on the tile's).
 2. Witnesses: ``side`` x ``side`` pairs spread over each tile's tokens (``Side.packed``) prove a tile PARTIAL
-   when one is allowed and one masked (``cells.sample_witnesses``: a 4 x 4 sample, then 8 x 8 for the tiles
-   it left open when it decided at least half).
+   when one is allowed and one masked (a 4 x 4 sample, then 8 x 8 for the tiles it left open when it decided
+   at least half), evaluated by the C counter when it counts (below), else by torch
+   (``cells.sample_witnesses``): a tile of a large stride's groups holds few pairs (16 x 16 for
+   ``Strided(997)`` over 16K tokens), so a sample evaluated eagerly cost more than counting it in C.
 3. Counts: the pairs of every other tile are counted, padding skipped: on the CPU, when they are more than
    ``cells.COMPILE_ABOVE_PAIRS``, by the mask_mod compiled to C (``native``'s ``count_tiles``, a vectorised
    loop over each tile's listed tokens); else with torch on gathered token tensors [tiles, q block, kv
@@ -69,9 +71,9 @@ def _classify(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray) -> 
         kinds[todo[may_true & ~may_false]] = FULL
         todo = todo[may_true & may_false]
     for side in cells.WITNESS_SIDES:
-        if pairs[todo].sum() < cells.WITNESS_ABOVE_PAIRS:
+        if int(pairs[todo].sum()) < cells.WITNESS_ABOVE_PAIRS:
             break
-        saw = _witnesses(counts, q, kv, rows[todo], cols[todo], side)
+        saw = _witnesses(counts, q, kv, rows[todo], cols[todo], side, int(pairs[todo].sum()))
         mixed = saw[0] & saw[1]
         todo = todo[~mixed]
         if 2 * mixed.sum() < mixed.size:  # a sample that decides under half: the next would not pay
@@ -83,32 +85,36 @@ def _classify(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray) -> 
     return kinds
 
 
-def _spread(side: Side, tiles: torch.Tensor, positions: int) -> torch.Tensor:
+def _samples(side: Side, positions: int) -> np.ndarray:
     """``positions`` tokens spread over each tile's listed tokens (the k-th at k * count // positions), int64
-    [tiles, positions]."""
-    packed = torch.from_numpy(side.packed)
-    count = torch.from_numpy(side.count)[tiles]
-    at = torch.arange(positions) * count[:, None] // positions
-    return packed[tiles[:, None], at]
+    [n_tiles, positions]; a tile without tokens gets -1."""
+    at = np.arange(positions) * side.count[:, None] // positions
+    return np.take_along_axis(side.packed, at, axis=1)
 
 
-def _witnesses(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray, side: int):
-    """``cells.sample_witnesses`` of listed tiles, ``side`` tokens spread over each side of each tile."""
+def _witnesses(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray, side: int, pairs: int):
+    """(saw_allowed, saw_masked) per tile from ``side`` x ``side`` pairs, the same per tile of each side
+    (``_samples``): evaluated by the C counter when it counts ``pairs`` pairs (``ChunkCounts.counter_for``),
+    else by torch (``cells.sample_witnesses``)."""
+    q_samples, kv_samples = _samples(q, side), _samples(kv, side)
+    counter = counts.counter_for(pairs)
+    if counter is not None:
+        jobs, sides = np.stack([rows, cols], axis=1), (np.full(q.n_tiles, side), np.full(kv.n_tiles, side))
+        hits = counter.count_tiles(jobs, np.maximum(q_samples, 0), sides[0], np.maximum(kv_samples, 0), sides[1])
+        return hits > 0, hits < side * side
 
     def samples(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q_tokens = _spread(q, torch.from_numpy(rows[first:stop]), side)
-        kv_tokens = _spread(kv, torch.from_numpy(cols[first:stop]), side)
-        return q_tokens.to(counts.device), kv_tokens.to(counts.device)
+        q_tokens, kv_tokens = q_samples[rows[first:stop]], kv_samples[cols[first:stop]]
+        return torch.from_numpy(q_tokens).to(counts.device), torch.from_numpy(kv_tokens).to(counts.device)
 
     return cells.sample_witnesses(counts, rows.size, side, samples)
 
 
 def _hits(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
-    """Allowed pairs of each tile (rows[i], cols[i]): by the C counter when there are many, else with torch;
-    None when the mask_mod cannot take 3-D index tensors."""
-    pairs = int((q.count[rows] * kv.count[cols]).sum())
-    if pairs > cells.COMPILE_ABOVE_PAIRS and counts.c_counter is not None:
-        counter = counts.c_counter
+    """Allowed pairs of each tile (rows[i], cols[i]): by the C counter when there are many
+    (``ChunkCounts.counter_for``), else with torch; None when the mask_mod cannot take 3-D index tensors."""
+    counter = counts.counter_for(int((q.count[rows] * kv.count[cols]).sum()))
+    if counter is not None:
         jobs = np.stack([rows, cols], axis=1)
         return counter.count_tiles(jobs, np.maximum(q.packed, 0), q.count, np.maximum(kv.packed, 0), kv.count)
     return _torch_hits(counts, q, kv, rows, cols)

@@ -91,6 +91,13 @@ class TileRuns:
         row_starts = np.arange(n_rows, dtype=np.int64) * n_cols
         seg_start = row * n_cols + start
         seg_stop = row * n_cols + stop
+        if seg_start.size > 1 and np.all(seg_start[1:] >= seg_stop[:-1]):  # sorted: merge touching segments
+            # of one kind in one row first (a million one-tile segments of a row-by-group meeting become one
+            # per row), so the sort below sees the runs, not the tiles
+            touching = (seg_start[1:] == seg_stop[:-1]) & (kind[1:] == kind[:-1]) & (row[1:] == row[:-1])
+            first = np.flatnonzero(np.append(True, ~touching))
+            last = np.append(first[1:], seg_start.size) - 1
+            seg_start, seg_stop, kind = seg_start[first], seg_stop[last], kind[first]
         # On equal keys a segment start wins over a segment end, which wins over a bare row start.
         keys = np.concatenate([row_starts, seg_stop, seg_start])
         kinds = np.concatenate([np.full(n_rows, EMPTY, np.int8), np.full(seg_stop.shape, EMPTY, np.int8), kind])

@@ -293,8 +293,11 @@ class TiledSide(ExplicitSide):
         t_lo, t_hi = (g_lo + offset) // patch, (g_hi + offset) // patch
         rows, grp = np.nonzero(live)
         t_lo, t_hi = t_lo[:, rows, grp], t_hi[:, rows, grp]  # [ndim, E]
+        if t_lo.shape[0] == 1:  # one dim: a segment per (row, group), its tiles consecutive
+            base = tiling.group_base[grp]
+            return rows, base + t_lo[0], base + t_hi[0] + 1
         extent = t_hi - t_lo + 1
-        lead = np.prod(extent[:-1], axis=0) if extent.shape[0] > 1 else np.ones(rows.shape, dtype=np.int64)
+        lead = np.prod(extent[:-1], axis=0)
         entry = np.repeat(np.arange(rows.size), lead)
         within = ragged_arange(np.zeros(rows.size, dtype=np.int64), lead)
         grid = tiling.tile_grid[grp][entry].T  # [ndim, S]

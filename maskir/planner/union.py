@@ -47,9 +47,13 @@ def split_union(best: Plan, price: Callable[[Plan], float]) -> list[Plan]:
     if not 2 <= len(terms) <= MAX_TERMS:
         return []
 
-    def cheapest(part: Pattern) -> Plan:
-        candidates = candidate_plans(part, best.canvas, best.kv_canvas, best.heads, best.block_q, best.block_kv, "auto")
-        return min(candidates, key=price)
+    priced: dict[Pattern, Plan] = {}
+
+    def cheapest(part: Pattern) -> Plan:  # a group of one term is that term again: priced once
+        if part not in priced:
+            grid = (best.canvas, best.kv_canvas, best.heads, best.block_q, best.block_kv)
+            priced[part] = min(candidate_plans(part, *grid, "auto"), key=price)
+        return priced[part]
 
     preferred = [cheapest(term).layout.name for term in terms]
     groups = list(dict.fromkeys(preferred))
