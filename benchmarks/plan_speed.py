@@ -27,7 +27,12 @@ chunks of the rest are evaluated (16K tokens); "product_mod7", ``(q * kv) % 7 !=
 helps (every tile PARTIAL), but witnesses do: a sample of 16 to 80 pairs per tile holds an allowed and a
 masked pair, which proves the tile PARTIAL, so almost no pair is counted; "sparse_product",
 ``(q * kv) % 65537 == 1``, is one where nothing helps: its samples are all masked, so every pair is counted,
-as create_block_mask does (16K tokens). For each, maskir's
+as create_block_mask does (16K tokens); "dilated_product", ``((q - kv) % 4 == 0) & ((q * kv) % 7 != 0)``, and
+"strided_where", ``torch.where(q > kv, (q - kv) % 997 == 3, (kv * 7 + q) % 1009 == 0)``, have an affine part
+with a stride (``Strided(4)``; ``Strided(997, offset=3)`` below the diagonal), so the planner also prices
+layouts that group tokens by residue, whose tiles are not token ranges: there the rest of the mask_mod is
+classified on the listed tokens of each tile (``planner.listed``), and for the second a union of a dense
+half and a strided half is priced part by part (16K tokens). For each, maskir's
 ``plan_ms`` is the median of repeated plans of the same Predicate after a first call (``first_call_ms``,
 which compiles the counting chunks for the second); ``torch.compile(create_block_mask)`` on the same mask_mod
 runs in the same process, alternating with maskir round by round (``--mask-mod-repeats`` rounds, the first
@@ -92,7 +97,14 @@ print(statistics.median(steady) * 1e3, (peak - before) / 1024, times[0] * 1e3)
 """
 
 
-MASK_MODS = ("swa_causal_lambda", "causal_documents_product", "product_mod7", "sparse_product")
+MASK_MODS = (
+    "swa_causal_lambda",
+    "causal_documents_product",
+    "product_mod7",
+    "sparse_product",
+    "dilated_product",
+    "strided_where",
+)
 DOCUMENTS = None
 
 
@@ -105,6 +117,12 @@ def mask_mod(name: str) -> Callable:
         return lambda b, h, q, kv: (q * kv) % 7 != 0
     if name == "sparse_product":
         return lambda b, h, q, kv: (q * kv) % 65537 == 1
+    if name == "dilated_product":
+        return lambda b, h, q, kv: ((q - kv) % 4 == 0) & ((q * kv) % 7 != 0)
+    if name == "strided_where":
+        import torch
+
+        return lambda b, h, q, kv: torch.where(q > kv, (q - kv) % 997 == 3, (kv * 7 + q) % 1009 == 0)
     import torch
 
     if DOCUMENTS is None:
@@ -303,7 +321,7 @@ def time_create_block_mask(pattern: str, n: int, repeats: int, compiled: bool) -
 
 def mask_mod_rows(rows: list, args, against_flex: Callable) -> None:
     """The MASK_MODS rows: the lambda SWA against Window(1023, 0) (16K, 1M) and create_block_mask (16K);
-    the documents x product mask, the product alone and the sparse product against create_block_mask (16K).
+    the others (documents x product, the products, the strided ones) against create_block_mask (16K).
     Compiled create_block_mask runs in this process, alternating with maskir (``time_mask_mod``); the eager one
     in a fresh process."""
     repeats = min(args.repeats, args.mask_mod_repeats)

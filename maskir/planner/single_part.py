@@ -51,7 +51,7 @@ def _tiles_key(name: str, spec, block: int) -> tuple:
     """What a side's tiles are made of: a tiling whose residue groups each fit in one tile has the groups as
     tiles whatever the block (``Strided(997)`` over 16K tokens: groups of 17 tokens in tiles of 32 or more);
     otherwise the layout and the block."""
-    if isinstance(spec, Tiling) and np.all(spec.tile_grid == 1):
+    if isinstance(spec, Tiling) and spec.groups_are_tiles:
         return ("groups", spec.view, spec.dilation)
     return (name, spec if isinstance(spec, Tiling) else None, block)
 

@@ -289,6 +289,10 @@ class TiledSide(ExplicitSide):
             for d, m in enumerate(moduli):
                 if m > 1 and tiling.dilation[d] % m == 0:
                     live &= (wanted[d][:, None] < 0) | (groups[None, :, d] % m == wanted[d][:, None])
+        if tiling.groups_are_tiles:  # tile g is group g: a row's runs of live groups are its segments
+            edges = np.diff(np.pad(live, ((0, 0), (1, 1))).view(np.int8), axis=1)
+            rows, start = np.nonzero(edges == 1)
+            return rows, start, np.nonzero(edges == -1)[1]
         offset, patch = np.asarray(tiling.offset)[:, None, None], np.asarray(tiling.patch)[:, None, None]
         t_lo, t_hi = (g_lo + offset) // patch, (g_hi + offset) // patch
         rows, grp = np.nonzero(live)

@@ -60,6 +60,11 @@ class Tiling:
         return (self.group_extent - 1 + np.asarray(self.offset)) // np.asarray(self.patch) + 1
 
     @cached_property
+    def groups_are_tiles(self) -> bool:
+        """Every group fits in one tile (its patch holds the whole group), so tile g is group g."""
+        return bool(np.all(self.tile_grid == 1))
+
+    @cached_property
     def group_base(self) -> np.ndarray:
         """[G] index of each group's first tile."""
         sizes = np.prod(self.tile_grid, axis=1)
