@@ -2,8 +2,9 @@
 
 Whatever proves a class (bounds on tile hulls, witnesses, the C counter over listed tokens, torch over gathered
 tokens), every tile gets the class of its pairs in the brute-force mask; a mask_mod that cannot take 3-D index
-tensors falls back to the per-tile loop; classes found once are not evaluated again in the same plan; and
-candidates whose tiles repeat those of smaller blocks (residue groups that fit one tile) are not priced twice.
+tensors falls back to the per-tile loop; classes found once are not evaluated again in the same plan;
+candidates whose tiles repeat those of smaller blocks (residue groups that fit one tile) are not priced twice;
+and the two sides of a ``torch.where`` are split into parts without negating one another.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import pytest
 import torch
 
 from maskir.canvas import Canvas
-from maskir.ir import Predicate, Strided
+from maskir.ir import Causal, Not, Predicate, Strided, Window
 from maskir.planner import cells, fallback, listed, native, plan
 from maskir.planner.kinds import EMPTY, FULL, PARTIAL
+from maskir.planner.plan import Plan
 from maskir.planner.single_part import candidate_plans
 from maskir.planner.tiles import GatheredSide, IdentitySide, TiledSide
 from maskir.planner.tiling import Tiling
+from maskir.planner.union import disjoint, split_union
 from maskir.reference import reference_mask
 
 DOCUMENTS = torch.tensor([0] * 37 + [1] * 90 + [2] * 50 + [3] * 123)
@@ -152,3 +155,21 @@ def test_candidates_whose_groups_fit_one_tile_are_priced_at_the_smallest_blocks_
     assert [(c.block_q, c.block_kv) for c in candidates] == [(64, 32)]
     wide = list(candidate_plans(Strided(7), canvas, canvas, 1, None, None, "grouped"))  # groups of 586 tokens
     assert len(wide) == 6
+
+
+def test_where_terms_are_split_without_negating_the_other_side():
+    """``torch.where(c, x, y)`` gives the terms c & x and ~c & y: disjoint, so a split's second part is the
+    other term itself (no ~first to evaluate), and the parts still cover the pattern once."""
+    below, above = Causal(-1) & Strided(97, offset=3), Not(Causal(-1)) & Window(0, 40)
+    assert disjoint(below, above) and disjoint(above, below)
+    assert not disjoint(Causal(-1) & Strided(97), Window(0, 40))
+    canvas = Canvas((1024,))
+    best = plan(below | above, canvas, block_q=64, block_kv=32)
+    splits = split_union(best, lambda p: p.tile_counts.computed_pairs)
+    assert splits
+    for split in splits:
+        first, second = (part.pattern for part in split.parts)
+        assert {first, second} == {below, above}
+        masks = [Plan(split.pattern, canvas, canvas, 1, 64, 32, (part,)).to_mask(0) for part in split.parts]
+        assert not (masks[0] & masks[1]).any()
+        np.testing.assert_array_equal(masks[0] | masks[1], reference_mask(below | above, canvas))

@@ -6,8 +6,7 @@
 2. Witnesses: ``side`` x ``side`` pairs spread over each tile's tokens (``Side.packed``) prove a tile PARTIAL
    when one is allowed and one masked (a 4 x 4 sample, then 8 x 8 for the tiles it left open when it decided
    at least half), evaluated by the C counter when it counts (below), else by torch
-   (``cells.sample_witnesses``): a tile of a large stride's groups holds few pairs (16 x 16 for
-   ``Strided(997)`` over 16K tokens), so a sample evaluated eagerly cost more than counting it in C.
+   (``cells.sample_witnesses``); skipped when the C counter counts tiles of few pairs (``SAMPLE_SHARE``).
 3. Counts: the pairs of every other tile are counted, padding skipped: on the CPU, when they are more than
    ``cells.COMPILE_ABOVE_PAIRS``, by the mask_mod compiled to C (``native``'s ``count_tiles``, a vectorised
    loop over each tile's listed tokens); else with torch on gathered token tensors [tiles, q block, kv
@@ -31,6 +30,11 @@ from maskir.planner.kinds import EMPTY, FULL, PARTIAL
 from maskir.planner.plan import PAIRS_PER_EVALUATION
 from maskir.planner.progress import Progress
 from maskir.planner.tiles import Side
+
+SAMPLE_SHARE = 64
+"""Tiles the C counter counts are sampled for witnesses only when they hold on average at least this many
+times the sample's pairs (a group tile of ``Strided(997)`` over 16K tokens holds 17 x 17 pairs: a 4 x 4
+sample costs a fifth of counting it and, on a sparse mask, decides little)."""
 
 
 def tile_kinds(
@@ -71,9 +75,13 @@ def _classify(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray) -> 
         kinds[todo[may_true & ~may_false]] = FULL
         todo = todo[may_true & may_false]
     for side in cells.WITNESS_SIDES:
-        if int(pairs[todo].sum()) < cells.WITNESS_ABOVE_PAIRS:
+        open_pairs = int(pairs[todo].sum())
+        if open_pairs < cells.WITNESS_ABOVE_PAIRS:
             break
-        saw = _witnesses(counts, q, kv, rows[todo], cols[todo], side, int(pairs[todo].sum()))
+        counted_in_c = counts.counter_for(open_pairs) is not None
+        if counted_in_c and open_pairs < SAMPLE_SHARE * side * side * todo.size:  # counting costs little more
+            break
+        saw = _witnesses(counts, q, kv, rows[todo], cols[todo], side, open_pairs)
         mixed = saw[0] & saw[1]
         todo = todo[~mixed]
         if 2 * mixed.sum() < mixed.size:  # a sample that decides under half: the next would not pay
