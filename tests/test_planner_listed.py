@@ -142,7 +142,7 @@ def test_counting_listed_tiles_in_c_skips_padding():
     counter = native.counter(predicate, 0, 300, 300)
     q, kv = _sides("groups_smaller_than_tiles", 300, 64, 32)
     jobs = np.array([(r, c) for r in range(q.n_tiles) for c in range(kv.n_tiles)])
-    hits = counter.count_tiles(jobs, np.maximum(q.packed, 0), q.count, np.maximum(kv.packed, 0), kv.count)
+    hits = counter.count_tiles(jobs, q.packed, q.count, kv.packed, kv.count)
     allowed = reference_mask(predicate, Canvas((300,)))
     expected = [allowed[np.ix_(q.packed[r, : q.count[r]], kv.packed[c, : kv.count[c]])].sum() for r, c in jobs]
     np.testing.assert_array_equal(hits, expected)

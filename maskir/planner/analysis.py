@@ -32,7 +32,7 @@ from maskir.planner.classify import has_pair_rule, pair_kinds
 from maskir.planner.fallback import exact_kinds
 from maskir.planner.kinds import EMPTY, FULL, PARTIAL
 from maskir.planner.runs import BUT_FULL_TABLE, TileRuns
-from maskir.planner.tiles import Side
+from maskir.planner.tiles import Side, TiledSide
 
 TILES_PER_CHUNK = 1 << 20
 """Largest number of candidate tiles classified at once by a pairwise rule (bounds planner memory)."""
@@ -64,7 +64,8 @@ def unary_kinds(side: Side, prefix: Callable[[np.ndarray], np.ndarray]) -> np.nd
 
 
 def rank(node: Pattern, kv: Side) -> int:
-    """Evaluation order inside And: 0 cheap (band, unary), 1 bounded pairwise, 2 unbounded, 3 evaluated."""
+    """Evaluation order inside And: 0 cheap (band, unary, a stride on kv tiles grouped by it), 1 bounded
+    pairwise, 2 unbounded, 3 evaluated."""
     if isinstance(node, And):
         return min(rank(c, kv) for c in node.children())
     if isinstance(node, Or):
@@ -73,9 +74,16 @@ def rank(node: Pattern, kv: Side) -> int:
         return rank(node.inner, kv)
     if (kv.monotone and is_band(node)) or unary_prefix(node) is not None:
         return 0
+    if isinstance(node, Strided) and _grouped_by(kv, node.stride):
+        return 0  # its region meets one residue group of kv tiles per q tile
     if has_pair_rule(node):
         return 2 if isinstance(node, (Strided, Grid)) else 1
     return 2 if isinstance(node, DYNAMIC_NODES) else 3
+
+
+def _grouped_by(kv: Side, stride: int) -> bool:
+    """kv tiles are residue groups of the flat index modulo a multiple of ``stride``."""
+    return isinstance(kv, TiledSide) and len(kv.tiling.view) == 1 and kv.tiling.dilation[0] % stride == 0
 
 
 def _runs(node: Pattern, q: Side, kv: Side, care: TileRuns, head: int) -> TileRuns:

@@ -485,10 +485,10 @@ def _counted_apart(counts: ChunkCounts, tile_pairs: int, flat: np.ndarray, uncou
 
 
 def _identity_tiles(n: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token matrix [tiles, block] of identity tiles over n tokens (the ragged last one padded with its last
-    token) and each tile's token count, as ``native.Counter.count_tiles`` reads them."""
+    """Token matrix [tiles, block] of identity tiles over n tokens (the ragged last row runs past n: only its
+    count is read) and each tile's token count, as ``native.Counter.count_tiles`` reads them."""
     tiles = -(-n // block)
-    tokens = np.minimum(np.arange(tiles * block, dtype=np.int64).reshape(tiles, block), n - 1)
+    tokens = np.arange(tiles * block, dtype=np.int64).reshape(tiles, block)
     return tokens, np.minimum(block, n - np.arange(tiles, dtype=np.int64) * block)
 
 

@@ -8,9 +8,9 @@
    at least half), evaluated by the C counter when it counts (below), else by torch
    (``cells.sample_witnesses``); skipped when the C counter counts tiles of few pairs (``SAMPLE_SHARE``).
 3. Counts: the pairs of every other tile are counted, padding skipped: on the CPU, when they are more than
-   ``cells.COMPILE_ABOVE_PAIRS``, by the mask_mod compiled to C (``native``'s ``count_tiles``, a vectorised
-   loop over each tile's listed tokens); else with torch on gathered token tensors [tiles, q block, kv
-   block], ``PAIRS_PER_EVALUATION`` pairs per call.
+   ``cells.COMPILE_ABOVE_PAIRS``, by the mask_mod compiled to C (``native``'s ``count_tiles``: per q tile, a
+   vectorised loop over the listed tokens of a run of kv tiles, short tiles back to back); else with torch on
+   gathered token tensors [tiles, q block, kv block], ``PAIRS_PER_EVALUATION`` pairs per call.
 
 A tile is FULL when all its pairs are allowed, EMPTY when none is (a tile without tokens too). The state a
 plan call's candidates share is ``cells.chunk_counts``': the compiled counter, whether bounds pay, and the
@@ -95,9 +95,9 @@ def _classify(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray) -> 
 
 def _samples(side: Side, positions: int) -> np.ndarray:
     """``positions`` tokens spread over each tile's listed tokens (the k-th at k * count // positions), int64
-    [n_tiles, positions]; a tile without tokens gets -1."""
+    [n_tiles, positions]; a tile without tokens gets token 0 (never evaluated: it is EMPTY)."""
     at = np.arange(positions) * side.count[:, None] // positions
-    return np.take_along_axis(side.packed, at, axis=1)
+    return np.maximum(np.take_along_axis(side.packed, at, axis=1), 0)
 
 
 def _witnesses(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray, side: int, pairs: int):
@@ -108,7 +108,7 @@ def _witnesses(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray, si
     counter = counts.counter_for(pairs)
     if counter is not None:
         jobs, sides = np.stack([rows, cols], axis=1), (np.full(q.n_tiles, side), np.full(kv.n_tiles, side))
-        hits = counter.count_tiles(jobs, np.maximum(q_samples, 0), sides[0], np.maximum(kv_samples, 0), sides[1])
+        hits = counter.count_tiles(jobs, q_samples, sides[0], kv_samples, sides[1])
         return hits > 0, hits < side * side
 
     def samples(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +124,7 @@ def _hits(counts, q: Side, kv: Side, rows: np.ndarray, cols: np.ndarray) -> np.n
     counter = counts.counter_for(int((q.count[rows] * kv.count[cols]).sum()))
     if counter is not None:
         jobs = np.stack([rows, cols], axis=1)
-        return counter.count_tiles(jobs, np.maximum(q.packed, 0), q.count, np.maximum(kv.packed, 0), kv.count)
+        return counter.count_tiles(jobs, q.packed, q.count, kv.packed, kv.count)
     return _torch_hits(counts, q, kv, rows, cols)
 
 

@@ -359,30 +359,39 @@ void count_cells(const int64_t* origins, int64_t chunks, int64_t side_q, int64_t
     }}
 }}
 
-/* Allowed pairs per tile pair of listed tiles: job j pairs q tile jobs[2j] with kv tile jobs[2j + 1]; a q tile
-   t holds the q_count[t] tokens q_tokens[t * q_block + i], likewise kv. out: [jobs]. */
-void count_tiles(const int64_t* jobs, int64_t n_jobs, const {t}* q_tokens, const int64_t* q_count, int64_t q_block,
-                 const {t}* kv_tokens, const int64_t* kv_count, int64_t kv_block, const void* const* tables,
-                 int64_t* out, int threads)
+/* Allowed pairs of listed tiles, run by run: run r pairs q tile runs[3r] with the kv tiles [runs[3r + 1],
+   runs[3r + 2]); a side's tile t holds the tokens [first[t], first[t + 1]) of its token list, so a run's kv
+   tokens are one contiguous list, evaluated against each q token with full vectors (short tiles fill them)
+   into a count per kv token, then summed per kv tile. out[out_first[r] + t] is the run's t-th tile pair. */
+void count_tiles(const int64_t* runs, int64_t n_runs, const {t}* q_tokens, const int64_t* q_first,
+                 const {t}* kv_tokens, const int64_t* kv_first, const int64_t* out_first, int64_t widest,
+                 const void* const* tables, int64_t* out, int threads)
 {{
 {tables}
-    #pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
-    for (int64_t job = 0; job < n_jobs; ++job) {{
-        const int64_t q_tile = jobs[2 * job], kv_tile = jobs[2 * job + 1], width = kv_count[kv_tile];
-        const {t}* q_list = q_tokens + q_tile * q_block;
-        const {t}* kv_list = kv_tokens + kv_tile * kv_block;
-        int64_t total = 0;
-        for (int64_t i = 0; i < q_count[q_tile]; ++i) {{
-            const {t} q = q_list[i];
-            int32_t hits = 0;
-            #pragma omp simd reduction(+:hits)
-            for (int64_t k = 0; k < width; ++k) {{
-                const {t} kv = kv_list[k];
-                hits += (({expression}) != 0);
+    #pragma omp parallel num_threads(threads)
+    {{
+        uint16_t* acc = (uint16_t*)malloc(sizeof(uint16_t) * (widest > 0 ? widest : 1));
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t r = 0; r < n_runs; ++r) {{
+            const int64_t q_tile = runs[3 * r], c0 = runs[3 * r + 1], c1 = runs[3 * r + 2];
+            const int64_t base = kv_first[c0], width = kv_first[c1] - base;
+            const {t}* kv_list = kv_tokens + base;
+            for (int64_t k = 0; k < width; ++k) acc[k] = 0;
+            for (int64_t i = q_first[q_tile]; i < q_first[q_tile + 1]; ++i) {{
+                const {t} q = q_tokens[i];
+                #pragma omp simd
+                for (int64_t k = 0; k < width; ++k) {{
+                    const {t} kv = kv_list[k];
+                    acc[k] += (uint16_t)(({expression}) != 0);
+                }}
             }}
-            total += hits;
+            for (int64_t c = c0; c < c1; ++c) {{
+                int64_t total = 0;
+                for (int64_t k = kv_first[c] - base; k < kv_first[c + 1] - base; ++k) total += acc[k];
+                out[out_first[r] + c - c0] = total;
+            }}
         }}
-        out[job] = total;
+        free(acc);
     }}
 }}
 """
@@ -461,7 +470,7 @@ class Compiler:
         pointer, size = ctypes.c_void_p, ctypes.c_int64
         built.count_cells.restype = built.count_tiles.restype = None
         built.count_cells.argtypes = [pointer, *[size] * 5, pointer, pointer, ctypes.c_int]
-        built.count_tiles.argtypes = [pointer, size, *[pointer, pointer, size] * 2, pointer, pointer, ctypes.c_int]
+        built.count_tiles.argtypes = [pointer, size, *[pointer] * 5, size, pointer, pointer, ctypes.c_int]
         return built
 
 
@@ -498,26 +507,43 @@ class Counter:
 
     def count_tiles(self, jobs: np.ndarray, q_tokens: np.ndarray, q_count: np.ndarray, kv_tokens, kv_count):
         """Allowed pairs (int64 [jobs]) of q tile jobs[j, 0] with kv tile jobs[j, 1], where tile t of a side
-        holds the first count[t] tokens of row t of its token matrix [tiles, block] (``token_dtype``, every
-        token inside the canvas)."""
-        jobs = np.ascontiguousarray(jobs, dtype=np.int64)
-        out = np.empty(jobs.shape[0], dtype=np.int64)
-        arrays = [np.ascontiguousarray(a, dtype=d) for a, d in ((q_tokens, self.token_dtype), (q_count, np.int64))]
-        arrays += [np.ascontiguousarray(a, dtype=d) for a, d in ((kv_tokens, self.token_dtype), (kv_count, np.int64))]
+        holds the first count[t] tokens of row t of its token matrix [tiles, block] (every one inside the
+        canvas; the rest of the row is not read). Jobs sorted by q tile whose kv tiles follow one another
+        form a run (one C loop over their tokens, ``count_tiles`` in the C text); a q tile holds fewer than
+        2^16 tokens."""
+        jobs = np.asarray(jobs, dtype=np.int64).reshape(-1, 2)
+        assert int(np.max(q_count, initial=0)) < 1 << 16, "per-kv-token counts are uint16"
+        if not jobs.shape[0]:
+            return np.zeros(0, dtype=np.int64)
+        q_list, q_first = self._token_list(q_tokens, q_count)
+        kv_list, kv_first = self._token_list(kv_tokens, kv_count)
+        rows, cols = jobs[:, 0], jobs[:, 1]
+        starts = np.flatnonzero(np.append(True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)))
+        stops = np.append(starts[1:], rows.size)
+        runs = np.ascontiguousarray(np.stack([rows[starts], cols[starts], cols[stops - 1] + 1], axis=1))
+        widest = int((kv_first[runs[:, 2]] - kv_first[runs[:, 1]]).max())
+        out = np.empty(rows.size, dtype=np.int64)
         self.library.count_tiles(
-            jobs.ctypes.data,
-            jobs.shape[0],
-            arrays[0].ctypes.data,
-            arrays[1].ctypes.data,
-            arrays[0].shape[1],
-            arrays[2].ctypes.data,
-            arrays[3].ctypes.data,
-            arrays[2].shape[1],
+            runs.ctypes.data,
+            runs.shape[0],
+            q_list.ctypes.data,
+            q_first.ctypes.data,
+            kv_list.ctypes.data,
+            kv_first.ctypes.data,
+            np.ascontiguousarray(starts).ctypes.data,
+            widest,
             ctypes.cast(self.pointers, ctypes.c_void_p),
             out.ctypes.data,
             torch.get_num_threads(),
         )
         return out
+
+    def _token_list(self, tokens: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tiles' tokens one after another (``token_dtype``) and where each tile's start (int64 [tiles + 1])."""
+        count = np.asarray(count, dtype=np.int64)
+        listed = np.asarray(tokens)[np.arange(tokens.shape[1]) < count[:, None]]
+        first = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
+        return np.ascontiguousarray(listed, dtype=self.token_dtype), first
 
 
 def counter(predicate: Predicate, head: int, n_q: int, n_kv: int) -> Counter | None:

@@ -6,8 +6,8 @@ is priced alone over the layout candidates; if the terms prefer different layout
 (with the rest B) gives a two-part plan: part 1 = A in its cheapest layout, part 2 = B & ~A in its own
 (e.g. the summary columns gathered into a few contiguous kv tiles; B alone when every term of B has a
 conjunct whose negation is one of every term of A, as the two sides of a ``torch.where``, so B & ~A is B).
-The parts are disjoint by construction and cover the pattern, so the kernels merge them by log-sum-exp. The caller keeps a split
-only when the cost says it wins.
+The parts are disjoint by construction and cover the pattern, so the kernels merge them by log-sum-exp.
+The caller keeps a split only when the cost says it wins.
 """
 
 from __future__ import annotations
