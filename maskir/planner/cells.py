@@ -477,7 +477,7 @@ def _counted_apart(counts: ChunkCounts, tile_pairs: int, flat: np.ndarray, uncou
     apart = np.zeros(flat.shape, dtype=bool)
     if not uncounted.any():
         return apart
-    chunk_pairs = np.unique(flat[uncounted]).size * counts.q_side * counts.kv_side
+    chunk_pairs = _chunks_used(flat[uncounted])[0].size * counts.q_side * counts.kv_side
     sparse = SPARSE_OPEN * int(uncounted.sum()) * tile_pairs < chunk_pairs
     if sparse and counts.counter_for(chunk_pairs) is not None:
         apart[uncounted] = True
